@@ -1,0 +1,145 @@
+//! A small HTTP/1.1 client over hyper: one-shot GETs and the NDJSON telemetry stream.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::protocol::Snapshot;
+
+/// A pooled HTTP/1.1 client for plain `http://` addresses.
+pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The address and path do not make a URI.
+    #[error("bad address {0:?}: {1}")]
+    Uri(String, hyper::http::uri::InvalidUri),
+    /// Connecting or sending failed.
+    #[error("request to {0} failed: {1}")]
+    Request(String, hyper_util::client::legacy::Error),
+    /// Reading the body failed.
+    #[error("reading the response failed: {0}")]
+    Body(#[from] hyper::Error),
+    /// The telemetry endpoint answered with an error status.
+    #[error("{0} answered {1}")]
+    Status(String, u16),
+    /// A telemetry line is not a snapshot.
+    #[error("bad telemetry line ({source}): {line}")]
+    Decode {
+        /// The offending line, cut to 200 characters.
+        line: String,
+        /// What serde said.
+        source: serde_json::Error,
+    },
+}
+
+/// A complete response.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON, if it is.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// A client that keeps connections alive between requests.
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A client that opens a new connection for every request (as a stream of new
+/// visitors does); keep-alive connections stay with the worker that accepted them.
+pub fn client_without_keepalive() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http()
+}
+
+fn uri(addr: &str, path: &str) -> Result<hyper::Uri, ClientError> {
+    let s = format!("http://{addr}{path}");
+    s.parse().map_err(|e| ClientError::Uri(s, e))
+}
+
+/// `GET http://{addr}{path}` and read the whole body.
+pub async fn get(client: &HttpClient, addr: &str, path: &str) -> Result<HttpResponse, ClientError> {
+    let uri = uri(addr, path)?;
+    let resp = client
+        .get(uri.clone())
+        .await
+        .map_err(|e| ClientError::Request(uri.to_string(), e))?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(HttpResponse { status, body })
+}
+
+/// The `/telemetry` stream of a server, one snapshot at a time.
+pub struct TelemetryStream {
+    body: Incoming,
+    buf: BytesMut,
+}
+
+impl TelemetryStream {
+    /// Connects to `http://{addr}/telemetry`.
+    pub async fn connect(client: &HttpClient, addr: &str) -> Result<Self, ClientError> {
+        let uri = uri(addr, "/telemetry")?;
+        let resp = client
+            .get(uri.clone())
+            .await
+            .map_err(|e| ClientError::Request(uri.to_string(), e))?;
+        if !resp.status().is_success() {
+            return Err(ClientError::Status(uri.to_string(), resp.status().as_u16()));
+        }
+        Ok(Self {
+            body: resp.into_body(),
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// The next snapshot; `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<Snapshot>, ClientError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line = self.buf.split_to(pos + 1);
+                let line = &line[..pos];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(line).map(Some).map_err(|source| {
+                    ClientError::Decode {
+                        line: String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned(),
+                        source,
+                    }
+                });
+            }
+            match self.body.frame().await {
+                Some(frame) => {
+                    if let Ok(mut data) = frame?.into_data() {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            self.buf.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Reading a server: plain HTTP requests and the telemetry stream.
+
+pub mod http;

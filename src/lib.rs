@@ -1,0 +1,21 @@
+//! loopscope: a live profiler for event-loop concurrency.
+//!
+//! - [`protocol`]: the telemetry contract (snapshots, events, server info);
+//! - [`probe`]: instrumentation for any tokio event loop, and the telemetry server;
+//! - [`client`]: HTTP helpers and the telemetry subscriber.
+
+pub mod client;
+pub mod probe;
+pub mod protocol;
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+
+    static TIMING: Mutex<()> = Mutex::new(());
+
+    /// Serializes tests that measure time, so that they do not share two cores.
+    pub(crate) fn timing_lock() -> MutexGuard<'static, ()> {
+        TIMING.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,298 @@
+//! CPU per process and per thread, in percent of one core.
+//!
+//! On Linux each thread's run time comes from `/proc/self/task/<tid>/schedstat`
+//! (nanoseconds; `stat`'s clock ticks are 10 ms, too coarse for a 100 ms period) and
+//! falls back to `stat`'s utime+stime. Threads are classed by name: the loop thread
+//! is named `loop`, pool threads start with the pool's name. Elsewhere sysinfo gives
+//! the process figure only.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::protocol::CpuSnapshot;
+
+/// How threads are recognised.
+#[derive(Clone, Debug)]
+pub struct ThreadNames {
+    /// Name of the event-loop thread.
+    pub loop_thread: String,
+    /// Prefix of pool thread names.
+    pub pool_prefix: String,
+}
+
+impl Default for ThreadNames {
+    fn default() -> Self {
+        Self {
+            loop_thread: "loop".into(),
+            pool_prefix: "pool-".into(),
+        }
+    }
+}
+
+/// CPU of one thread over the last period.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThreadCpu {
+    /// Kernel thread id.
+    pub tid: u32,
+    /// Thread name (`comm`).
+    pub name: String,
+    /// Percent of one core.
+    pub percent: f64,
+}
+
+/// Samples this process's CPU; each call covers the time since the previous one.
+pub struct CpuSampler {
+    names: ThreadNames,
+    last_at: Instant,
+    /// tid -> (name, cumulative run time in ns)
+    last: HashMap<u32, (String, u64)>,
+    threads: Vec<ThreadCpu>,
+    #[cfg(not(target_os = "linux"))]
+    fallback: Fallback,
+}
+
+impl CpuSampler {
+    /// A sampler for the current process; the first sample covers its whole life.
+    pub fn new(names: ThreadNames) -> Self {
+        let mut s = Self {
+            names,
+            last_at: Instant::now(),
+            last: HashMap::new(),
+            threads: Vec::new(),
+            #[cfg(not(target_os = "linux"))]
+            fallback: Fallback::new(),
+        };
+        // Prime the baseline so the first period is a real period.
+        let _ = s.sample();
+        s
+    }
+
+    /// Per-thread figures of the last sample.
+    pub fn threads(&self) -> &[ThreadCpu] {
+        &self.threads
+    }
+
+    /// CPU since the previous call.
+    #[cfg(target_os = "linux")]
+    pub fn sample(&mut self) -> CpuSnapshot {
+        let now = Instant::now();
+        let elapsed_ns = now.duration_since(self.last_at).as_nanos().max(1) as f64;
+        self.last_at = now;
+        let mut current = HashMap::with_capacity(self.last.len());
+        self.threads.clear();
+        let mut snap = CpuSnapshot::default();
+        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+            return snap;
+        };
+        for entry in dir.flatten() {
+            let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(run_ns) = linux::thread_run_ns(tid) else {
+                continue;
+            };
+            let (name, prev) = match self.last.get(&tid) {
+                Some((name, prev)) => (name.clone(), *prev),
+                // A thread new since the last sample: all its time is in this period.
+                None => (linux::thread_name(tid).unwrap_or_default(), 0),
+            };
+            let percent = run_ns.saturating_sub(prev) as f64 / elapsed_ns * 100.0;
+            snap.process += percent;
+            if name == self.names.loop_thread {
+                snap.loop_thread += percent;
+            } else if name.starts_with(&self.names.pool_prefix) {
+                snap.pool_threads += percent;
+            }
+            self.threads.push(ThreadCpu {
+                tid,
+                name: name.clone(),
+                percent,
+            });
+            current.insert(tid, (name, run_ns));
+        }
+        self.last = current;
+        snap.process = round1(snap.process);
+        snap.loop_thread = round1(snap.loop_thread);
+        snap.pool_threads = round1(snap.pool_threads);
+        snap
+    }
+
+    /// CPU since the previous call (process only off Linux).
+    #[cfg(not(target_os = "linux"))]
+    pub fn sample(&mut self) -> CpuSnapshot {
+        self.last_at = Instant::now();
+        CpuSnapshot {
+            process: round1(self.fallback.process_percent()),
+            ..Default::default()
+        }
+    }
+}
+
+fn round1(p: f64) -> f64 {
+    (p * 10.0).round() / 10.0
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::sync::OnceLock;
+
+    /// Cumulative run time of a thread of this process, in nanoseconds.
+    pub(super) fn thread_run_ns(tid: u32) -> Option<u64> {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")) {
+            if let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse().ok()) {
+                return Some(ns);
+            }
+        }
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+        let ticks = stat_cpu_ticks(&stat)?;
+        Some(ticks * 1_000_000_000 / clock_ticks_per_s())
+    }
+
+    pub(super) fn thread_name(tid: u32) -> Option<String> {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+            .ok()
+            .map(|s| s.trim_end().to_string())
+    }
+
+    /// utime + stime from a `stat` line; the name field may hold spaces and parens.
+    pub(super) fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        let mut fields = after_name.split_whitespace();
+        // After the name: state is field 3; utime and stime are fields 14 and 15.
+        let utime: u64 = fields.nth(11)?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        Some(utime + stime)
+    }
+
+    fn clock_ticks_per_s() -> u64 {
+        static TICKS: OnceLock<u64> = OnceLock::new();
+        *TICKS.get_or_init(|| {
+            // SAFETY: sysconf has no preconditions.
+            let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+            if t > 0 { t as u64 } else { 100 }
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn stat_fields_after_a_name_with_spaces() {
+            let line = "4242 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 120 30 0 0 20 0 9 0";
+            assert_eq!(super::stat_cpu_ticks(line), Some(150));
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+struct Fallback {
+    sys: Option<sysinfo::System>,
+    pid: sysinfo::Pid,
+}
+
+#[cfg(not(target_os = "linux"))]
+impl Fallback {
+    fn new() -> Self {
+        Self {
+            sys: sysinfo::System::new().ok(),
+            pid: sysinfo::Pid::from_u32(std::process::id()),
+        }
+    }
+
+    fn process_percent(&mut self) -> f64 {
+        let Some(sys) = &mut self.sys else {
+            return 0.0;
+        };
+        sys.refresh_processes(sysinfo::ProcessesToUpdate::Some(&[self.pid]), true);
+        sys.process(self.pid).map_or(0.0, |p| p.cpu_usage() as f64)
+    }
+}
+
+/// Host CPU from sysinfo, in percent of one core.
+pub struct HostCpu {
+    /// None where sysinfo cannot read this system: host CPU then reads 0.
+    sys: Option<sysinfo::System>,
+    cores: u32,
+    last_refresh: Option<Instant>,
+    last_percent: f64,
+}
+
+impl Default for HostCpu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HostCpu {
+    /// Refreshes no more often than this: sysinfo needs an interval to measure over.
+    const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+    /// A host sampler.
+    pub fn new() -> Self {
+        let mut sys = sysinfo::System::new().ok();
+        let cores = match &mut sys {
+            Some(sys) => {
+                sys.refresh_cpu_usage();
+                sys.cpus().len().max(1) as u32
+            }
+            None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        };
+        Self {
+            sys,
+            cores,
+            last_refresh: Some(Instant::now()),
+            last_percent: 0.0,
+        }
+    }
+
+    /// Logical cores.
+    pub fn cores(&self) -> u32 {
+        self.cores
+    }
+
+    /// Host CPU in percent of one core (up to 100 × cores).
+    pub fn sample(&mut self) -> f64 {
+        let due = self
+            .last_refresh
+            .is_none_or(|t| t.elapsed() >= Self::MIN_INTERVAL);
+        if let (true, Some(sys)) = (due, &mut self.sys) {
+            sys.refresh_cpu_usage();
+            self.last_refresh = Some(Instant::now());
+            self.last_percent = round1(sys.global_cpu_usage() as f64 * self.cores as f64);
+        }
+        self.last_percent
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_spinning_named_thread_is_counted_as_the_loop() {
+        let _serial = crate::test_support::timing_lock();
+        let mut sampler = CpuSampler::new(ThreadNames {
+            loop_thread: "cpu-test-loop".into(),
+            pool_prefix: "cpu-test-pool-".into(),
+        });
+        let spinner = std::thread::Builder::new()
+            .name("cpu-test-loop".into())
+            .spawn(|| {
+                let end = Instant::now() + Duration::from_millis(300);
+                let mut x = 0u64;
+                while Instant::now() < end {
+                    x = x.wrapping_add(1);
+                }
+                x
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+        let snap = sampler.sample();
+        spinner.join().unwrap();
+        // 250 ms of a 300 ms spin: a full core when idle, well above 30% when loaded.
+        assert!(snap.loop_thread > 30.0, "{snap:?}");
+        assert!(snap.process >= snap.loop_thread);
+        assert_eq!(snap.pool_threads, 0.0);
+    }
+}

@@ -1,0 +1,191 @@
+//! The sampler: a thread of its own that reads a [`LoopProbe`], its pool and the
+//! process CPU, and hands one [`WorkerReport`] per period to a sink.
+//!
+//! It never runs on the loop it measures, so a blocked loop is still reported. It
+//! looks at the heartbeat every 10 ms and sends an early (`urgent`) report the moment
+//! a stall begins, so a reader sees it within ~20 ms instead of up to a period later.
+
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::cpu::{CpuSampler, ThreadNames};
+use super::histogram::round3;
+use super::{LoopProbe, Pool};
+use crate::protocol::{WorkerReport, WorkerSnapshot};
+
+/// How often the heartbeat is checked between reports.
+const STALL_CHECK: Duration = Duration::from_millis(10);
+
+/// Builds reports for one worker; [`Sampler::spawn`] drives it on a thread.
+pub struct Sampler {
+    probe: LoopProbe,
+    pool: Option<Pool>,
+    cpu: CpuSampler,
+    pid: u32,
+    last_at: Instant,
+    last_busy: Duration,
+    last_completed: u64,
+    last_pool_completed: u64,
+}
+
+impl Sampler {
+    /// A sampler of `probe`, `pool` and this process.
+    pub fn new(probe: LoopProbe, pool: Option<Pool>, names: ThreadNames) -> Self {
+        let now = Instant::now();
+        Self {
+            last_busy: probe.busy_until(now),
+            probe,
+            pool,
+            cpu: CpuSampler::new(names),
+            pid: std::process::id(),
+            last_at: now,
+            last_completed: 0,
+            last_pool_completed: 0,
+        }
+    }
+
+    /// Starts the sampler thread; `sink` gets every report, in order. The thread ends
+    /// when `sink` returns false.
+    pub fn spawn(
+        self,
+        mut sink: impl FnMut(WorkerReport) -> bool + Send + 'static,
+    ) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("loopscope-sampler".into())
+            .spawn(move || {
+                let mut sampler = self;
+                let period = sampler.probe.config().period;
+                let mut next_report = Instant::now() + period;
+                let mut was_stalled = false;
+                loop {
+                    let now = Instant::now();
+                    let wake = next_report.min(now + STALL_CHECK);
+                    std::thread::sleep(wake.saturating_duration_since(now));
+                    let now = Instant::now();
+                    let stalled = sampler.probe.stalled_for(now).is_some();
+                    let onset = stalled && !was_stalled;
+                    was_stalled = stalled;
+                    if onset || now >= next_report {
+                        let report = sampler.report(now, onset);
+                        // Late or early (a stall onset): the next period starts now.
+                        next_report = if onset || now >= next_report + period {
+                            now + period
+                        } else {
+                            next_report + period
+                        };
+                        if !sink(report) {
+                            return;
+                        }
+                    }
+                }
+            })
+    }
+
+    /// The report for the period ending `now`.
+    pub fn report(&mut self, now: Instant, urgent: bool) -> WorkerReport {
+        let dt = now.saturating_duration_since(self.last_at).as_secs_f64().max(1e-6);
+        self.last_at = now;
+
+        let busy = self.probe.busy_until(now);
+        let utilization = (busy.saturating_sub(self.last_busy).as_secs_f64() / dt).clamp(0.0, 1.0);
+        self.last_busy = busy;
+
+        let stalled = self.probe.stalled_for(now);
+        let mut requests = self.probe.take_requests();
+        requests.per_s = round3(requests.completed.saturating_sub(self.last_completed) as f64 / dt);
+        self.last_completed = requests.completed;
+
+        let pool = match &self.pool {
+            Some(pool) => {
+                let mut snap = pool.snapshot();
+                snap.completed_per_s =
+                    round3(snap.completed.saturating_sub(self.last_pool_completed) as f64 / dt);
+                self.last_pool_completed = snap.completed;
+                snap
+            }
+            None => Default::default(),
+        };
+
+        WorkerReport {
+            worker: WorkerSnapshot {
+                id: self.probe.worker_id(),
+                pid: self.pid,
+                alive: true,
+                restarts: 0,
+                lag_ms: self.probe.take_lag(),
+                stalled_for_ms: stalled.map_or(0.0, |d| round3(d.as_secs_f64() * 1000.0)),
+                stalled_in: stalled
+                    .and_then(|_| self.probe.request_in_poll())
+                    .map(|s| s.to_string()),
+                loop_utilization: round3(utilization),
+                pool,
+                cpu: self.cpu.sample(),
+                requests,
+            },
+            events: self.probe.take_events(),
+            urgent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::ProbeConfig;
+    use std::sync::mpsc;
+
+    /// A loop blocked for 300 ms: the sampler reports the stall while it lasts,
+    /// early, then the lag histogram shows it once the loop runs again.
+    #[test]
+    fn reports_a_stall_while_it_lasts_then_the_lag() {
+        let _serial = crate::test_support::timing_lock();
+        let probe = LoopProbe::new(0, ProbeConfig::default());
+        let (tx, rx) = mpsc::channel();
+        Sampler::new(probe.clone(), None, ThreadNames::default())
+            .spawn(move |r| tx.send(r).is_ok())
+            .unwrap();
+        let loop_probe = probe.clone();
+        let looper = std::thread::Builder::new()
+            .name("loop".into())
+            .spawn(move || {
+                let mut b = tokio::runtime::Builder::new_current_thread();
+                loop_probe.install_hooks(&mut b);
+                let rt = b.enable_all().build().unwrap();
+                rt.block_on(async {
+                    loop_probe.spawn_lag_task();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let tag = crate::probe::RequestTag::new("GET", "/block", Some("ms=300"));
+                    // A spawned task, as a connection is: the poll hooks see it.
+                    let request = loop_probe.instrument(tag, async {
+                        std::thread::sleep(Duration::from_millis(300));
+                    });
+                    tokio::spawn(request).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                });
+            })
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut live_stall: Option<WorkerReport> = None;
+        let mut max_lag = 0.0f64;
+        let mut max_util = 0.0f64;
+        while Instant::now() < deadline && !looper.is_finished() {
+            let Ok(r) = rx.recv_timeout(Duration::from_millis(500)) else {
+                continue;
+            };
+            max_lag = max_lag.max(r.worker.lag_ms.max);
+            max_util = max_util.max(r.worker.loop_utilization);
+            if r.worker.stalled_for_ms > 100.0 && live_stall.is_none() {
+                live_stall = Some(r);
+            }
+        }
+        looper.join().unwrap();
+        while let Ok(r) = rx.try_recv() {
+            max_lag = max_lag.max(r.worker.lag_ms.max);
+        }
+        let stall = live_stall.expect("a report during the stall");
+        assert!(stall.worker.stalled_for_ms < 300.0);
+        assert_eq!(stall.worker.stalled_in.as_deref(), Some("GET /block?ms=300"));
+        assert!(max_lag >= 280.0 && max_lag < 400.0, "lag max {max_lag}");
+        assert!(max_util > 0.9, "utilization {max_util}");
+    }
+}

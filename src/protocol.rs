@@ -1,0 +1,362 @@
+//! Telemetry types: the one contract between a measured server and whoever reads it.
+//!
+//! A snapshot line is self-contained (a client can join the stream at any time) and
+//! versioned by `v`. Percentages are of one core. Fields added later must be optional
+//! (`#[serde(default)]`) so that older readers and newer servers keep understanding
+//! each other; unknown event kinds decode as [`Event::Unknown`].
+
+use serde::{Deserialize, Serialize};
+
+/// The version written in every snapshot's `v` field.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The concurrency model a demo server runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Model {
+    /// One single-threaded event loop and a small process-wide thread pool.
+    Node,
+    /// A supervisor and N worker processes, each with its own loop and pool.
+    Fastapi,
+    /// Any other tokio application that embeds the probe.
+    Custom,
+}
+
+impl Model {
+    /// The name used on the command line and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Model::Node => "node",
+            Model::Fastapi => "fastapi",
+            Model::Custom => "custom",
+        }
+    }
+}
+
+impl std::fmt::Display for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One line of the `/telemetry` stream: every worker, one sample period.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Protocol version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// Increases by one per line; a gap means the reader dropped lines.
+    pub seq: u64,
+    /// Milliseconds since the server started.
+    pub t_ms: u64,
+    /// Which concurrency model the server runs.
+    pub model: Model,
+    /// The nominal sample period.
+    #[serde(default)]
+    pub period_ms: u64,
+    /// One entry per worker (per event loop), ordered by id.
+    pub workers: Vec<WorkerSnapshot>,
+    /// The machine as a whole.
+    pub host: HostSnapshot,
+    /// What happened since the previous line.
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+/// One event loop and everything around it, over one sample period.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerSnapshot {
+    /// Worker index, stable across restarts.
+    pub id: u32,
+    /// The process id; changes when a worker is respawned.
+    pub pid: u32,
+    /// False between a worker's death and its replacement's first report.
+    pub alive: bool,
+    /// How many times this worker slot has been respawned.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Timer-drift lag over the sample period.
+    pub lag_ms: LagSummary,
+    /// How long the loop has been blocked right now; 0 while it runs.
+    pub stalled_for_ms: f64,
+    /// The request whose poll holds the loop during a stall, when one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_in: Option<String>,
+    /// Busy fraction of the loop thread over the period, 0..=1.
+    pub loop_utilization: f64,
+    /// The thread pool of this worker.
+    pub pool: PoolSnapshot,
+    /// CPU, in percent of one core.
+    pub cpu: CpuSnapshot,
+    /// Server-side request statistics.
+    pub requests: RequestSnapshot,
+}
+
+/// Summary of the timer-drift lag histogram for one period, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LagSummary {
+    /// Median lateness.
+    pub p50: f64,
+    /// 99th percentile lateness.
+    pub p99: f64,
+    /// Largest lateness.
+    pub max: f64,
+    /// How many timer ticks were measured.
+    pub samples: u64,
+}
+
+/// The thread pool's gauge over one period.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolSnapshot {
+    /// Most jobs that can run at once (threads, or tokens).
+    pub size: u32,
+    /// Threads started so far (a lazy pool starts them as needed).
+    #[serde(default)]
+    pub threads: u32,
+    /// Jobs running now.
+    pub busy: u32,
+    /// Jobs waiting for a thread now.
+    pub queued: u32,
+    /// How long the oldest waiting job has waited, now.
+    #[serde(default)]
+    pub oldest_wait_ms: f64,
+    /// Longest queue wait of the jobs that started in the period.
+    pub wait_ms_max: f64,
+    /// Median queue wait of the jobs that started in the period.
+    #[serde(default)]
+    pub wait_ms_p50: f64,
+    /// 99th percentile queue wait of the jobs that started in the period.
+    #[serde(default)]
+    pub wait_ms_p99: f64,
+    /// Jobs completed since start.
+    #[serde(default)]
+    pub completed: u64,
+    /// Jobs completed per second over the period.
+    #[serde(default)]
+    pub completed_per_s: f64,
+}
+
+/// CPU use of a worker process, in percent of one core.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuSnapshot {
+    /// The whole process.
+    pub process: f64,
+    /// The event-loop thread.
+    pub loop_thread: f64,
+    /// All pool threads together.
+    pub pool_threads: f64,
+}
+
+/// Server-side request statistics of one worker.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestSnapshot {
+    /// Requests accepted and not yet answered.
+    pub in_flight: u64,
+    /// Requests answered since start.
+    pub completed: u64,
+    /// Requests answered per second over the period.
+    #[serde(default)]
+    pub per_s: f64,
+    /// Latency per endpoint, of the requests answered in the period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointLatency>,
+}
+
+/// Latency of one endpoint over one period.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EndpointLatency {
+    /// `METHOD /path`, without the query.
+    pub endpoint: String,
+    /// Requests answered in the period.
+    pub count: u64,
+    /// Median latency.
+    pub p50_ms: f64,
+    /// 99th percentile latency.
+    pub p99_ms: f64,
+    /// Largest latency.
+    pub max_ms: f64,
+}
+
+/// The machine the server runs on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostSnapshot {
+    /// Host CPU in percent of one core (so up to 100 × cores).
+    pub cpu: f64,
+    /// Logical cores.
+    #[serde(default)]
+    pub cores: u32,
+}
+
+/// Something that happened, reported once in the snapshot after it happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// One poll of a request held the loop longer than the threshold.
+    SlowPoll {
+        /// Worker whose loop was held.
+        worker: u32,
+        /// `METHOD /path`.
+        endpoint: String,
+        /// The full request target, query included.
+        #[serde(default)]
+        uri: String,
+        /// How long the poll took.
+        ms: f64,
+        /// When the poll ended, in server milliseconds.
+        #[serde(default)]
+        t_ms: u64,
+    },
+    /// A worker process exited.
+    WorkerExited {
+        /// Worker slot.
+        worker: u32,
+        /// The pid that exited.
+        pid: u32,
+        /// How it ended, e.g. "killed by signal 9".
+        status: String,
+    },
+    /// A worker slot got a new process.
+    WorkerRestarted {
+        /// Worker slot.
+        worker: u32,
+        /// The pid that died.
+        old_pid: u32,
+        /// The replacement's pid.
+        new_pid: u32,
+    },
+    /// A probe dropped events because its channel was full.
+    EventsDropped {
+        /// Worker whose probe dropped them.
+        worker: u32,
+        /// How many since the previous report.
+        count: u64,
+    },
+    /// An event kind this reader does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A worker's report to its supervisor (fastapi model): one per period, one line each.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// The worker's figures for the period.
+    pub worker: WorkerSnapshot,
+    /// The worker's events for the period.
+    #[serde(default)]
+    pub events: Vec<Event>,
+    /// True when the report was sent early because a stall just began.
+    #[serde(default)]
+    pub urgent: bool,
+}
+
+/// `GET /info`: what the server is and where its parts are.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Protocol version.
+    pub v: u32,
+    /// Concurrency model.
+    pub model: Model,
+    /// The application address (workloads go there).
+    pub app: String,
+    /// The telemetry address.
+    pub telemetry: String,
+    /// The supervisor's pid (the only process in the node model).
+    pub pid: u32,
+    /// Worker slots and their current pids.
+    pub workers: Vec<WorkerInfo>,
+    /// Pool size of each worker.
+    pub pool_size: u32,
+    /// The sample period.
+    pub period_ms: u64,
+    /// The lag probe's timer resolution.
+    pub lag_resolution_ms: f64,
+    /// The slow-poll threshold.
+    pub slow_poll_ms: f64,
+    /// Software versions.
+    pub versions: Versions,
+}
+
+/// One worker slot in [`ServerInfo`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Worker slot.
+    pub id: u32,
+    /// Current pid.
+    pub pid: u32,
+}
+
+/// Versions in [`ServerInfo`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Versions {
+    /// The loopscope package version.
+    pub loopscope: String,
+    /// The telemetry protocol version.
+    pub protocol: u32,
+}
+
+/// The first stdout line of `loopscope demo`, so a parent that asked for port 0 finds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AddressLine {
+    /// The application address.
+    pub app: String,
+    /// The telemetry address, absent with `--no-telemetry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<String>,
+    /// The server's (supervisor's) pid.
+    pub pid: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn design_example_line_decodes() {
+        let line = r#"{"v":1,"seq":42,"t_ms":4200,"model":"fastapi",
+ "workers":[{"id":0,"pid":4242,"alive":true,
+   "lag_ms":{"p50":0.3,"p99":1.2,"max":2.9,"samples":10},
+   "stalled_for_ms":0,
+   "loop_utilization":0.12,
+   "pool":{"size":40,"busy":3,"queued":0,"wait_ms_max":0.0},
+   "cpu":{"process":12.5,"loop_thread":10.1,"pool_threads":2.0},
+   "requests":{"in_flight":3,"completed":250}}],
+ "host":{"cpu":23.0},
+ "events":[{"kind":"slow_poll","worker":0,"endpoint":"GET /json","ms":412.0},
+           {"kind":"from_the_future","x":1}]}"#;
+        let snap: Snapshot = serde_json::from_str(line).unwrap();
+        assert_eq!(snap.seq, 42);
+        assert_eq!(snap.model, Model::Fastapi);
+        assert_eq!(snap.workers[0].pool.size, 40);
+        assert_eq!(snap.workers[0].lag_ms.max, 2.9);
+        assert_eq!(snap.workers[0].requests.completed, 250);
+        assert!(matches!(&snap.events[0], Event::SlowPoll { ms, .. } if *ms == 412.0));
+        assert_eq!(snap.events[1], Event::Unknown);
+    }
+
+    #[test]
+    fn snapshot_round_trips() {
+        let snap = Snapshot {
+            v: PROTOCOL_VERSION,
+            seq: 7,
+            t_ms: 700,
+            model: Model::Node,
+            period_ms: 100,
+            workers: vec![WorkerSnapshot {
+                id: 0,
+                pid: 1,
+                alive: true,
+                stalled_for_ms: 312.0,
+                stalled_in: Some("GET /block?ms=500".into()),
+                ..Default::default()
+            }],
+            host: HostSnapshot { cpu: 50.0, cores: 2 },
+            events: vec![Event::WorkerRestarted {
+                worker: 1,
+                old_pid: 10,
+                new_pid: 11,
+            }],
+        };
+        let line = serde_json::to_string(&snap).unwrap();
+        assert!(line.contains(r#""kind":"worker_restarted""#));
+        assert_eq!(serde_json::from_str::<Snapshot>(&line).unwrap(), snap);
+    }
+}

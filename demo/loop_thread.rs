@@ -1,0 +1,76 @@
+//! One event loop serving the demo app: a `current_thread` runtime on a thread named
+//! `loop`, instrumented by the probe when telemetry is on.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use anyhow::Context;
+use loopscope::probe::LoopProbe;
+
+use super::app::{self, App};
+
+/// What one loop serves with.
+pub struct LoopSetup {
+    pub listener: TcpListener,
+    pub app: App,
+    pub probe: Option<LoopProbe>,
+    pub console: bool,
+}
+
+/// Runs the loop on a thread named `loop` and waits for it (it serves forever).
+pub fn run(setup: LoopSetup) -> anyhow::Result<()> {
+    if setup.console {
+        start_console(setup.app.worker)?;
+    }
+    let handle = std::thread::Builder::new()
+        .name("loop".into())
+        .spawn(move || serve(setup))
+        .context("cannot start the loop thread")?;
+    match handle.join() {
+        Ok(result) => result,
+        Err(_) => anyhow::bail!("the loop thread panicked"),
+    }
+}
+
+fn serve(setup: LoopSetup) -> anyhow::Result<()> {
+    let LoopSetup {
+        listener,
+        app,
+        probe,
+        ..
+    } = setup;
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    if let Some(probe) = &probe {
+        probe.install_hooks(&mut builder);
+    }
+    let runtime = builder.build().context("cannot build the loop's runtime")?;
+    runtime.block_on(async move {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        if let Some(probe) = &probe {
+            probe.spawn_lag_task();
+        }
+        let router = app::router(Arc::new(app), probe);
+        axum::serve(listener, router)
+            .await
+            .context("the application server stopped")
+    })
+}
+
+#[cfg(feature = "console")]
+fn start_console(worker: u32) -> anyhow::Result<()> {
+    let port = 6669u16
+        .checked_add(u16::try_from(worker).unwrap_or(u16::MAX))
+        .context("worker id too large for a console port")?;
+    console_subscriber::ConsoleLayer::builder()
+        .server_addr(([127, 0, 0, 1], port))
+        .init();
+    eprintln!("loopscope: worker {worker}: tokio-console can attach at http://127.0.0.1:{port}");
+    Ok(())
+}
+
+#[cfg(not(feature = "console"))]
+fn start_console(_worker: u32) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no console support: rebuild with the `console` feature")
+}

@@ -1,0 +1,176 @@
+//! The real work behind the endpoints: JSON documents to parse, pbkdf2, CPU spinning
+//! and file reads. The same work costs the same in both models.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// JSON documents built once per size and kept (the newest few).
+#[derive(Default)]
+pub struct JsonDocs {
+    cache: Mutex<Vec<(u64, Arc<String>)>>,
+}
+
+/// Sizes kept; at 64 MB a size this bounds the cache to 192 MB.
+const DOCS_KEPT: usize = 3;
+
+impl JsonDocs {
+    /// The document of `mb` megabytes, built off the loop on first use.
+    pub async fn get(&self, mb: u64) -> Arc<String> {
+        if let Some(doc) = self.cached(mb) {
+            return doc;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Building is set-up, not the workload: it runs on a thread of its own so it
+        // neither holds the loop nor occupies the measured pool.
+        std::thread::Builder::new()
+            .name("json-builder".into())
+            .spawn(move || {
+                let _ = tx.send(Arc::new(build_json(mb as usize * 1024 * 1024)));
+            })
+            .expect("spawn a thread");
+        let doc = rx.await.expect("the builder thread sends");
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.retain(|(size, _)| *size != mb);
+        if cache.len() == DOCS_KEPT {
+            cache.remove(0);
+        }
+        cache.push((mb, Arc::clone(&doc)));
+        doc
+    }
+
+    fn cached(&self, mb: u64) -> Option<Arc<String>> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .iter()
+            .find(|(size, _)| *size == mb)
+            .map(|(_, d)| Arc::clone(d))
+    }
+}
+
+/// A JSON array of user records of at least `bytes` bytes.
+pub fn build_json(bytes: usize) -> String {
+    let mut out = String::with_capacity(bytes + 256);
+    out.push('[');
+    let mut i = 0u64;
+    while out.len() < bytes {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            r#"{{"id":{i},"name":"user-{i}","email":"user-{i}@example.com","active":{},"score":{:.3},"tags":["alpha","beta","gamma"],"address":{{"city":"City {}","zip":"{:05}"}}}}"#,
+            i % 3 != 0,
+            (i % 1000) as f64 / 7.0,
+            i % 97,
+            i % 100_000,
+        );
+        i += 1;
+    }
+    out.push(']');
+    out
+}
+
+/// What a parse found.
+pub struct Parsed {
+    pub items: usize,
+    pub took: Duration,
+}
+
+/// Parses the whole document into a value tree and drops it (as `JSON.parse` then GC).
+pub fn parse_json(doc: &str) -> Parsed {
+    let start = Instant::now();
+    let items = match serde_json::from_str::<serde_json::Value>(doc) {
+        Ok(serde_json::Value::Array(items)) => items.len(),
+        Ok(_) => 1,
+        Err(_) => 0,
+    };
+    Parsed {
+        items,
+        took: start.elapsed(),
+    }
+}
+
+/// pbkdf2-HMAC-SHA512, 64-byte key, as Node's `crypto.pbkdf2(..., 'sha512')`.
+pub fn pbkdf2(iterations: u32) -> String {
+    let mut key = [0u8; 64];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(b"correct horse battery staple", b"loopscope-salt", iterations, &mut key);
+    key[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Burns CPU on the calling thread for `d`.
+pub fn spin(d: Duration) -> u64 {
+    let end = Instant::now() + d;
+    let mut x = 0u64;
+    while Instant::now() < end {
+        for _ in 0..1000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    x
+}
+
+/// A scratch file (unlinked: it disappears with the process) read by `/fs`.
+#[derive(Default)]
+pub struct ScratchFile {
+    file: Mutex<Option<(File, u64)>>,
+}
+
+impl ScratchFile {
+    /// Reads `bytes` from the file, growing it first if needed; returns a checksum.
+    /// Runs on a pool thread.
+    pub fn read(&self, bytes: u64) -> std::io::Result<u64> {
+        let file = {
+            let mut slot = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.is_none() {
+                *slot = Some((tempfile::tempfile()?, 0));
+            }
+            let (file, len) = slot.as_mut().expect("set above");
+            if *len < bytes {
+                let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+                let mut written = *len;
+                while written < bytes {
+                    let n = chunk.len().min((bytes - written) as usize);
+                    file.write_all_at(&chunk[..n], written)?;
+                    written += n as u64;
+                }
+                *len = bytes;
+            }
+            file.try_clone()?
+        };
+        let mut buf = vec![0u8; bytes as usize];
+        file.read_exact_at(&mut buf, 0)?;
+        Ok(buf.iter().map(|&b| b as u64).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_json_has_the_size_and_parses() {
+        let doc = build_json(100_000);
+        assert!(doc.len() >= 100_000 && doc.len() < 101_000);
+        let parsed = parse_json(&doc);
+        assert!(parsed.items > 500, "{}", parsed.items);
+    }
+
+    #[test]
+    fn pbkdf2_matches_a_known_vector_length_and_is_deterministic() {
+        assert_eq!(pbkdf2(10), pbkdf2(10));
+        assert_ne!(pbkdf2(10), pbkdf2(11));
+        assert_eq!(pbkdf2(1).len(), 16);
+    }
+
+    #[test]
+    fn scratch_file_grows_and_reads_back() {
+        let f = ScratchFile::default();
+        let small = f.read(1000).unwrap();
+        let big = f.read(200_000).unwrap();
+        assert_eq!(f.read(1000).unwrap(), small);
+        assert!(big > small);
+    }
+}

@@ -106,7 +106,11 @@ async fn hello(State(app): State<Arc<App>>, Query(q): Query) -> Response {
     if let Err(e) = Params::parse(q.as_deref(), &[]) {
         return e.into_response();
     }
-    ([(header::CONTENT_TYPE, "application/json")], app.hello.clone()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        app.hello.clone(),
+    )
+        .into_response()
 }
 
 async fn json_on_loop(State(app): State<Arc<App>>, Query(q): Query) -> Response {
@@ -146,7 +150,8 @@ async fn json_offloaded(State(app): State<Arc<App>>, Query(q): Query) -> Respons
 }
 
 async fn block(State(app): State<Arc<App>>, Query(q): Query) -> Response {
-    let ms_ = match Params::parse(q.as_deref(), &["ms"]).and_then(|p| p.int("ms", 1..=MAX_HOLD_MS)) {
+    let ms_ = match Params::parse(q.as_deref(), &["ms"]).and_then(|p| p.int("ms", 1..=MAX_HOLD_MS))
+    {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
@@ -157,7 +162,8 @@ async fn block(State(app): State<Arc<App>>, Query(q): Query) -> Response {
 }
 
 async fn spin(State(app): State<Arc<App>>, Query(q): Query) -> Response {
-    let ms_ = match Params::parse(q.as_deref(), &["ms"]).and_then(|p| p.int("ms", 1..=MAX_HOLD_MS)) {
+    let ms_ = match Params::parse(q.as_deref(), &["ms"]).and_then(|p| p.int("ms", 1..=MAX_HOLD_MS))
+    {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
@@ -167,7 +173,8 @@ async fn spin(State(app): State<Arc<App>>, Query(q): Query) -> Response {
 }
 
 async fn sync(State(app): State<Arc<App>>, Query(q): Query) -> Response {
-    let ms_ = match Params::parse(q.as_deref(), &["ms"]).and_then(|p| p.int("ms", 1..=MAX_HOLD_MS)) {
+    let ms_ = match Params::parse(q.as_deref(), &["ms"]).and_then(|p| p.int("ms", 1..=MAX_HOLD_MS))
+    {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
@@ -245,7 +252,8 @@ async fn fs(State(app): State<Arc<App>>, Query(q): Query) -> Response {
 }
 
 async fn sleep(State(app): State<Arc<App>>, Query(q): Query) -> Response {
-    let ms_ = match Params::parse(q.as_deref(), &["ms"]).and_then(|p| p.int("ms", 0..=MAX_SLEEP_MS)) {
+    let ms_ = match Params::parse(q.as_deref(), &["ms"]).and_then(|p| p.int("ms", 0..=MAX_SLEEP_MS))
+    {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };

@@ -24,7 +24,9 @@ use loopscope::probe::cpu::ThreadNames;
 use loopscope::probe::sampler::Sampler;
 use loopscope::probe::telemetry::{self, TelemetryHub};
 use loopscope::probe::{LoopProbe, Pool, PoolKind};
-use loopscope::protocol::{Model, PROTOCOL_VERSION, ServerInfo, Versions, WorkerInfo, WorkerReport};
+use loopscope::protocol::{
+    Model, PROTOCOL_VERSION, ServerInfo, Versions, WorkerInfo, WorkerReport,
+};
 
 use super::DemoArgs;
 use super::app::App;
@@ -51,7 +53,12 @@ pub fn supervise(args: &DemoArgs) -> anyhow::Result<()> {
     let telemetry_listener = if args.no_telemetry {
         None
     } else {
-        Some(super::bind(args.bind, args.telemetry_port, "telemetry", "--telemetry-port")?)
+        Some(super::bind(
+            args.bind,
+            args.telemetry_port,
+            "telemetry",
+            "--telemetry-port",
+        )?)
     };
     super::announce(&listener, telemetry_listener.as_ref())?;
 
@@ -96,7 +103,10 @@ pub fn supervise(args: &DemoArgs) -> anyhow::Result<()> {
             };
             let pid = slot.child.id();
             let how = describe(status);
-            eprintln!("loopscope: worker {} (pid {pid}) {how}; respawning", slot.id);
+            eprintln!(
+                "loopscope: worker {} (pid {pid}) {how}; respawning",
+                slot.id
+            );
             if let Some((tx, _)) = &feed {
                 let _ = tx.send(Feed::WorkerExited {
                     id: slot.id,
@@ -197,7 +207,7 @@ fn read_reports(stdout: std::process::ChildStdout, feed: SyncSender<Feed>) {
         let Ok(line) = line else { return };
         match serde_json::from_str::<WorkerReport>(&line) {
             Ok(report) => {
-                if feed.send(Feed::Report(report)).is_err() {
+                if feed.send(Feed::Report(Box::new(report))).is_err() {
                     return;
                 }
             }

@@ -117,7 +117,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         (ModelArg::Node, None, None) => node::run(&args),
         (ModelArg::Fastapi, None, None) => fastapi::supervise(&args),
         (ModelArg::Fastapi, Some(id), Some(fd)) => fastapi::work(&args, id, fd),
-        _ => bail!("--worker-id and --listen-fd are internal: use `loopscope demo --model fastapi`"),
+        _ => {
+            bail!("--worker-id and --listen-fd are internal: use `loopscope demo --model fastapi`")
+        }
     }
 }
 
@@ -125,7 +127,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 fn bind(ip: IpAddr, port: u16, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(SocketAddr::new(ip, port)).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow::anyhow!("{what} port {port} on {ip} is in use: pass {flag} (0 picks a free one)")
+            anyhow::anyhow!(
+                "{what} port {port} on {ip} is in use: pass {flag} (0 picks a free one)"
+            )
         } else {
             anyhow::anyhow!("cannot bind the {what} port {ip}:{port}: {e}")
         }

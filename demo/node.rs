@@ -22,7 +22,12 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let telemetry_listener = if args.no_telemetry {
         None
     } else {
-        Some(super::bind(args.bind, args.telemetry_port, "telemetry", "--telemetry-port")?)
+        Some(super::bind(
+            args.bind,
+            args.telemetry_port,
+            "telemetry",
+            "--telemetry-port",
+        )?)
     };
     super::announce(&listener, telemetry_listener.as_ref())?;
 
@@ -56,7 +61,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             feed.send(Feed::WorkerStarted { id: 0, pid })?;
             let probe = LoopProbe::new(0, config);
             Sampler::new(probe.clone(), Some(pool.clone()), ThreadNames::default())
-                .spawn(move |report| feed.send(Feed::Report(report)).is_ok())?;
+                .spawn(move |report| feed.send(Feed::Report(Box::new(report))).is_ok())?;
             Some(probe)
         }
     };

@@ -153,7 +153,10 @@ mod tests {
             ("mb=-3", "must not be negative"),
             ("mb=0", "is out of range"),
             ("mb=65", "is out of range"),
-            ("mb=99999999999999999999999", "must be a whole number in range"),
+            (
+                "mb=99999999999999999999999",
+                "must be a whole number in range",
+            ),
             ("mb=2.5", "must be a whole number in range"),
             ("mb=NaN", "is not a number"),
         ] {
@@ -167,10 +170,18 @@ mod tests {
     #[test]
     fn unknown_repeated_and_malformed_are_errors() {
         assert_eq!(int("size=3").unwrap_err().parameter, "size");
-        assert_eq!(int("mb=1&mb=2").unwrap_err().problem, "is given more than once");
+        assert_eq!(
+            int("mb=1&mb=2").unwrap_err().problem,
+            "is given more than once"
+        );
         assert_eq!(int("mb=%ZZ").unwrap_err().parameter, "query");
         let p = Params::parse(Some("on=gpu"), &["on"]).unwrap();
-        assert_eq!(p.choice("on", &["loop", "pool"], "pool").unwrap_err().allowed, "loop | pool");
+        assert_eq!(
+            p.choice("on", &["loop", "pool"], "pool")
+                .unwrap_err()
+                .allowed,
+            "loop | pool"
+        );
         let p = Params::parse(None, &["on"]).unwrap();
         assert_eq!(p.choice("on", &["loop", "pool"], "pool"), Ok("pool"));
     }

@@ -96,7 +96,12 @@ pub fn parse_json(doc: &str) -> Parsed {
 /// pbkdf2-HMAC-SHA512, 64-byte key, as Node's `crypto.pbkdf2(..., 'sha512')`.
 pub fn pbkdf2(iterations: u32) -> String {
     let mut key = [0u8; 64];
-    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(b"correct horse battery staple", b"loopscope-salt", iterations, &mut key);
+    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(
+        b"correct horse battery staple",
+        b"loopscope-salt",
+        iterations,
+        &mut key,
+    );
     key[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 

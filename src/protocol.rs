@@ -348,7 +348,10 @@ mod tests {
                 stalled_in: Some("GET /block?ms=500".into()),
                 ..Default::default()
             }],
-            host: HostSnapshot { cpu: 50.0, cores: 2 },
+            host: HostSnapshot {
+                cpu: 50.0,
+                cores: 2,
+            },
             events: vec![Event::WorkerRestarted {
                 worker: 1,
                 old_pid: 10,

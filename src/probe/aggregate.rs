@@ -23,7 +23,7 @@ use crate::protocol::{
 #[derive(Clone, Debug)]
 pub enum Feed {
     /// A worker's periodic report.
-    Report(WorkerReport),
+    Report(Box<WorkerReport>),
     /// A worker process started in a slot (first start or respawn).
     WorkerStarted {
         /// Worker slot.
@@ -75,15 +75,19 @@ impl Aggregator {
     pub fn apply(&mut self, feed: Feed) -> bool {
         match feed {
             Feed::Report(report) => {
-                let w = report.worker;
+                let WorkerReport {
+                    worker: w,
+                    events,
+                    urgent,
+                } = *report;
                 let slot = self.slots.entry(w.id).or_default();
                 // A late line from a process that has since been replaced.
                 if slot.started && slot.last.pid != w.pid {
                     return false;
                 }
-                self.events.extend(report.events);
+                self.events.extend(events);
                 slot.pending.push(w);
-                report.urgent
+                urgent
             }
             Feed::WorkerStarted { id, pid } => {
                 let slot = self.slots.entry(id).or_default();
@@ -182,7 +186,8 @@ impl Aggregator {
                 let longest_gap = self.period * 3 / 2;
                 let mut last_publish = Instant::now();
                 loop {
-                    let wait = (last_publish + longest_gap).saturating_duration_since(Instant::now());
+                    let wait =
+                        (last_publish + longest_gap).saturating_duration_since(Instant::now());
                     let publish = match feed.recv_timeout(wait) {
                         Ok(f) => {
                             let urgent = self.apply(f);
@@ -237,7 +242,7 @@ mod tests {
     use super::*;
 
     fn report(id: u32, pid: u32, lag_max: f64, urgent: bool) -> Feed {
-        Feed::Report(WorkerReport {
+        Feed::Report(Box::new(WorkerReport {
             worker: WorkerSnapshot {
                 id,
                 pid,
@@ -252,7 +257,7 @@ mod tests {
             },
             events: vec![],
             urgent,
-        })
+        }))
     }
 
     #[test]

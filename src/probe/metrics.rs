@@ -28,7 +28,11 @@ pub fn render(s: &Snapshot, skipped_lines: u64) -> String {
 
     let mut lag = Vec::new();
     for w in &s.workers {
-        for (q, v) in [("0.5", w.lag_ms.p50), ("0.99", w.lag_ms.p99), ("1", w.lag_ms.max)] {
+        for (q, v) in [
+            ("0.5", w.lag_ms.p50),
+            ("0.99", w.lag_ms.p99),
+            ("1", w.lag_ms.max),
+        ] {
             lag.push((format!(",worker=\"{}\",quantile=\"{q}\"", w.id), v));
         }
     }
@@ -162,14 +166,19 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
-            host: HostSnapshot { cpu: 37.5, cores: 2 },
+            host: HostSnapshot {
+                cpu: 37.5,
+                cores: 2,
+            },
             events: vec![],
         };
         let text = render(&snap, 3);
         assert!(text.contains(
             "loopscope_loop_lag_ms{model=\"fastapi\",worker=\"1\",quantile=\"1\"} 412\n"
         ));
-        assert!(text.contains("loopscope_worker_up{model=\"fastapi\",worker=\"0\",pid=\"100\"} 1\n"));
+        assert!(
+            text.contains("loopscope_worker_up{model=\"fastapi\",worker=\"0\",pid=\"100\"} 1\n")
+        );
         assert!(text.contains("loopscope_host_cpu_percent{model=\"fastapi\"} 37.5\n"));
         assert!(text.contains("loopscope_telemetry_skipped_lines_total{model=\"fastapi\"} 3\n"));
         assert!(text.contains("# TYPE loopscope_pool_queued gauge\n"));

@@ -245,7 +245,7 @@ impl LoopProbe {
         let mut endpoints = Vec::new();
         if let Ok(mut map) = s.endpoints.lock() {
             for (name, h) in map.iter_mut() {
-                if h.len() == 0 {
+                if h.is_empty() {
                     continue;
                 }
                 endpoints.push(EndpointLatency {

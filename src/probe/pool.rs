@@ -164,7 +164,11 @@ impl Pool {
             (state.queue.len() as u32, oldest)
         };
         let (p50, p99, max) = {
-            let mut waits = self.inner.waits.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut waits = self
+                .inner
+                .waits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let r = (
                 waits.quantile_ms(0.5),
                 waits.quantile_ms(0.99),

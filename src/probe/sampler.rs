@@ -83,7 +83,10 @@ impl Sampler {
 
     /// The report for the period ending `now`.
     pub fn report(&mut self, now: Instant, urgent: bool) -> WorkerReport {
-        let dt = now.saturating_duration_since(self.last_at).as_secs_f64().max(1e-6);
+        let dt = now
+            .saturating_duration_since(self.last_at)
+            .as_secs_f64()
+            .max(1e-6);
         self.last_at = now;
 
         let busy = self.probe.busy_until(now);
@@ -184,8 +187,11 @@ mod tests {
         }
         let stall = live_stall.expect("a report during the stall");
         assert!(stall.worker.stalled_for_ms < 300.0);
-        assert_eq!(stall.worker.stalled_in.as_deref(), Some("GET /block?ms=300"));
-        assert!(max_lag >= 280.0 && max_lag < 400.0, "lag max {max_lag}");
+        assert_eq!(
+            stall.worker.stalled_in.as_deref(),
+            Some("GET /block?ms=300")
+        );
+        assert!((280.0..400.0).contains(&max_lag), "lag max {max_lag}");
         assert!(max_util > 0.9, "utilization {max_util}");
     }
 }

@@ -67,7 +67,10 @@ impl TelemetryHub {
 
     /// The server description served at `/info`.
     pub fn info(&self) -> ServerInfo {
-        self.info.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Changes the server description (a worker got a new pid).
@@ -169,7 +172,10 @@ async fn metrics(State(hub): State<Arc<TelemetryHub>>) -> Response {
         None => String::new(),
     };
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()

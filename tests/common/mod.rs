@@ -1,0 +1,144 @@
+//! Helpers for tests on real processes over loopback: start the demo binary, read its
+//! address line, talk HTTP, read telemetry. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use loopscope::client::http::{self, HttpClient, HttpResponse, TelemetryStream};
+use loopscope::protocol::{AddressLine, Snapshot};
+
+/// Tests that measure time run one at a time: two cores are not enough to share.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A running `loopscope demo`, killed (with its workers) when dropped.
+pub struct Demo {
+    pub child: Child,
+    pub app: String,
+    pub telemetry: String,
+    pub pid: u32,
+}
+
+impl Demo {
+    /// Starts `loopscope demo --port 0 --telemetry-port 0 <extra>` and waits (≤ 20 s)
+    /// for its address line.
+    pub fn start(extra: &[&str]) -> Demo {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_loopscope"))
+            .args(["demo", "--port", "0", "--telemetry-port", "0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the demo binary");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the demo prints its address line within 20 s");
+        let addr: AddressLine = serde_json::from_str(line.trim())
+            .unwrap_or_else(|e| panic!("bad address line {line:?}: {e}"));
+        Demo {
+            child,
+            app: addr.app,
+            telemetry: addr.telemetry.unwrap_or_default(),
+            pid: addr.pid,
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET with a bound.
+pub async fn get(client: &HttpClient, addr: &str, path: &str) -> HttpResponse {
+    tokio::time::timeout(Duration::from_secs(30), http::get(client, addr, path))
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} within 30 s"))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// The telemetry stream, once its first snapshot arrived (so the probe is running).
+pub async fn telemetry(addr: &str) -> TelemetryStream {
+    let client = http::client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Ok(mut stream)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            TelemetryStream::connect(&client, addr),
+        )
+        .await
+        {
+            if let Ok(Ok(Some(_))) =
+                tokio::time::timeout(Duration::from_secs(2), stream.next()).await
+            {
+                return stream;
+            }
+        }
+        assert!(Instant::now() < deadline, "telemetry at {addr} within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next snapshot, within 2 s.
+pub async fn next(stream: &mut TelemetryStream) -> Snapshot {
+    tokio::time::timeout(Duration::from_secs(2), stream.next())
+        .await
+        .expect("a snapshot within 2 s")
+        .expect("a readable snapshot")
+        .expect("the stream goes on")
+}
+
+/// Reads snapshots until `pred` holds or `within` passes.
+pub async fn until(
+    stream: &mut TelemetryStream,
+    within: Duration,
+    mut pred: impl FnMut(&Snapshot) -> bool,
+) -> Option<Snapshot> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let s = next(stream).await;
+        if pred(&s) {
+            return Some(s);
+        }
+    }
+    None
+}
+
+/// True when nothing accepts connections on `addr`.
+pub fn refused(addr: &str) -> bool {
+    std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200))
+        .is_err()
+}
+
+/// True when `pid` is gone (or a zombie nobody reaped yet).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}

@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, body::Bytes};
-use loopscope::probe::{LoopProbe, Pool, RequestTag};
+use loopscope::probe::Pool;
 use loopscope::protocol::Model;
 use serde_json::{Value, json};
 
@@ -75,9 +74,9 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// The routes; with a probe, every request is instrumented.
-pub fn router(app: Arc<App>, probe: Option<LoopProbe>) -> Router {
-    let router = Router::new()
+/// The routes.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
         .route("/hello", get(hello))
         .route("/json", get(json_on_loop))
         .route("/offload", get(json_offloaded))
@@ -88,16 +87,7 @@ pub fn router(app: Arc<App>, probe: Option<LoopProbe>) -> Router {
         .route("/fs", get(fs))
         .route("/sleep", get(sleep))
         .fallback(not_found)
-        .with_state(app);
-    match probe {
-        Some(probe) => router.layer(middleware::from_fn_with_state(probe, instrument)),
-        None => router,
-    }
-}
-
-async fn instrument(State(probe): State<LoopProbe>, req: Request, next: Next) -> Response {
-    let tag = RequestTag::new(req.method().as_str(), req.uri().path(), req.uri().query());
-    probe.instrument(tag, next.run(req)).await
+        .with_state(app)
 }
 
 use axum::extract::RawQuery as Query;

@@ -5,7 +5,9 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use anyhow::Context;
-use loopscope::probe::LoopProbe;
+use axum::ServiceExt;
+use loopscope::probe::{LoopProbe, ProbeLayer};
+use tower_layer::Layer;
 
 use super::app::{self, App};
 
@@ -51,10 +53,21 @@ fn serve(setup: LoopSetup) -> anyhow::Result<()> {
         if let Some(probe) = &probe {
             probe.spawn_lag_task();
         }
-        let router = app::router(Arc::new(app), probe);
-        axum::serve(listener, router)
-            .await
-            .context("the application server stopped")
+        let router = app::router(Arc::new(app));
+        // The probe wraps the whole router, outermost, so that it times everything
+        // a request does on the loop.
+        let served = match probe {
+            Some(probe) => {
+                let service = ProbeLayer::new(probe).layer(router);
+                axum::serve(
+                    listener,
+                    ServiceExt::<axum::extract::Request>::into_make_service(service),
+                )
+                .await
+            }
+            None => axum::serve(listener, router).await,
+        };
+        served.context("the application server stopped")
     })
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use loopscope::probe::aggregate::{Aggregator, Feed};
+use loopscope::probe::aggregate::{Aggregator, Feed, Publisher};
 use loopscope::probe::cpu::ThreadNames;
 use loopscope::probe::sampler::Sampler;
 use loopscope::probe::telemetry::{self, TelemetryHub};
@@ -56,12 +56,16 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             };
             let hub = Arc::new(TelemetryHub::new(info, epoch));
             telemetry::serve(tl, Arc::clone(&hub))?;
-            let (feed, feed_rx) = std::sync::mpsc::sync_channel(64);
-            Aggregator::new(Model::Node, config.period).spawn(feed_rx, hub)?;
-            feed.send(Feed::WorkerStarted { id: 0, pid })?;
+            // One worker in this process: the sampler publishes itself, no thread hop.
+            let mut publisher = Publisher::new(Aggregator::new(Model::Node, config.period), hub);
+            publisher.feed(Feed::WorkerStarted { id: 0, pid });
             let probe = LoopProbe::new(0, config);
-            Sampler::new(probe.clone(), Some(pool.clone()), ThreadNames::default())
-                .spawn(move |report| feed.send(Feed::Report(Box::new(report))).is_ok())?;
+            Sampler::new(probe.clone(), Some(pool.clone()), ThreadNames::default()).spawn(
+                move |report| {
+                    publisher.feed(Feed::Report(Box::new(report)));
+                    true
+                },
+            )?;
             Some(probe)
         }
     };

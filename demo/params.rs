@@ -174,7 +174,8 @@ mod tests {
             int("mb=1&mb=2").unwrap_err().problem,
             "is given more than once"
         );
-        assert_eq!(int("mb=%ZZ").unwrap_err().parameter, "query");
+        assert_eq!(int("mb=%ZZ").unwrap_err().parameter, "mb");
+        assert_eq!(int("mb=%FF").unwrap_err().problem, "is not a number");
         let p = Params::parse(Some("on=gpu"), &["on"]).unwrap();
         assert_eq!(
             p.choice("on", &["loop", "pool"], "pool")

@@ -172,41 +172,68 @@ impl Aggregator {
         }
     }
 
-    /// Runs the aggregator on its own thread until `feed` closes.
+    /// Runs the aggregator on its own thread until `feed` closes; a snapshot goes out
+    /// at the latest 1.5 periods after the previous one, whatever the workers do.
     pub fn spawn(
-        mut self,
+        self,
         feed: Receiver<Feed>,
         hub: Arc<TelemetryHub>,
     ) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name("loopscope-aggregate".into())
             .spawn(move || {
-                let epoch = hub.epoch();
-                let mut host = HostCpu::new();
                 let longest_gap = self.period * 3 / 2;
-                let mut last_publish = Instant::now();
+                let mut publisher = Publisher::new(self, hub);
                 loop {
-                    let wait =
-                        (last_publish + longest_gap).saturating_duration_since(Instant::now());
-                    let publish = match feed.recv_timeout(wait) {
-                        Ok(f) => {
-                            let urgent = self.apply(f);
-                            urgent || self.ready()
-                        }
-                        Err(RecvTimeoutError::Timeout) => true,
+                    let wait = (publisher.last_publish + longest_gap)
+                        .saturating_duration_since(Instant::now());
+                    match feed.recv_timeout(wait) {
+                        Ok(f) => publisher.feed(f),
+                        Err(RecvTimeoutError::Timeout) => publisher.publish(),
                         Err(RecvTimeoutError::Disconnected) => return,
-                    };
-                    if publish {
-                        last_publish = Instant::now();
-                        let host = HostSnapshot {
-                            cpu: host.sample(),
-                            cores: host.cores(),
-                        };
-                        let t_ms = epoch.elapsed().as_millis() as u64;
-                        hub.publish(self.snapshot(t_ms, host));
                     }
                 }
             })
+    }
+}
+
+/// An aggregator that publishes to a hub as soon as a snapshot is ready. Used
+/// inline by a single in-process sampler (no thread hop), or by [`Aggregator::spawn`].
+pub struct Publisher {
+    aggregator: Aggregator,
+    hub: Arc<TelemetryHub>,
+    host: HostCpu,
+    last_publish: Instant,
+}
+
+impl Publisher {
+    /// Publishes `aggregator`'s snapshots to `hub`.
+    pub fn new(aggregator: Aggregator, hub: Arc<TelemetryHub>) -> Self {
+        Self {
+            aggregator,
+            hub,
+            host: HostCpu::new(),
+            last_publish: Instant::now(),
+        }
+    }
+
+    /// Takes one input and publishes if a snapshot is due.
+    pub fn feed(&mut self, feed: Feed) {
+        let urgent = self.aggregator.apply(feed);
+        if urgent || self.aggregator.ready() {
+            self.publish();
+        }
+    }
+
+    /// Publishes a snapshot now.
+    pub fn publish(&mut self) {
+        self.last_publish = Instant::now();
+        let host = HostSnapshot {
+            cpu: self.host.sample(),
+            cores: self.host.cores(),
+        };
+        let t_ms = self.hub.epoch().elapsed().as_millis() as u64;
+        self.hub.publish(self.aggregator.snapshot(t_ms, host));
     }
 }
 

@@ -3,10 +3,49 @@
 //! each time so that a sampler outside the loop can see a stall while it lasts.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use super::Shared;
+
+/// How many recent sleeps of the loop are remembered.
+const PARKS_KEPT: usize = 16;
+
+/// Recent intervals in which the loop thread slept, written by the park hooks.
+///
+/// Only the loop thread writes and reads it (hooks and lag task run there), so plain
+/// relaxed atomics suffice; they make it `Sync` for the hooks' closures.
+#[derive(Debug, Default)]
+pub(crate) struct ParkLog {
+    parked_at: AtomicU64,
+    /// (parked, woke) in ns since the probe's epoch; a ring.
+    sleeps: [(AtomicU64, AtomicU64); PARKS_KEPT],
+    next: AtomicUsize,
+}
+
+impl ParkLog {
+    pub(crate) fn parked(&self, now_ns: u64) {
+        self.parked_at.store(now_ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn unparked(&self, now_ns: u64) {
+        let start = self.parked_at.swap(0, Ordering::Relaxed);
+        if start != 0 {
+            let i = self.next.load(Ordering::Relaxed);
+            self.sleeps[i].0.store(start, Ordering::Relaxed);
+            self.sleeps[i].1.store(now_ns, Ordering::Relaxed);
+            self.next.store((i + 1) % PARKS_KEPT, Ordering::Relaxed);
+        }
+    }
+
+    /// When the loop woke from the sleep it was in at `t_ns`, if it was asleep then.
+    pub(crate) fn wake_after(&self, t_ns: u64) -> Option<u64> {
+        self.sleeps.iter().find_map(|(start, end)| {
+            let (start, end) = (start.load(Ordering::Relaxed), end.load(Ordering::Relaxed));
+            (start <= t_ns && t_ns <= end).then_some(end)
+        })
+    }
+}
 
 /// Samples kept on the loop while the sampler holds the histogram; beyond this the
 /// oldest are dropped (the sampler holds it for microseconds, so this stays near 0).
@@ -15,15 +54,18 @@ const PENDING_CAP: usize = 256;
 pub(crate) async fn run(shared: Arc<Shared>) {
     let resolution = shared.config.lag_resolution;
     let mut pending: Vec<u64> = Vec::new();
+    // The timer needs the std clock; lateness is measured on the probe's clock.
     let mut deadline = Instant::now() + resolution;
+    let mut deadline_ns = shared.now_ns() + resolution.as_nanos() as u64;
     loop {
         tokio::time::sleep_until(deadline.into()).await;
-        let now = Instant::now();
-        shared
-            .heartbeat_ns
-            .store(shared.ns_at(now), Ordering::Relaxed);
-        // Lateness past the deadline we asked for: the resolution is not counted.
-        let late_us = now.saturating_duration_since(deadline).as_micros() as u64;
+        let now_ns = shared.now_ns();
+        shared.heartbeat_ns.store(now_ns, Ordering::Relaxed);
+        // Lateness past the deadline, the resolution not counted. If the loop was
+        // asleep at the deadline (tokio rounds timers up to its next 1 ms tick), the
+        // timer could not be late before the loop woke: count from the wake-up.
+        let ready_ns = shared.parks.wake_after(deadline_ns).unwrap_or(deadline_ns);
+        let late_us = now_ns.saturating_sub(ready_ns.max(deadline_ns)) / 1000;
         match shared.lag.try_lock() {
             Ok(mut h) => {
                 for v in pending.drain(..) {
@@ -39,6 +81,35 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             }
         }
         // Re-armed from now, as a repeating libuv timer is.
-        deadline = now + resolution;
+        deadline = Instant::now() + resolution;
+        deadline_ns = now_ns + resolution.as_nanos() as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_inside_a_sleep_counts_from_the_wake_up() {
+        let log = ParkLog::default();
+        log.parked(1_000);
+        log.unparked(3_000);
+        // A zero-length park after a block does not contain earlier deadlines.
+        log.parked(9_000);
+        log.unparked(9_001);
+        assert_eq!(log.wake_after(2_000), Some(3_000));
+        assert_eq!(log.wake_after(5_000), None);
+        assert_eq!(log.wake_after(500), None);
+        for i in 0..PARKS_KEPT as u64 {
+            log.parked(10_000 + i * 10);
+            log.unparked(10_000 + i * 10 + 5);
+        }
+        assert_eq!(
+            log.wake_after(2_000),
+            None,
+            "forgotten after {PARKS_KEPT} sleeps"
+        );
+        assert_eq!(log.wake_after(10_002), Some(10_005));
     }
 }

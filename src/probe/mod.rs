@@ -25,25 +25,26 @@
 
 pub mod aggregate;
 pub mod cpu;
+mod endpoints;
 mod histogram;
 mod instrument;
 mod lag;
 pub mod metrics;
 pub mod pool;
 pub mod sampler;
+mod target;
 pub mod telemetry;
 
 pub use histogram::LatencyHistogram;
-pub use instrument::{Instrumented, RequestTag};
+pub use instrument::{Instrumented, ProbeLayer, ProbeService, RequestTag};
 pub use pool::{Pool, PoolJob, PoolKind};
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use crate::protocol::{EndpointLatency, Event, LagSummary, RequestSnapshot};
+use crate::protocol::{Event, LagSummary, RequestSnapshot};
 
 /// How a probe measures; every worker of a server uses the same.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -71,9 +72,6 @@ impl Default for ProbeConfig {
     }
 }
 
-/// Endpoint-latency map entries beyond this share one `other` bucket, so that a scan
-/// of random paths cannot grow memory.
-const MAX_ENDPOINTS: usize = 64;
 /// Slow-poll events waiting for the sampler; more are dropped and counted.
 const EVENT_CAPACITY: usize = 1024;
 
@@ -86,35 +84,39 @@ pub struct LoopProbe {
 pub(crate) struct Shared {
     pub(crate) worker_id: u32,
     pub(crate) config: ProbeConfig,
-    /// All `*_ns` atomics count from here.
-    pub(crate) epoch: Instant,
+    /// All `*_ns` atomics count from here; the TSC clock, cheap enough to read on
+    /// every park and poll.
+    pub(crate) epoch: quanta::Instant,
     /// When the lag timer last ran on the loop.
     pub(crate) heartbeat_ns: AtomicU64,
+    /// Recent intervals in which the loop slept (only the loop thread touches it).
+    pub(crate) parks: lag::ParkLog,
     pub(crate) lag: Mutex<LatencyHistogram>,
-    /// Start of the task poll running now, 0 when none is (set by the poll hooks).
-    pub(crate) poll_started_ns: AtomicU64,
-    /// Time spent in finished task polls.
-    pub(crate) busy_ns: AtomicU64,
-    /// Non-zero while an instrumented request is being polled: the id of that poll.
-    pub(crate) request_poll: AtomicU64,
-    pub(crate) request_poll_seq: AtomicU64,
-    pub(crate) current_request: Mutex<(u64, Option<Arc<str>>)>,
+    /// The runtime of the loop, for its busy-time counter.
+    pub(crate) runtime: OnceLock<tokio::runtime::Handle>,
+    /// Ids handed to instrumented requests.
+    pub(crate) request_seq: LoopCounter,
+    /// The id of the request being polled now, 0 when none is.
+    pub(crate) request_in_poll: LoopCounter,
+    /// The target of the request being polled (or polled last).
+    pub(crate) target: target::TargetSlot,
     pub(crate) events_tx: SyncSender<Event>,
     pub(crate) events_rx: Mutex<Receiver<Event>>,
     pub(crate) events_dropped: AtomicU64,
-    pub(crate) in_flight: AtomicU64,
-    pub(crate) completed: AtomicU64,
-    pub(crate) endpoints: Mutex<HashMap<Arc<str>, LatencyHistogram>>,
-    pub(crate) latency_dropped: AtomicU64,
+    pub(crate) in_flight: LoopCounter,
+    pub(crate) completed: LoopCounter,
+    pub(crate) endpoints: endpoints::EndpointTable,
+    /// The sampler's view of the endpoint counts at its previous report.
+    pub(crate) endpoints_seen: Mutex<Vec<Vec<u64>>>,
 }
 
 impl Shared {
     pub(crate) fn now_ns(&self) -> u64 {
-        // Never 0, so that 0 can mean "not set".
-        self.epoch.elapsed().as_nanos() as u64 + 1
+        self.ns_at(quanta::Instant::now())
     }
 
-    pub(crate) fn ns_at(&self, t: Instant) -> u64 {
+    pub(crate) fn ns_at(&self, t: quanta::Instant) -> u64 {
+        // Never 0, so that 0 can mean "not set".
         t.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
     }
 }
@@ -123,26 +125,26 @@ impl LoopProbe {
     /// A probe for the loop of worker `worker_id`.
     pub fn new(worker_id: u32, config: ProbeConfig) -> Self {
         let (events_tx, events_rx) = std::sync::mpsc::sync_channel(EVENT_CAPACITY);
-        let epoch = Instant::now();
+        let epoch = quanta::Instant::now();
         Self {
             shared: Arc::new(Shared {
                 worker_id,
                 config,
                 epoch,
                 heartbeat_ns: AtomicU64::new(1),
+                parks: lag::ParkLog::default(),
                 lag: Mutex::new(LatencyHistogram::new()),
-                poll_started_ns: AtomicU64::new(0),
-                busy_ns: AtomicU64::new(0),
-                request_poll: AtomicU64::new(0),
-                request_poll_seq: AtomicU64::new(0),
-                current_request: Mutex::new((0, None)),
+                runtime: OnceLock::new(),
+                request_seq: LoopCounter::default(),
+                request_in_poll: LoopCounter::default(),
+                target: target::TargetSlot::default(),
                 events_tx,
                 events_rx: Mutex::new(events_rx),
                 events_dropped: AtomicU64::new(0),
-                in_flight: AtomicU64::new(0),
-                completed: AtomicU64::new(0),
-                endpoints: Mutex::new(HashMap::new()),
-                latency_dropped: AtomicU64::new(0),
+                in_flight: LoopCounter::default(),
+                completed: LoopCounter::default(),
+                endpoints: endpoints::EndpointTable::default(),
+                endpoints_seen: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -157,36 +159,21 @@ impl LoopProbe {
         self.shared.config
     }
 
-    /// Installs the task-poll hooks that measure loop utilization. Call before
-    /// `build()`. Without `--cfg tokio_unstable` the hooks do not exist and
-    /// utilization reads 0.
+    /// Installs the runtime hooks the probe measures with. Call before `build()`.
+    ///
+    /// The park hooks let the lag timer tell sleeping from being held: without them
+    /// tokio's 1 ms timer rounding adds up to 1 ms to every lag sample.
     pub fn install_hooks(&self, builder: &mut tokio::runtime::Builder) {
-        #[cfg(tokio_unstable)]
-        {
-            let before = Arc::clone(&self.shared);
-            let after = Arc::clone(&self.shared);
-            builder
-                .on_before_task_poll(move |_| {
-                    before
-                        .poll_started_ns
-                        .store(before.now_ns(), Ordering::Relaxed);
-                })
-                .on_after_task_poll(move |_| {
-                    let started = after.poll_started_ns.swap(0, Ordering::Relaxed);
-                    if started != 0 {
-                        let now = after.now_ns();
-                        after
-                            .busy_ns
-                            .fetch_add(now.saturating_sub(started), Ordering::Relaxed);
-                    }
-                });
-        }
-        #[cfg(not(tokio_unstable))]
-        let _ = builder;
+        let park = Arc::clone(&self.shared);
+        let unpark = Arc::clone(&self.shared);
+        builder
+            .on_thread_park(move || park.parks.parked(park.now_ns()))
+            .on_thread_unpark(move || unpark.parks.unparked(unpark.now_ns()));
     }
 
     /// Starts the lag timer on the current runtime. Call from inside the loop.
     pub fn spawn_lag_task(&self) -> tokio::task::JoinHandle<()> {
+        let _ = self.shared.runtime.set(tokio::runtime::Handle::current());
         tokio::spawn(lag::run(Arc::clone(&self.shared)))
     }
 
@@ -195,36 +182,27 @@ impl LoopProbe {
         Instrumented::new(Arc::clone(&self.shared), tag, fut)
     }
 
-    /// How long the loop has gone without a heartbeat at `now`, if that is a stall.
-    pub fn stalled_for(&self, now: Instant) -> Option<Duration> {
+    /// How long the loop has gone without a heartbeat, if that is a stall.
+    pub fn stalled_for(&self) -> Option<Duration> {
         let s = &self.shared;
         let beat = s.heartbeat_ns.load(Ordering::Relaxed);
-        let gap = Duration::from_nanos(s.ns_at(now).saturating_sub(beat));
+        let gap = Duration::from_nanos(s.now_ns().saturating_sub(beat));
         (gap > s.config.stall_threshold).then_some(gap)
     }
 
     /// The request whose poll is holding the loop right now, if any.
-    pub fn request_in_poll(&self) -> Option<Arc<str>> {
-        let s = &self.shared;
-        let id = s.request_poll.load(Ordering::Acquire);
-        if id == 0 {
-            return None;
+    pub fn request_in_poll(&self) -> Option<String> {
+        match self.shared.request_in_poll.get() {
+            0 => None,
+            id => self.shared.target.read(id),
         }
-        let slot = s.current_request.lock().ok()?;
-        (slot.0 == id).then(|| slot.1.clone()).flatten()
     }
 
-    /// Busy time of the loop up to `now`, counting a poll still running.
-    pub fn busy_until(&self, now: Instant) -> Duration {
-        let s = &self.shared;
-        let started = s.poll_started_ns.load(Ordering::Relaxed);
-        let busy = s.busy_ns.load(Ordering::Relaxed);
-        let running = if started == 0 {
-            0
-        } else {
-            s.ns_at(now).saturating_sub(started)
-        };
-        Duration::from_nanos(busy + running)
+    /// Time the loop has spent busy (tokio's counter, updated when the loop parks),
+    /// or `None` before the lag task started.
+    pub fn busy_total(&self) -> Option<Duration> {
+        let rt = self.shared.runtime.get()?;
+        Some(rt.metrics().worker_total_busy_duration(0))
     }
 
     /// Takes the lag histogram of the period and starts a new one.
@@ -242,26 +220,13 @@ impl LoopProbe {
     /// Takes the period's request figures (`per_s` is left for the caller).
     pub fn take_requests(&self) -> RequestSnapshot {
         let s = &self.shared;
-        let mut endpoints = Vec::new();
-        if let Ok(mut map) = s.endpoints.lock() {
-            for (name, h) in map.iter_mut() {
-                if h.is_empty() {
-                    continue;
-                }
-                endpoints.push(EndpointLatency {
-                    endpoint: name.to_string(),
-                    count: h.len(),
-                    p50_ms: h.quantile_ms(0.5),
-                    p99_ms: h.quantile_ms(0.99),
-                    max_ms: h.max_ms(),
-                });
-                h.reset();
-            }
-        }
-        endpoints.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        let endpoints = match s.endpoints_seen.lock() {
+            Ok(mut seen) => s.endpoints.take(&mut seen),
+            Err(_) => Vec::new(),
+        };
         RequestSnapshot {
-            in_flight: s.in_flight.load(Ordering::Relaxed),
-            completed: s.completed.load(Ordering::Relaxed),
+            in_flight: s.in_flight.get(),
+            completed: s.completed.get(),
             per_s: 0.0,
             endpoints,
         }
@@ -293,20 +258,35 @@ impl LoopProbe {
         }
     }
 
-    pub(crate) fn record_latency(shared: &Shared, endpoint: &Arc<str>, latency: Duration) {
-        let Ok(mut map) = shared.endpoints.try_lock() else {
-            shared.latency_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        if let Some(h) = map.get_mut(endpoint) {
-            h.record(latency);
-            return;
-        }
-        let key: Arc<str> = if map.len() < MAX_ENDPOINTS {
-            Arc::clone(endpoint)
-        } else {
-            Arc::from("other")
-        };
-        map.entry(key).or_default().record(latency);
+    pub(crate) fn endpoint_index(shared: &Shared, endpoint: &str) -> usize {
+        shared.endpoints.index(endpoint)
+    }
+
+    pub(crate) fn record_latency(shared: &Shared, endpoint: usize, latency: Duration) {
+        shared.endpoints.record(endpoint, latency);
+    }
+}
+
+/// A counter written only by the loop thread and read by others: a plain load and
+/// store instead of a locked read-modify-write, which the per-request path cannot
+/// afford. Writers on several threads would lose updates (never corrupt them): a
+/// probe measures one `current_thread` loop.
+#[derive(Debug, Default)]
+pub(crate) struct LoopCounter(AtomicU64);
+
+impl LoopCounter {
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// Adds `d` and returns the new value.
+    pub(crate) fn add(&self, d: i64) -> u64 {
+        let v = self.get().wrapping_add_signed(d);
+        self.set(v);
+        v
     }
 }

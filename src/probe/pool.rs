@@ -50,9 +50,13 @@ struct State {
     shutdown: bool,
 }
 
+/// Runs the work and returns how to deliver its result, so that the gauge counts
+/// the job as completed before its caller can see the result.
+type Work = Box<dyn FnOnce(Duration) -> Box<dyn FnOnce() + Send> + Send>;
+
 struct Job {
     enqueued: Instant,
-    run: Box<dyn FnOnce(Duration) + Send>,
+    run: Work,
 }
 
 /// What a finished job hands back.
@@ -117,16 +121,19 @@ impl Pool {
         self.submit(Box::new(move |queued| {
             let start = Instant::now();
             let value = f();
-            let _ = tx.send(PoolJob {
+            let job = PoolJob {
                 value,
                 queued,
                 ran: start.elapsed(),
-            });
+            };
+            Box::new(move || {
+                let _ = tx.send(job);
+            })
         }));
         rx.await.map_err(|_| PoolClosed)
     }
 
-    fn submit(&self, run: Box<dyn FnOnce(Duration) + Send>) {
+    fn submit(&self, run: Work) {
         let mut state = self.inner.lock();
         state.queue.push_back(Job {
             enqueued: Instant::now(),
@@ -232,9 +239,13 @@ impl Inner {
                 .record(queued);
             // A panicking job drops its sender, so its caller sees PoolClosed; the
             // thread lives on.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.run)(queued)));
+            let deliver =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.run)(queued)));
             self.busy.fetch_sub(1, Ordering::Relaxed);
             self.completed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(deliver) = deliver {
+                deliver();
+            }
         }
     }
 }

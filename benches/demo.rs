@@ -1,0 +1,335 @@
+//! Benchmarks of the demo server and its probe; figures are printed, not asserted.
+//!
+//! `cargo bench --bench demo` runs all; `cargo bench --bench demo -- NAME` one of
+//! `overhead`, `accuracy`, `stall`, `throughput`. Results go in BENCHMARKS.md.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use loopscope::client::http::{self, TelemetryStream};
+use loopscope::protocol::AddressLine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Demo {
+    child: Child,
+    app: String,
+    telemetry: String,
+    pid: u32,
+}
+
+/// Pins the calling thread (and what it starts later) to one CPU.
+fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+impl Demo {
+    fn start(extra: &[&str]) -> Demo {
+        Self::start_on(extra, None)
+    }
+
+    /// Starts the demo, pinned to `cpu` if given (its threads inherit it).
+    fn start_on(extra: &[&str], cpu: Option<usize>) -> Demo {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_loopscope"));
+        if let Some(cpu) = cpu {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: sched_setaffinity is async-signal-safe and allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || pin_to_cpu(cpu));
+            }
+        }
+        let mut child = cmd
+            .args(["demo", "--port", "0", "--telemetry-port", "0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the demo");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let a: AddressLine = serde_json::from_str(line.trim()).unwrap();
+        Demo {
+            child,
+            app: a.app,
+            telemetry: a.telemetry.unwrap_or_default(),
+            pid: a.pid,
+        }
+    }
+
+    /// Run time of all the process's threads, in ns.
+    fn cpu_ns(&self) -> u64 {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return 0;
+        };
+        dir.flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// utime + stime of the whole process, in seconds.
+    #[allow(dead_code)]
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        ticks as f64 / hz
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Closed-loop keep-alive load of `GET /hello` on `conns` connections for `secs`;
+/// returns responses received. Raw HTTP/1.1, so the client costs as little as it can.
+async fn hello_load(addr: &str, conns: usize, secs: f64) -> u64 {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let addr = addr.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(&addr).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let req = format!("GET /hello HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0u64;
+            while Instant::now() < end {
+                s.write_all(req.as_bytes()).await.unwrap();
+                let mut have = 0;
+                loop {
+                    let r = s.read(&mut buf[have..]).await.unwrap();
+                    assert!(r > 0, "server closed");
+                    have += r;
+                    if let Some(h) = find(&buf[..have], b"\r\n\r\n") {
+                        let head = std::str::from_utf8(&buf[..h]).unwrap();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if have >= h + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn overhead() {
+    println!("## probe overhead: server CPU per /hello, telemetry on vs --no-telemetry");
+    println!("(both servers run at once, pinned to CPU 1, the load generator to CPU 0;");
+    println!(" load alternates between them in 0.5 s slices so drift hits both alike;");
+    println!(" CPU from /proc/PID/task/*/schedstat, in ns)");
+    pin_to_cpu(0).expect("pin the load generator");
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let rt = runtime();
+    // ON_ARGS: extra flags for the measured server, e.g. "--lag-resolution-ms 10".
+    let on_args = std::env::var("ON_ARGS").unwrap_or_default();
+    let on_args: Vec<&str> = on_args.split_whitespace().collect();
+    let on = Demo::start_on(&on_args, Some(1));
+    let off = Demo::start_on(&["--no-telemetry"], Some(1));
+    for d in [&on, &off] {
+        rt.block_on(hello_load(&d.app, 32, 1.0));
+    }
+    let mut ratios = Vec::new();
+    let (mut total_cpu, mut total_n) = ([0.0f64; 2], [0u64; 2]);
+    for round in 0..rounds {
+        let mut per_req = [0.0f64; 2];
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let d = if which == 0 { &on } else { &off };
+            let cpu0 = d.cpu_ns();
+            let n = rt.block_on(hello_load(&d.app, 32, 0.5));
+            let cpu = (d.cpu_ns() - cpu0) as f64;
+            per_req[which] = cpu / n as f64;
+            total_cpu[which] += cpu;
+            total_n[which] += n;
+        }
+        ratios.push(per_req[0] / per_req[1]);
+    }
+    let per = |i: usize| total_cpu[i] / total_n[i] as f64 / 1000.0;
+    println!(
+        "telemetry on: {} requests, {:.3} µs CPU each; off: {} requests, {:.3} µs each",
+        total_n[0],
+        per(0),
+        total_n[1],
+        per(1)
+    );
+    let m = median(&mut ratios);
+    let (q1, q3) = (ratios[ratios.len() / 4], ratios[ratios.len() * 3 / 4]);
+    println!(
+        "median ratio on/off over {} alternating rounds: {m:.4} ({:+.2}%), interquartile {q1:.4}..{q3:.4}; ratio of totals {:.4}",
+        ratios.len(),
+        (m - 1.0) * 100.0,
+        per(0) / per(1)
+    );
+}
+
+fn accuracy() {
+    println!("## lag accuracy: injected blocks vs reported lag max");
+    let rt = runtime();
+    let demo = Demo::start(&[]);
+    rt.block_on(async {
+        let client = http::client();
+        let mut tel = TelemetryStream::connect(&client, &demo.telemetry).await.unwrap();
+        tel.next().await.unwrap();
+        for block_ms in [5.0f64, 50.0, 500.0] {
+            let mut errors = Vec::new();
+            let mut reported = Vec::new();
+            for _ in 0..15 {
+                // Quiet period so the block's line stands alone.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let c = client.clone();
+                let app = demo.app.clone();
+                let path = format!("/block?ms={block_ms}");
+                let req = tokio::spawn(async move { http::get(&c, &app, &path).await });
+                let mut max = 0.0f64;
+                let end = Instant::now() + Duration::from_millis(block_ms as u64 + 400);
+                while Instant::now() < end {
+                    let s = tel.next().await.unwrap().unwrap();
+                    max = max.max(s.workers[0].lag_ms.max);
+                }
+                req.await.unwrap().unwrap();
+                reported.push(max);
+                errors.push(max - block_ms);
+            }
+            let abs_worst = errors.iter().fold(0.0f64, |a, e| a.max(e.abs()));
+            let target = (block_ms * 0.02).max(1.0);
+            println!(
+                "block {block_ms:5} ms: reported max median {:.3} ms, min {:.3}, max {:.3}; worst |error| {abs_worst:.3} ms (target {target} ms)",
+                median(&mut reported.clone()),
+                reported.iter().cloned().fold(f64::INFINITY, f64::min),
+                reported.iter().cloned().fold(0.0, f64::max),
+            );
+        }
+    });
+}
+
+fn stall() {
+    println!("## stall visibility: block start to the first telemetry line showing it");
+    let rt = runtime();
+    let demo = Demo::start(&[]);
+    rt.block_on(async {
+        let client = http::client();
+        let mut tel = TelemetryStream::connect(&client, &demo.telemetry)
+            .await
+            .unwrap();
+        tel.next().await.unwrap();
+        let mut delays = Vec::new();
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Drain what queued up while sleeping.
+            while let Ok(Ok(Some(_))) =
+                tokio::time::timeout(Duration::from_millis(1), tel.next()).await
+            {}
+            let c = client.clone();
+            let app = demo.app.clone();
+            let sent = Instant::now();
+            let req = tokio::spawn(async move { http::get(&c, &app, "/block?ms=300").await });
+            loop {
+                let s = tel.next().await.unwrap().unwrap();
+                if s.workers[0].stalled_for_ms > 0.0 {
+                    delays.push(sent.elapsed().as_secs_f64() * 1000.0);
+                    break;
+                }
+            }
+            req.await.unwrap().unwrap();
+        }
+        let worst = delays.iter().cloned().fold(0.0, f64::max);
+        println!(
+            "over {} blocks: median {:.1} ms, worst {worst:.1} ms (target <= 100 ms)",
+            delays.len(),
+            median(&mut delays)
+        );
+    });
+}
+
+fn throughput() {
+    println!("## demo throughput: node model, /hello, one loop, client on the same machine");
+    let rt = runtime();
+    for conns in [16usize, 64] {
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            let demo = Demo::start(&[]);
+            rt.block_on(hello_load(&demo.app, conns, 0.5));
+            let secs = 5.0;
+            let n = rt.block_on(hello_load(&demo.app, conns, secs));
+            rates.push(n as f64 / secs);
+        }
+        println!(
+            "{conns} connections: median {:.0} req/s of 3 runs ({:?})",
+            median(&mut rates.clone()),
+            rates.iter().map(|r| r.round()).collect::<Vec<_>>()
+        );
+    }
+}
+
+fn main() {
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
+    if wants("throughput") {
+        throughput();
+    }
+    if wants("accuracy") {
+        accuracy();
+    }
+    if wants("stall") {
+        stall();
+    }
+    if wants("overhead") {
+        overhead();
+    }
+}

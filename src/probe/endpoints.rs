@@ -1,0 +1,206 @@
+//! Per-endpoint request latency, recorded by the loop without locks.
+//!
+//! The loop thread is the only writer: it finds (or adds) an endpoint by scanning a
+//! short append-only table and counts a latency into a log-scale bucket with a plain
+//! load and store. The sampler reads the buckets (relaxed, so a count may land in the
+//! next period), subtracts what it saw last time and summarises the difference.
+//! Buckets are 1/16 of a power of two wide: percentiles are within ~6%.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::protocol::EndpointLatency;
+
+/// Endpoints kept apart; later ones share the last slot, named `(other)`.
+pub(crate) const MAX_ENDPOINTS: usize = 64;
+const SUB_BITS: u32 = 4;
+const SUB: usize = 1 << SUB_BITS;
+/// Microseconds up to 2^36 (19 hours) fit.
+const EXPONENTS: usize = 37;
+const BUCKETS: usize = EXPONENTS * SUB;
+
+#[derive(Default)]
+struct Slot {
+    name: OnceLock<Box<str>>,
+    /// Allocated when the endpoint is first seen (~4.7 KB).
+    buckets: OnceLock<Box<[AtomicU64]>>,
+}
+
+/// The table of endpoints and their latency buckets.
+pub(crate) struct EndpointTable {
+    slots: Box<[Slot]>,
+    len: AtomicUsize,
+}
+
+impl Default for EndpointTable {
+    fn default() -> Self {
+        Self {
+            slots: (0..MAX_ENDPOINTS).map(|_| Slot::default()).collect(),
+            len: AtomicUsize::new(0),
+        }
+    }
+}
+
+fn bucket_of(us: u64) -> usize {
+    if us < SUB as u64 {
+        return us as usize;
+    }
+    let exp = 63 - us.leading_zeros(); // >= SUB_BITS
+    let sub = (us >> (exp - SUB_BITS)) as usize & (SUB - 1);
+    ((exp - SUB_BITS + 1) as usize * SUB + sub).min(BUCKETS - 1)
+}
+
+/// The middle of a bucket, in microseconds.
+fn bucket_value_us(i: usize) -> f64 {
+    if i < SUB {
+        return i as f64;
+    }
+    let exp = (i / SUB) as u32 + SUB_BITS - 1;
+    let sub = (i % SUB) as u64;
+    let low = (1u64 << exp) + (sub << (exp - SUB_BITS));
+    let width = 1u64 << (exp - SUB_BITS);
+    low as f64 + width as f64 / 2.0
+}
+
+impl EndpointTable {
+    /// The slot of `endpoint`, added if new. Loop thread only.
+    pub(crate) fn index(&self, endpoint: &str) -> usize {
+        let len = self.len.load(Ordering::Acquire);
+        for (i, slot) in self.slots[..len].iter().enumerate() {
+            if slot.name.get().is_some_and(|n| &**n == endpoint) {
+                return i;
+            }
+        }
+        if len == MAX_ENDPOINTS {
+            return MAX_ENDPOINTS - 1;
+        }
+        let name = if len == MAX_ENDPOINTS - 1 {
+            "(other)"
+        } else {
+            endpoint
+        };
+        let slot = &self.slots[len];
+        let _ = slot
+            .buckets
+            .set((0..BUCKETS).map(|_| AtomicU64::new(0)).collect());
+        let _ = slot.name.set(name.into());
+        self.len.store(len + 1, Ordering::Release);
+        len
+    }
+
+    /// Counts one latency. Loop thread only.
+    pub(crate) fn record(&self, index: usize, latency: Duration) {
+        if let Some(buckets) = self.slots[index].buckets.get() {
+            let b = &buckets[bucket_of(latency.as_micros() as u64)];
+            b.store(b.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// What was recorded since the previous call; `seen` keeps the reader's counts.
+    pub(crate) fn take(&self, seen: &mut Vec<Vec<u64>>) -> Vec<EndpointLatency> {
+        let len = self.len.load(Ordering::Acquire);
+        seen.resize_with(len, || vec![0; BUCKETS]);
+        let mut out = Vec::new();
+        let mut delta = vec![0u64; BUCKETS];
+        for (i, slot) in self.slots[..len].iter().enumerate() {
+            let Some(buckets) = slot.buckets.get() else {
+                continue;
+            };
+            let mut count = 0;
+            for (b, (now, before)) in buckets.iter().zip(seen[i].iter_mut()).enumerate() {
+                let n = now.load(Ordering::Relaxed);
+                delta[b] = n.saturating_sub(*before);
+                *before = n;
+                count += delta[b];
+            }
+            if count == 0 {
+                continue;
+            }
+            let quantile = |q: f64| {
+                let rank = ((q * count as f64).ceil() as u64).max(1);
+                let mut acc = 0;
+                for (b, n) in delta.iter().enumerate() {
+                    acc += n;
+                    if acc >= rank {
+                        return bucket_value_us(b) / 1000.0;
+                    }
+                }
+                0.0
+            };
+            let round = |ms: f64| (ms * 1000.0).round() / 1000.0;
+            out.push(EndpointLatency {
+                endpoint: slot.name.get().map_or_else(String::new, |n| n.to_string()),
+                count,
+                p50_ms: round(quantile(0.5)),
+                p99_ms: round(quantile(0.99)),
+                max_ms: round(quantile(1.0)),
+            });
+        }
+        out.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_within_seven_percent() {
+        for us in [1u64, 15, 16, 17, 100, 999, 12_345, 412_000, 3_600_000_000] {
+            let v = bucket_value_us(bucket_of(us));
+            assert!(
+                (v - us as f64).abs() <= us as f64 * 0.07 + 0.5,
+                "{us} -> {v}"
+            );
+        }
+        let mut last = 0;
+        for us in 0..100_000u64 {
+            let b = bucket_of(us);
+            assert!(b >= last, "monotonic at {us}");
+            last = b;
+        }
+    }
+
+    #[test]
+    fn takes_per_period_differences_with_percentiles() {
+        let t = EndpointTable::default();
+        let hello = t.index("GET /hello");
+        let json = t.index("GET /json");
+        assert_eq!(t.index("GET /hello"), hello);
+        for _ in 0..99 {
+            t.record(hello, Duration::from_micros(100));
+        }
+        t.record(hello, Duration::from_millis(300));
+        t.record(json, Duration::from_millis(412));
+        let mut seen = Vec::new();
+        let period = t.take(&mut seen);
+        assert_eq!(period.len(), 2);
+        let h = &period[0];
+        assert_eq!((h.endpoint.as_str(), h.count), ("GET /hello", 100));
+        assert!((h.p50_ms - 0.1).abs() < 0.007, "{h:?}");
+        assert!((h.max_ms - 300.0).abs() < 300.0 * 0.07, "{h:?}");
+        assert!((period[1].max_ms - 412.0).abs() < 412.0 * 0.07);
+        // Nothing new: nothing reported.
+        assert!(t.take(&mut seen).is_empty());
+        t.record(json, Duration::from_millis(5));
+        let next = t.take(&mut seen);
+        assert_eq!((next.len(), next[0].count), (1, 1));
+        assert!(next[0].max_ms < 6.0);
+    }
+
+    #[test]
+    fn a_scan_of_random_paths_is_bounded() {
+        let t = EndpointTable::default();
+        for i in 0..1000 {
+            t.index(&format!("GET /x{i}"));
+        }
+        assert_eq!(t.len.load(Ordering::Relaxed), MAX_ENDPOINTS);
+        assert_eq!(t.index("GET /x999"), MAX_ENDPOINTS - 1);
+        assert_eq!(
+            t.slots[MAX_ENDPOINTS - 1].name.get().map(|n| &**n),
+            Some("(other)")
+        );
+    }
+}

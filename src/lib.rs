@@ -2,11 +2,13 @@
 //!
 //! - [`protocol`]: the telemetry contract (snapshots, events, server info);
 //! - [`probe`]: instrumentation for any tokio event loop, and the telemetry server;
-//! - [`client`]: HTTP helpers and the telemetry subscriber.
+//! - [`client`]: HTTP helpers, the telemetry subscriber and the load generator;
+//! - [`tui`]: the terminal dashboard.
 
 pub mod client;
 pub mod probe;
 pub mod protocol;
+pub mod tui;
 
 #[cfg(test)]
 pub(crate) mod test_support {

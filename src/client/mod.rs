@@ -1,3 +1,6 @@
-//! Reading a server: plain HTTP requests and the telemetry stream.
+//! Reading a server: plain HTTP requests, the telemetry subscriber (reconnecting),
+//! and the open-loop load generator.
 
 pub mod http;
+pub mod load;
+pub mod subscriber;

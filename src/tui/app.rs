@@ -1,0 +1,587 @@
+//! The app loop: owns the terminal, the demo child, the subscriber and the load
+//! generator; performs the actions that keys ask for. One `select!` drives input,
+//! telemetry, trigger results and the frame clock; nothing in it waits on the network.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ratatui::DefaultTerminal;
+use ratatui::crossterm::event::{self, Event as TermEvent};
+use tokio::sync::mpsc;
+
+use super::input::{self, Action, DEFAULT_SIZE, SIZES, Workload};
+use super::state::{Dashboard, LogKind, Msg};
+use super::view::{self, ViewOptions};
+use crate::client::http::{self, HttpClient};
+use crate::client::load::{LoadGenerator, LoadPlan};
+use crate::client::subscriber::{self, TelemetryMsg};
+use crate::protocol::{AddressLine, Model};
+
+/// Redraws per second.
+const FPS: u64 = 10;
+/// How often the load generator's figures are taken.
+const LOAD_WINDOW: Duration = Duration::from_secs(1);
+
+/// What to show.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Start `loopscope demo` as a child and attach to it.
+    Demo {
+        /// Model to start with.
+        model: Model,
+        /// Workers (fastapi).
+        workers: u32,
+    },
+    /// Attach to a server started by hand, at this telemetry address.
+    Attach {
+        /// `HOST:PORT` of the telemetry port.
+        telemetry: String,
+    },
+}
+
+/// How the dashboard starts.
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    /// What to show.
+    pub target: Target,
+    /// Background load, requests per second.
+    pub rate: f64,
+    /// Start with the background load on.
+    pub load: bool,
+    /// Where logs (and the demo child's stderr) go.
+    pub log_file: PathBuf,
+}
+
+/// A demo server started by the dashboard; killed (with its workers) when dropped.
+pub struct DemoChild {
+    child: Child,
+    /// Its addresses.
+    pub address: AddressLine,
+}
+
+impl DemoChild {
+    /// Starts `loopscope demo` on free ports and waits (≤ 20 s) for its address line.
+    /// The child dies with this process even if it is killed (`PR_SET_PDEATHSIG`).
+    pub fn start(model: Model, workers: u32, log_file: &PathBuf) -> anyhow::Result<DemoChild> {
+        let exe = std::env::current_exe().context("cannot find this executable")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_file)
+            .with_context(|| format!("cannot open the log file {}", log_file.display()))?;
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "demo",
+            "--model",
+            model.as_str(),
+            "--port",
+            "0",
+            "--telemetry-port",
+            "0",
+        ])
+        .args(["--workers", &workers.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe and allocates nothing.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().context("cannot start the demo server")?;
+        let stdout = child.stdout.take().context("the demo's stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut demo = DemoChild {
+            child,
+            address: AddressLine {
+                app: String::new(),
+                telemetry: None,
+                pid: 0,
+            },
+        };
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .context("the demo server did not start within 20 s")?;
+        if line.trim().is_empty() {
+            bail!(
+                "the demo server exited at start; see {}",
+                log_file.display()
+            );
+        }
+        demo.address = serde_json::from_str(line.trim())
+            .with_context(|| format!("unexpected first line from the demo: {line:?}"))?;
+        Ok(demo)
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for DemoChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the dashboard until the operator quits. The terminal is restored on return
+/// and on panic (ratatui's hook), and a demo child is always stopped.
+pub fn run(config: AppConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    // The child starts before the terminal switches, so start-up errors print plainly.
+    let (child, model, workers) = match &config.target {
+        Target::Demo { model, workers } => (
+            Some(DemoChild::start(*model, *workers, &config.log_file)?),
+            *model,
+            *workers,
+        ),
+        Target::Attach { .. } => (None, Model::Custom, 0),
+    };
+    let mut terminal = ratatui::init();
+    let result = runtime.block_on(async {
+        let mut app = App::new(config, child, model, workers);
+        app.run(&mut terminal).await
+    });
+    ratatui::restore();
+    result
+}
+
+struct App {
+    config: AppConfig,
+    child: Option<DemoChild>,
+    model: Model,
+    workers: u32,
+    dash: Dashboard,
+    frozen: Option<Dashboard>,
+    opts: ViewOptions,
+    client: HttpClient,
+    telemetry_tx: mpsc::Sender<TelemetryMsg>,
+    telemetry_rx: mpsc::Receiver<TelemetryMsg>,
+    subscriber: Option<tokio::task::JoinHandle<()>>,
+    dropped: Arc<AtomicU64>,
+    results_tx: mpsc::Sender<Msg>,
+    results_rx: mpsc::Receiver<Msg>,
+    load: Option<LoadGenerator>,
+    load_addr: Option<String>,
+    rate: f64,
+    load_on: bool,
+}
+
+fn clock() -> String {
+    // SAFETY: localtime_r writes into the tm we own.
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return "--:--:--".into();
+        }
+        format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    }
+}
+
+impl App {
+    fn new(config: AppConfig, child: Option<DemoChild>, model: Model, workers: u32) -> Self {
+        let (telemetry_tx, telemetry_rx) = mpsc::channel(256);
+        let (results_tx, results_rx) = mpsc::channel(256);
+        let opts = ViewOptions {
+            paused: false,
+            help: false,
+            size: DEFAULT_SIZE,
+            owns_server: child.is_some(),
+            color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            dropped_msgs: 0,
+        };
+        let (rate, load_on) = (config.rate, config.load);
+        let mut dash = Dashboard::default();
+        dash.traffic.on = load_on;
+        dash.traffic.rate = rate;
+        Self {
+            config,
+            child,
+            model,
+            workers,
+            dash,
+            frozen: None,
+            opts,
+            client: http::client(),
+            telemetry_tx,
+            telemetry_rx,
+            subscriber: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+            results_tx,
+            results_rx,
+            load: None,
+            load_addr: None,
+            rate,
+            load_on,
+        }
+    }
+
+    fn telemetry_addr(&self) -> Option<String> {
+        match (&self.child, &self.config.target) {
+            (Some(c), _) => c.address.telemetry.clone(),
+            (None, Target::Attach { telemetry }) => Some(telemetry.clone()),
+            _ => None,
+        }
+    }
+
+    fn subscribe(&mut self) {
+        if let Some(task) = self.subscriber.take() {
+            task.abort();
+        }
+        if let Some(addr) = self.telemetry_addr() {
+            self.subscriber = Some(subscriber::spawn(
+                addr,
+                self.telemetry_tx.clone(),
+                Arc::clone(&self.dropped),
+            ));
+        }
+    }
+
+    fn note(&mut self, kind: LogKind, text: impl Into<String>) {
+        self.dash
+            .apply(Msg::Log(kind, text.into()), Instant::now(), &clock());
+    }
+
+    async fn run(&mut self, terminal: &mut DefaultTerminal) -> anyhow::Result<()> {
+        let (keys_tx, mut keys_rx) = mpsc::channel::<TermEvent>(64);
+        std::thread::Builder::new()
+            .name("input".into())
+            .spawn(move || {
+                while !keys_tx.is_closed() {
+                    match event::poll(Duration::from_millis(100)) {
+                        Ok(true) => match event::read() {
+                            Ok(ev) => {
+                                if keys_tx.blocking_send(ev).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(_) => return,
+                        },
+                        Ok(false) => {}
+                        Err(_) => return,
+                    }
+                }
+            })
+            .context("cannot start the input thread")?;
+
+        self.subscribe();
+        if let Some(child) = &self.child {
+            let text = format!(
+                "started the {} demo, pid {}, app {}",
+                self.model,
+                child.pid(),
+                child.address.app
+            );
+            self.note(LogKind::Info, text);
+        }
+        let mut frame = tokio::time::interval(Duration::from_millis(1000 / FPS));
+        frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut load_window = tokio::time::interval(LOAD_WINDOW);
+        load_window.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let mut redraw = false;
+            tokio::select! {
+                biased;
+                ev = keys_rx.recv() => {
+                    let Some(ev) = ev else { bail!("the terminal input closed") };
+                    match ev {
+                        TermEvent::Key(key) => {
+                            if self.opts.help {
+                                self.opts.help = false;
+                            } else if let Some(action) = input::action_for(key, self.child.is_some()) {
+                                if action == Action::Quit {
+                                    return Ok(());
+                                }
+                                self.perform(action);
+                            }
+                        }
+                        TermEvent::Resize(..) => {}
+                        _ => continue,
+                    }
+                    redraw = true;
+                }
+                Some(msg) = self.telemetry_rx.recv() => {
+                    if let TelemetryMsg::Connected(info) = &msg {
+                        self.ensure_load(info.app.clone());
+                    }
+                    self.dash.apply(Msg::Telemetry(msg), Instant::now(), &clock());
+                }
+                Some(msg) = self.results_rx.recv() => {
+                    self.dash.apply(msg, Instant::now(), &clock());
+                }
+                _ = load_window.tick() => {
+                    if let Some(load) = &self.load {
+                        let stats = load.take();
+                        self.dash.apply(Msg::Load(stats), Instant::now(), &clock());
+                    }
+                }
+                _ = frame.tick() => redraw = true,
+            }
+            if redraw {
+                self.opts.dropped_msgs = self.dropped.load(Ordering::Relaxed);
+                let shown = self.frozen.as_ref().unwrap_or(&self.dash);
+                let now = Instant::now();
+                let opts = &self.opts;
+                terminal
+                    .draw(|f| view::render(f, shown, opts, now))
+                    .context("cannot draw")?;
+            }
+        }
+    }
+
+    fn plan(&self) -> LoadPlan {
+        LoadPlan {
+            rate: if self.load_on { self.rate } else { 0.0 },
+            ..LoadPlan::default()
+        }
+    }
+
+    fn ensure_load(&mut self, app: String) {
+        if self.load_addr.as_deref() == Some(app.as_str()) {
+            return;
+        }
+        self.load = Some(LoadGenerator::start(
+            self.client.clone(),
+            app.clone(),
+            self.plan(),
+        ));
+        self.load_addr = Some(app);
+    }
+
+    fn update_load(&mut self) {
+        if let Some(load) = &self.load {
+            load.set_plan(self.plan());
+        }
+        let msg = Msg::LoadPlan {
+            on: self.load_on,
+            rate: self.rate,
+        };
+        self.dash.apply(msg, Instant::now(), &clock());
+    }
+
+    fn perform(&mut self, action: Action) {
+        match action {
+            Action::Quit => {}
+            Action::Trigger(w) => self.trigger(w),
+            Action::SizeUp => self.opts.size = (self.opts.size + 1).min(SIZES.len() - 1),
+            Action::SizeDown => self.opts.size = self.opts.size.saturating_sub(1),
+            Action::ToggleLoad => {
+                self.load_on = !self.load_on;
+                self.update_load();
+            }
+            Action::RateUp | Action::RateDown => {
+                self.rate = input::step_rate(self.rate, action == Action::RateUp);
+                self.load_on = true;
+                self.update_load();
+            }
+            Action::TogglePause => {
+                self.frozen = match self.frozen.take() {
+                    Some(_) => None,
+                    None => Some(self.dash.clone()),
+                };
+                self.opts.paused = self.frozen.is_some();
+            }
+            Action::ToggleHelp => self.opts.help = !self.opts.help,
+            Action::SwitchModel => self.switch_model(),
+        }
+    }
+
+    fn switch_model(&mut self) {
+        let next = match self.model {
+            Model::Node => Model::Fastapi,
+            _ => Model::Node,
+        };
+        let workers = self.workers.max(2);
+        self.note(LogKind::Trigger, format!("switching to the {next} model…"));
+        // The old server goes first: it holds no ports we need, but its CPU would
+        // blur the new one's first seconds.
+        self.child = None;
+        self.load = None;
+        self.load_addr = None;
+        match DemoChild::start(next, workers, &self.config.log_file) {
+            Ok(child) => {
+                let text = format!(
+                    "started the {next} demo, pid {}, app {}",
+                    child.pid(),
+                    child.address.app
+                );
+                self.child = Some(child);
+                self.model = next;
+                self.workers = workers;
+                let log = std::mem::take(&mut self.dash.log);
+                self.dash = Dashboard {
+                    log,
+                    traffic: self.dash.traffic.clone(),
+                    ..Dashboard::default()
+                };
+                self.frozen = None;
+                self.opts.paused = false;
+                self.note(LogKind::Info, text);
+                self.subscribe();
+            }
+            Err(e) => self.note(
+                LogKind::Warn,
+                format!("cannot start the {next} demo: {e:#}"),
+            ),
+        }
+    }
+
+    fn trigger(&mut self, workload: Workload) {
+        let Some(app) = self.dash.info.as_ref().map(|i| i.app.clone()) else {
+            self.note(
+                LogKind::Warn,
+                "not connected yet: nothing to send the workload to",
+            );
+            return;
+        };
+        let size = SIZES[self.opts.size];
+        let label = workload.label(size);
+        let paths = workload.paths(size);
+        self.note(LogKind::Trigger, format!("{label} → sent"));
+        let client = self.client.clone();
+        let tx = self.results_tx.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let requests = paths.into_iter().map(|path| {
+                let client = client.clone();
+                let app = app.clone();
+                async move {
+                    tokio::time::timeout(Duration::from_secs(60), http::get(&client, &app, &path))
+                        .await
+                }
+            });
+            let results = futures_util::future::join_all(requests).await;
+            let total = started.elapsed();
+            let _ = tx
+                .send(Msg::Log(
+                    LogKind::Result,
+                    summarize(&label, &results, total),
+                ))
+                .await;
+        });
+    }
+}
+
+type Outcome = Result<Result<http::HttpResponse, http::ClientError>, tokio::time::error::Elapsed>;
+
+/// One log line for a finished trigger: who served it and how long it took.
+fn summarize(label: &str, results: &[Outcome], total: Duration) -> String {
+    let mut per_worker = std::collections::BTreeMap::<u64, u32>::new();
+    let mut failures = Vec::new();
+    let mut first: Option<serde_json::Value> = None;
+    let mut queued_max = 0.0f64;
+    for r in results {
+        match r {
+            Ok(Ok(resp)) if resp.status == 200 => {
+                if let Some(body) = resp.json() {
+                    if let Some(w) = body["worker"].as_u64() {
+                        *per_worker.entry(w).or_default() += 1;
+                    }
+                    queued_max = queued_max.max(body["queued_ms"].as_f64().unwrap_or(0.0));
+                    first.get_or_insert(body);
+                }
+            }
+            Ok(Ok(resp)) => failures.push(format!("HTTP {}", resp.status)),
+            Ok(Err(e)) => failures.push(e.to_string()),
+            Err(_) => failures.push("timed out".into()),
+        }
+    }
+    let total_ms = total.as_secs_f64() * 1000.0;
+    if results.len() == 1 {
+        return match (first, failures.first()) {
+            (Some(b), _) => format!(
+                "{label} → w{} (pid {}) {}, {} on the {}",
+                b["worker"].as_u64().unwrap_or(0),
+                b["pid"].as_u64().unwrap_or(0),
+                super::state::short_ms(total_ms),
+                super::state::short_ms(b["took_ms"].as_f64().unwrap_or(0.0)),
+                b["ran_on"].as_str().unwrap_or("?"),
+            ),
+            (None, Some(f)) => format!("{label} → failed: {f}"),
+            (None, None) => format!("{label} → no answer"),
+        };
+    }
+    let spread: Vec<String> = per_worker
+        .iter()
+        .map(|(w, n)| format!("w{w}×{n}"))
+        .collect();
+    let mut line = format!(
+        "{label} done in {} ({}), longest queue wait {}",
+        super::state::short_ms(total_ms),
+        spread.join(" "),
+        super::state::short_ms(queued_max)
+    );
+    if !failures.is_empty() {
+        line.push_str(&format!(", {} failed ({})", failures.len(), failures[0]));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn ok(body: &str) -> Outcome {
+        Ok(Ok(http::HttpResponse {
+            status: 200,
+            body: Bytes::from(body.to_string()),
+        }))
+    }
+
+    #[test]
+    fn a_single_trigger_names_its_worker_and_time() {
+        let r = [ok(
+            r#"{"worker":1,"pid":4242,"took_ms":411.9,"ran_on":"loop"}"#,
+        )];
+        assert_eq!(
+            summarize("json 20 MB", &r, Duration::from_millis(415)),
+            "json 20 MB → w1 (pid 4242) 415 ms, 412 ms on the loop"
+        );
+    }
+
+    #[test]
+    fn a_burst_reports_its_spread_and_failures() {
+        let mut r: Vec<Outcome> = (0..3)
+            .map(|i| {
+                ok(&format!(
+                    r#"{{"worker":{},"queued_ms":{}}}"#,
+                    i % 2,
+                    i * 100
+                ))
+            })
+            .collect();
+        r.push(Ok(Ok(http::HttpResponse {
+            status: 503,
+            body: Bytes::new(),
+        })));
+        assert_eq!(
+            summarize("sync×60 (200 ms)", &r, Duration::from_millis(420)),
+            "sync×60 (200 ms) done in 420 ms (w0×2 w1×1), longest queue wait 200 ms, 1 failed (HTTP 503)"
+        );
+    }
+}

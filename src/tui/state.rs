@@ -1,0 +1,568 @@
+//! What the dashboard knows: pure data, updated only by [`Dashboard::apply`] from
+//! owned messages. Time series are pruned here (never while drawing).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use crate::client::load::LoadStats;
+use crate::client::subscriber::TelemetryMsg;
+use crate::protocol::{Event, HostSnapshot, ServerInfo, Snapshot, WorkerSnapshot};
+
+/// Seconds of history kept for the charts.
+pub const WINDOW_S: f64 = 60.0;
+/// Lines kept in the event log.
+pub const LOG_LINES: usize = 200;
+
+/// The state of the telemetry connection.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Connection {
+    /// Not connected yet.
+    Connecting,
+    /// Snapshots are arriving.
+    Live,
+    /// The connection dropped; retrying.
+    Lost {
+        /// What went wrong.
+        reason: String,
+        /// When the connection was lost.
+        since: Instant,
+    },
+}
+
+/// How a log line should look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogKind {
+    /// Something the operator did.
+    Trigger,
+    /// The outcome of a trigger.
+    Result,
+    /// The loop was held, a worker died, data was lost.
+    Warn,
+    /// Anything else.
+    Info,
+}
+
+/// One line of the event log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    /// Wall-clock time, `HH:MM:SS`.
+    pub at: String,
+    /// What happened.
+    pub kind: LogKind,
+    /// The text.
+    pub text: String,
+}
+
+/// One worker: its newest snapshot and its history.
+#[derive(Clone, Debug)]
+pub struct WorkerView {
+    /// The newest snapshot.
+    pub latest: WorkerSnapshot,
+    /// When it arrived (to count a stall up between lines).
+    pub received_at: Instant,
+    /// (seconds, lag ms): per line, the lag max, or the live stall while one lasts.
+    pub lag: VecDeque<(f64, f64)>,
+    /// (seconds, jobs queued).
+    pub queued: VecDeque<(f64, f64)>,
+    /// Longest stall seen in the window, ms.
+    pub worst_stall_ms: f64,
+}
+
+impl WorkerView {
+    /// How long the loop has been stalled as of `now`: the reported figure, counted
+    /// on between lines (at most one and a half periods past the last line, so a stall
+    /// that ended is not inflated while its last line is on its way).
+    pub fn stalled_for_ms(&self, now: Instant, period_ms: u64) -> f64 {
+        let reported = self.latest.stalled_for_ms;
+        if reported <= 0.0 {
+            return 0.0;
+        }
+        let since = now
+            .saturating_duration_since(self.received_at)
+            .as_secs_f64()
+            * 1000.0;
+        reported + since.min(period_ms as f64 * 1.5)
+    }
+}
+
+/// Client-side traffic from the load generator.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Traffic {
+    /// Load on or off.
+    pub on: bool,
+    /// Target rate, requests per second.
+    pub rate: f64,
+    /// The newest window.
+    pub last: LoadStats,
+    /// Errors since start.
+    pub errors: u64,
+    /// Timeouts since start.
+    pub timeouts: u64,
+}
+
+/// Everything the dashboard shows.
+#[derive(Clone, Debug)]
+pub struct Dashboard {
+    /// The server's description, once connected.
+    pub info: Option<ServerInfo>,
+    /// Connection state.
+    pub connection: Connection,
+    /// Workers by id.
+    pub workers: BTreeMap<u32, WorkerView>,
+    /// Host figures of the newest line.
+    pub host: HostSnapshot,
+    /// Server time of the newest line, seconds.
+    pub t_s: f64,
+    /// Sample period of the server.
+    pub period_ms: u64,
+    /// Sequence number of the newest line.
+    pub last_seq: u64,
+    /// Lines the stream skipped (gaps in `seq`).
+    pub missed_lines: u64,
+    /// The event log, newest last.
+    pub log: VecDeque<LogEntry>,
+    /// Client-side traffic.
+    pub traffic: Traffic,
+}
+
+/// What changes the dashboard.
+#[derive(Clone, Debug)]
+pub enum Msg {
+    /// From the telemetry subscriber.
+    Telemetry(TelemetryMsg),
+    /// A window of load-generator figures.
+    Load(LoadStats),
+    /// The load plan changed.
+    LoadPlan {
+        /// On or off.
+        on: bool,
+        /// Requests per second.
+        rate: f64,
+    },
+    /// A line for the event log.
+    Log(LogKind, String),
+}
+
+impl Default for Dashboard {
+    fn default() -> Self {
+        Self {
+            info: None,
+            connection: Connection::Connecting,
+            workers: BTreeMap::new(),
+            host: HostSnapshot::default(),
+            t_s: 0.0,
+            period_ms: 100,
+            last_seq: 0,
+            missed_lines: 0,
+            log: VecDeque::new(),
+            traffic: Traffic::default(),
+        }
+    }
+}
+
+impl Dashboard {
+    /// Applies one message; `now` and `clock` (`HH:MM:SS`) stamp what it records.
+    pub fn apply(&mut self, msg: Msg, now: Instant, clock: &str) {
+        match msg {
+            Msg::Telemetry(TelemetryMsg::Connected(info)) => {
+                let restarted = self
+                    .info
+                    .as_ref()
+                    .is_some_and(|old| old.pid != info.pid || old.model != info.model);
+                if restarted {
+                    self.workers.clear();
+                    self.last_seq = 0;
+                }
+                let was_lost = matches!(self.connection, Connection::Lost { .. });
+                self.period_ms = info.period_ms;
+                self.log(
+                    clock,
+                    LogKind::Info,
+                    format!(
+                        "{} {} · {} · pool {}",
+                        if was_lost {
+                            "reconnected to"
+                        } else {
+                            "attached to"
+                        },
+                        info.telemetry,
+                        info.model,
+                        info.pool_size
+                    ),
+                );
+                self.info = Some(*info);
+                self.connection = Connection::Live;
+            }
+            Msg::Telemetry(TelemetryMsg::Snapshot(snap)) => self.ingest(*snap, now, clock),
+            Msg::Telemetry(TelemetryMsg::Disconnected { reason, retry_in }) => {
+                if !matches!(self.connection, Connection::Lost { .. }) {
+                    self.log(
+                        clock,
+                        LogKind::Warn,
+                        format!(
+                            "telemetry lost: {reason}; retrying every ≤{} s",
+                            retry_in.as_secs().max(2)
+                        ),
+                    );
+                    self.connection = Connection::Lost { reason, since: now };
+                }
+            }
+            Msg::Load(stats) => {
+                self.traffic.errors += stats.errors;
+                self.traffic.timeouts += stats.timeouts;
+                self.traffic.last = stats;
+            }
+            Msg::LoadPlan { on, rate } => {
+                self.traffic.on = on;
+                self.traffic.rate = rate;
+            }
+            Msg::Log(kind, text) => self.log(clock, kind, text),
+        }
+    }
+
+    fn ingest(&mut self, snap: Snapshot, now: Instant, clock: &str) {
+        // A new server (restarted, or another model) starts its clock again.
+        if snap.seq < self.last_seq {
+            self.workers.clear();
+        } else if self.last_seq != 0 && snap.seq > self.last_seq + 1 {
+            self.missed_lines += snap.seq - self.last_seq - 1;
+        }
+        self.last_seq = snap.seq;
+        self.connection = Connection::Live;
+        self.t_s = snap.t_ms as f64 / 1000.0;
+        if snap.period_ms > 0 {
+            self.period_ms = snap.period_ms;
+        }
+        self.host = snap.host;
+        let t = self.t_s;
+        self.workers
+            .retain(|id, _| snap.workers.iter().any(|w| w.id == *id));
+        for w in snap.workers {
+            let view = self.workers.entry(w.id).or_insert_with(|| WorkerView {
+                latest: w.clone(),
+                received_at: now,
+                lag: VecDeque::new(),
+                queued: VecDeque::new(),
+                worst_stall_ms: 0.0,
+            });
+            let lag = if w.alive {
+                w.lag_ms.max.max(w.stalled_for_ms)
+            } else {
+                0.0
+            };
+            push(&mut view.lag, t, lag);
+            push(&mut view.queued, t, w.pool.queued as f64);
+            view.worst_stall_ms = view.worst_stall_ms.max(w.stalled_for_ms).max(w.lag_ms.max);
+            view.latest = w;
+            view.received_at = now;
+        }
+        for e in snap.events {
+            match e {
+                Event::SlowPoll {
+                    worker, uri, ms, ..
+                } => self.log(
+                    clock,
+                    LogKind::Warn,
+                    format!("w{worker} loop held {ms:.0} ms by {uri}"),
+                ),
+                Event::WorkerExited {
+                    worker,
+                    pid,
+                    status,
+                } => self.log(
+                    clock,
+                    LogKind::Warn,
+                    format!("w{worker} (pid {pid}) {status}"),
+                ),
+                Event::WorkerRestarted {
+                    worker,
+                    old_pid,
+                    new_pid,
+                } => self.log(
+                    clock,
+                    LogKind::Info,
+                    format!("w{worker} respawned: pid {old_pid} → {new_pid}"),
+                ),
+                Event::EventsDropped { worker, count } => self.log(
+                    clock,
+                    LogKind::Warn,
+                    format!("w{worker} probe dropped {count} events"),
+                ),
+                Event::Unknown => {}
+            }
+        }
+    }
+
+    fn log(&mut self, clock: &str, kind: LogKind, text: String) {
+        if self.log.len() == LOG_LINES {
+            self.log.pop_front();
+        }
+        self.log.push_back(LogEntry {
+            at: clock.to_string(),
+            kind,
+            text,
+        });
+    }
+
+    /// The largest lag value in the window, over all workers (for the chart's scale).
+    pub fn lag_peak_ms(&self) -> f64 {
+        self.workers
+            .values()
+            .flat_map(|w| w.lag.iter().map(|(_, v)| *v))
+            .fold(0.0, f64::max)
+    }
+}
+
+fn push(series: &mut VecDeque<(f64, f64)>, t: f64, v: f64) {
+    // A clock that went back means a new server: start over.
+    if series.back().is_some_and(|(last, _)| *last > t) {
+        series.clear();
+    }
+    series.push_back((t, v));
+    while series.front().is_some_and(|(t0, _)| *t0 < t - WINDOW_S) {
+        series.pop_front();
+    }
+}
+
+/// `duration` as a short figure: `412 ms`, `1.3 s`.
+pub fn short_ms(ms: f64) -> String {
+    if ms >= 10_000.0 {
+        format!("{:.0} s", ms / 1000.0)
+    } else if ms >= 1000.0 {
+        format!("{:.1} s", ms / 1000.0)
+    } else if ms >= 10.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+/// How long ago `since` was, in whole seconds.
+pub fn seconds_since(since: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(since).as_secs()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::protocol::{
+        LagSummary, Model, PROTOCOL_VERSION, PoolSnapshot, Versions, WorkerInfo,
+    };
+    use std::time::Duration;
+
+    pub(crate) fn info(model: Model, pid: u32) -> ServerInfo {
+        ServerInfo {
+            v: PROTOCOL_VERSION,
+            model,
+            app: "127.0.0.1:8000".into(),
+            telemetry: "127.0.0.1:9464".into(),
+            pid,
+            workers: vec![WorkerInfo { id: 0, pid }],
+            pool_size: 4,
+            period_ms: 100,
+            lag_resolution_ms: 1.0,
+            slow_poll_ms: 50.0,
+            versions: Versions {
+                loopscope: "0.1.0".into(),
+                protocol: 1,
+            },
+        }
+    }
+
+    pub(crate) fn worker(id: u32, lag_max: f64, stalled: f64, queued: u32) -> WorkerSnapshot {
+        WorkerSnapshot {
+            id,
+            pid: 4242 + id,
+            alive: true,
+            lag_ms: LagSummary {
+                p50: 0.2,
+                p99: lag_max.min(1.1),
+                max: lag_max,
+                samples: 50,
+            },
+            stalled_for_ms: stalled,
+            stalled_in: (stalled > 0.0).then(|| "GET /block?ms=500".to_string()),
+            loop_utilization: 0.38,
+            pool: PoolSnapshot {
+                size: 4,
+                threads: 4,
+                busy: queued.min(4),
+                queued,
+                wait_ms_max: 310.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn snapshot(seq: u64, workers: Vec<WorkerSnapshot>, events: Vec<Event>) -> Snapshot {
+        Snapshot {
+            v: PROTOCOL_VERSION,
+            seq,
+            t_ms: seq * 100,
+            model: Model::Node,
+            period_ms: 100,
+            workers,
+            host: HostSnapshot {
+                cpu: 63.0,
+                cores: 2,
+            },
+            events,
+        }
+    }
+
+    fn snap_msg(s: Snapshot) -> Msg {
+        Msg::Telemetry(TelemetryMsg::Snapshot(Box::new(s)))
+    }
+
+    #[test]
+    fn snapshots_build_series_and_prune_to_the_window() {
+        let mut d = Dashboard::default();
+        let now = Instant::now();
+        for seq in 1..=700 {
+            let lag = if seq == 650 { 412.0 } else { 0.5 };
+            d.apply(
+                snap_msg(snapshot(seq, vec![worker(0, lag, 0.0, 0)], vec![])),
+                now,
+                "12:00:00",
+            );
+        }
+        let w = &d.workers[&0];
+        // 60 s of 100 ms lines, both ends included.
+        assert_eq!(w.lag.len(), 601);
+        assert_eq!(w.lag.front().unwrap().0, 10.0);
+        assert_eq!(d.lag_peak_ms(), 412.0);
+        assert_eq!(d.missed_lines, 0);
+        assert_eq!(d.connection, Connection::Live);
+    }
+
+    #[test]
+    fn a_stall_counts_up_between_lines_and_is_capped() {
+        let mut d = Dashboard::default();
+        let t0 = Instant::now();
+        d.apply(
+            snap_msg(snapshot(1, vec![worker(0, 0.4, 120.0, 0)], vec![])),
+            t0,
+            "x",
+        );
+        let w = &d.workers[&0];
+        assert_eq!(w.stalled_for_ms(t0, 100), 120.0);
+        assert_eq!(w.stalled_for_ms(t0 + Duration::from_millis(80), 100), 200.0);
+        assert_eq!(w.stalled_for_ms(t0 + Duration::from_secs(5), 100), 270.0);
+        // The chart shows the live stall, not the (empty) lag of the period.
+        assert_eq!(w.lag.back().unwrap().1, 120.0);
+    }
+
+    #[test]
+    fn events_become_log_lines_and_gaps_are_counted() {
+        let mut d = Dashboard::default();
+        let now = Instant::now();
+        d.apply(
+            Msg::Telemetry(TelemetryMsg::Connected(Box::new(info(Model::Node, 1)))),
+            now,
+            "12:00:01",
+        );
+        d.apply(
+            snap_msg(snapshot(1, vec![worker(0, 1.0, 0.0, 0)], vec![])),
+            now,
+            "12:00:02",
+        );
+        let slow = Event::SlowPoll {
+            worker: 0,
+            endpoint: "GET /json".into(),
+            uri: "GET /json?mb=20".into(),
+            ms: 412.4,
+            t_ms: 0,
+        };
+        d.apply(
+            snap_msg(snapshot(4, vec![worker(0, 412.0, 0.0, 0)], vec![slow])),
+            now,
+            "12:00:03",
+        );
+        assert_eq!(d.missed_lines, 2);
+        let last = d.log.back().unwrap();
+        assert_eq!(last.text, "w0 loop held 412 ms by GET /json?mb=20");
+        assert_eq!((last.at.as_str(), last.kind), ("12:00:03", LogKind::Warn));
+        assert!(
+            d.log[0]
+                .text
+                .starts_with("attached to 127.0.0.1:9464 · node")
+        );
+    }
+
+    #[test]
+    fn disconnect_is_logged_once_and_a_new_server_clears_history() {
+        let mut d = Dashboard::default();
+        let now = Instant::now();
+        d.apply(
+            Msg::Telemetry(TelemetryMsg::Connected(Box::new(info(Model::Node, 1)))),
+            now,
+            "a",
+        );
+        d.apply(
+            snap_msg(snapshot(50, vec![worker(0, 1.0, 0.0, 0)], vec![])),
+            now,
+            "a",
+        );
+        for _ in 0..3 {
+            d.apply(
+                Msg::Telemetry(TelemetryMsg::Disconnected {
+                    reason: "connection refused".into(),
+                    retry_in: Duration::from_millis(400),
+                }),
+                now,
+                "b",
+            );
+        }
+        assert!(matches!(d.connection, Connection::Lost { .. }));
+        assert_eq!(
+            d.log
+                .iter()
+                .filter(|l| l.text.starts_with("telemetry lost"))
+                .count(),
+            1
+        );
+        d.apply(
+            Msg::Telemetry(TelemetryMsg::Connected(Box::new(info(Model::Node, 2)))),
+            now,
+            "c",
+        );
+        assert!(
+            d.workers.is_empty(),
+            "a restarted server starts a new history"
+        );
+        assert!(d.log.back().unwrap().text.starts_with("reconnected to"));
+        d.apply(
+            snap_msg(snapshot(1, vec![worker(0, 1.0, 0.0, 0)], vec![])),
+            now,
+            "c",
+        );
+        assert_eq!(d.workers[&0].lag.len(), 1);
+        assert_eq!(d.connection, Connection::Live);
+    }
+
+    #[test]
+    fn load_windows_accumulate_errors() {
+        let mut d = Dashboard::default();
+        let now = Instant::now();
+        for _ in 0..3 {
+            d.apply(
+                Msg::Load(LoadStats {
+                    ok: 100,
+                    errors: 1,
+                    timeouts: 2,
+                    ..Default::default()
+                }),
+                now,
+                "x",
+            );
+        }
+        assert_eq!(
+            (d.traffic.errors, d.traffic.timeouts, d.traffic.last.ok),
+            (3, 6, 100)
+        );
+        assert_eq!(short_ms(412.3), "412 ms");
+        assert_eq!(short_ms(1340.0), "1.3 s");
+        assert_eq!(short_ms(0.44), "0.4 ms");
+    }
+}

@@ -33,11 +33,17 @@ pub struct Demo {
 }
 
 impl Demo {
-    /// Starts `loopscope demo --port 0 --telemetry-port 0 <extra>` and waits (≤ 20 s)
-    /// for its address line.
+    /// Starts `loopscope demo --port 0 --telemetry-port 0 <extra>` (the ports are left
+    /// out when `extra` gives them) and waits (≤ 20 s) for its address line.
     pub fn start(extra: &[&str]) -> Demo {
+        let ports: &[&str] = if extra.contains(&"--port") {
+            &[]
+        } else {
+            &["--port", "0", "--telemetry-port", "0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_loopscope"))
-            .args(["demo", "--port", "0", "--telemetry-port", "0"])
+            .arg("demo")
+            .args(ports)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,0 +1,232 @@
+//! The real dashboard binary in a pseudo-terminal, read back through a vt100 parser,
+//! and the load generator against a server that stalls.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Demo, runtime, serial};
+use loopscope::client::http;
+use loopscope::client::load::{LoadGenerator, LoadPlan};
+use portable_pty::{Child, CommandBuilder, MasterPty, PtySize, native_pty_system};
+
+/// The dashboard running in a 100×30 pseudo-terminal.
+struct Dashboard {
+    child: Box<dyn Child + Send + Sync>,
+    writer: Box<dyn Write + Send>,
+    screen: Arc<Mutex<vt100::Parser>>,
+    _master: Box<dyn MasterPty + Send>,
+}
+
+impl Dashboard {
+    fn start(args: &[&str]) -> Dashboard {
+        let pty = native_pty_system()
+            .openpty(PtySize {
+                rows: 30,
+                cols: 100,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .expect("open a pty");
+        let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_loopscope"));
+        cmd.args(args);
+        let log = std::env::temp_dir().join(format!("loopscope-test-{}.log", std::process::id()));
+        cmd.args(["--log-file", log.to_str().unwrap()]);
+        cmd.env("TERM", "xterm-256color");
+        let child = pty.slave.spawn_command(cmd).expect("start the dashboard");
+        drop(pty.slave);
+        let mut reader = pty.master.try_clone_reader().unwrap();
+        let writer = pty.master.take_writer().unwrap();
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(30, 100, 0)));
+        let feed = Arc::clone(&screen);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                feed.lock().unwrap().process(&buf[..n]);
+            }
+        });
+        Dashboard {
+            child,
+            writer,
+            screen,
+            _master: pty.master,
+        }
+    }
+
+    fn text(&self) -> String {
+        self.screen.lock().unwrap().screen().contents()
+    }
+
+    /// Waits (≤ `within`) until `pred` holds on the screen text; returns that text.
+    fn wait_for(&self, within: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + within;
+        loop {
+            let text = self.text();
+            if pred(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < end,
+                "no {what} within {within:?}; screen:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn press(&mut self, key: &str) {
+        self.writer.write_all(key.as_bytes()).unwrap();
+        self.writer.flush().unwrap();
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.process_id().expect("a pid")
+    }
+
+    /// Waits (≤ 10 s) for the dashboard to exit; its exit status.
+    fn wait_exit(&mut self) -> portable_pty::ExitStatus {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "the dashboard did not exit; screen:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// The children of `pid` (its main thread's).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The largest `STALLED N ms` figure on a screen.
+fn stalled_ms(text: &str) -> Option<u64> {
+    text.split("STALLED ")
+        .skip(1)
+        .filter_map(|rest| rest.split(" ms").next()?.trim().parse().ok())
+        .max()
+}
+
+#[test]
+fn the_dashboard_shows_a_block_live_and_quits_cleanly() {
+    let _serial = serial();
+    let mut ui = Dashboard::start(&["--model", "node"]);
+    ui.wait_for(Duration::from_secs(30), "live lag panel", |s| {
+        s.contains("Loop tick lag") && s.contains("● live") && s.contains("w0")
+    });
+    let demo = children(ui.pid());
+    assert_eq!(demo.len(), 1, "one demo child, got {demo:?}");
+
+    ui.press("b");
+    let pressed = Instant::now();
+    let seen = ui.wait_for(Duration::from_secs(3), "a stall of 200 ms or more", |s| {
+        stalled_ms(s).is_some_and(|ms| ms >= 200)
+    });
+    // Seen while the 500 ms block lasts (its end is logged as a slow poll).
+    assert!(
+        pressed.elapsed() < Duration::from_millis(500) || !seen.contains("loop held"),
+        "the stall showed only after the block ended:\n{seen}"
+    );
+    assert!(seen.contains("in GET /block?ms=500"), "{seen}");
+    ui.wait_for(Duration::from_secs(3), "the slow poll in the log", |s| {
+        s.contains("w0 loop held 50") && s.contains("by GET /block?ms=500")
+    });
+
+    ui.press("q");
+    let status = ui.wait_exit();
+    assert!(status.success(), "exit status {status:?}");
+    let end = Instant::now() + Duration::from_secs(5);
+    while !demo.iter().all(|p| common::process_gone(*p)) {
+        assert!(
+            Instant::now() < end,
+            "the demo child {demo:?} outlived the dashboard"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_dashboard_reconnects_when_the_server_comes_back() {
+    let _serial = serial();
+    let demo = Demo::start(&["--model", "node"]);
+    let (app, tel) = (demo.app.clone(), demo.telemetry.clone());
+    let mut ui = Dashboard::start(&["attach", &tel, "--no-load"]);
+    ui.wait_for(Duration::from_secs(20), "live data", |s| {
+        s.contains("● live") && s.contains("w0")
+    });
+    drop(demo);
+    ui.wait_for(Duration::from_secs(10), "the disconnection", |s| {
+        s.contains("○ reconnecting") && s.contains("telemetry lost")
+    });
+
+    let app_port = app.rsplit(':').next().unwrap();
+    let tel_port = tel.rsplit(':').next().unwrap();
+    let _again = Demo::start(&[
+        "--model",
+        "node",
+        "--port",
+        app_port,
+        "--telemetry-port",
+        tel_port,
+    ]);
+    let back = Instant::now();
+    ui.wait_for(Duration::from_secs(10), "live data again", |s| {
+        s.contains("● live") && s.contains("reconnected to")
+    });
+    // Backoff is capped at 2 s, plus a line period.
+    assert!(
+        back.elapsed() < Duration::from_secs(5),
+        "reconnected after {:?}",
+        back.elapsed()
+    );
+    ui.press("q");
+    assert!(ui.wait_exit().success());
+}
+
+#[test]
+fn the_load_generator_counts_a_stall_from_intended_send_times() {
+    let _serial = serial();
+    let demo = Demo::start(&["--model", "node"]);
+    runtime().block_on(async {
+        let load = LoadGenerator::start(
+            http::client(),
+            demo.app.clone(),
+            LoadPlan {
+                rate: 100.0,
+                ..LoadPlan::default()
+            },
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = common::get(&http::client(), &demo.app, "/block?ms=300").await;
+        assert_eq!(r.status, 200);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let stats = load.take();
+        drop(load);
+        // 2 s at 100 req/s; ~30 of them were due during the stall.
+        assert!(stats.ok >= 150, "{stats:?}");
+        assert_eq!(stats.errors + stats.timeouts, 0, "{stats:?}");
+        assert!(stats.max_ms >= 250.0, "max {stats:?}");
+        assert!(stats.p99_ms >= 200.0, "p99 {stats:?}");
+        assert!(stats.p50_ms < 50.0, "p50 {stats:?}");
+    });
+}

@@ -1,9 +1,10 @@
 //! Benchmarks of the demo server and its probe; figures are printed, not asserted.
 //!
 //! `cargo bench --bench demo` runs all; `cargo bench --bench demo -- NAME` one of
-//! `overhead`, `accuracy`, `stall`, `throughput`. Results go in BENCHMARKS.md.
+//! `throughput`, `accuracy`, `stall`, `overhead`, `tui`, `loadgen`. Results go in
+//! BENCHMARKS.md. Run them on a quiet machine: a build beside them shows up as lag.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -314,6 +315,115 @@ fn throughput() {
     }
 }
 
+/// CPU seconds (utime + stime) of a process.
+fn process_cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Resident memory of a process, in MB.
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn tui() {
+    use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+    use std::io::Read;
+    println!("## dashboard: its own CPU and memory, 4-worker fastapi server, 10 redraws/s, 30 s");
+    for (label, extra) in [
+        ("load off", &["--no-load"][..]),
+        ("load on, 50 req/s", &[][..]),
+    ] {
+        let pty = native_pty_system()
+            .openpty(PtySize {
+                rows: 30,
+                cols: 100,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .unwrap();
+        let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_loopscope"));
+        cmd.args(["--model", "fastapi", "--workers", "4"]);
+        cmd.args(extra);
+        cmd.env("TERM", "xterm-256color");
+        let mut child = pty.slave.spawn_command(cmd).unwrap();
+        drop(pty.slave);
+        let mut reader = pty.master.try_clone_reader().unwrap();
+        // Drain the screen output as a terminal would.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16384];
+            while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+        });
+        let pid = child.process_id().unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+        let cpu0 = process_cpu_s(pid);
+        let t0 = Instant::now();
+        let mut rss_max = 0.0f64;
+        while t0.elapsed() < Duration::from_secs(30) {
+            rss_max = rss_max.max(rss_mb(pid));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let cpu = (process_cpu_s(pid) - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+        println!("{label}: CPU {cpu:.2}% of one core, RSS max {rss_max:.1} MB");
+        let mut w = pty.master.take_writer().unwrap();
+        let _ = w.write_all(b"q");
+        let _ = w.flush();
+        let end = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+    }
+}
+
+fn loadgen() {
+    use loopscope::client::load::{LoadGenerator, LoadPlan};
+    println!("## load generator: its own CPU, against the node demo (one client thread)");
+    let rt = runtime();
+    let demo = Demo::start(&[]);
+    let me = std::process::id();
+    for rate in [1000.0, 5000.0, 20_000.0, 40_000.0, 60_000.0, 80_000.0] {
+        rt.block_on(async {
+            let load = LoadGenerator::start(
+                http::client(),
+                demo.app.clone(),
+                LoadPlan {
+                    rate,
+                    ..LoadPlan::default()
+                },
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            load.take();
+            let cpu0 = process_cpu_s(me);
+            let secs = 5.0;
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            let s = load.take();
+            let cpu = (process_cpu_s(me) - cpu0) / secs * 100.0;
+            let achieved = s.ok as f64 / secs;
+            println!(
+                "{rate:>6} req/s planned: {achieved:>7.0} answered/s ({:.0}%), CPU {cpu:.1}% of one core, p50 {:.2} ms p99 {:.2} ms, delayed sends {}, errors {} timeouts {}",
+                achieved / rate * 100.0,
+                s.p50_ms,
+                s.p99_ms,
+                s.delayed_sends,
+                s.errors,
+                s.timeouts
+            );
+        });
+    }
+}
+
 fn main() {
     let which: Vec<String> = std::env::args()
         .skip(1)
@@ -331,5 +441,11 @@ fn main() {
     }
     if wants("overhead") {
         overhead();
+    }
+    if wants("tui") {
+        tui();
+    }
+    if wants("loadgen") {
+        loadgen();
     }
 }

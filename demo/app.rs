@@ -35,6 +35,8 @@ pub struct App {
     pub pool: Pool,
     pub docs: JsonDocs,
     pub scratch: Arc<ScratchFile>,
+    /// Bounds the memory that concurrent big requests hold (see `MEMORY_BUDGET_MB`).
+    pub memory: Arc<tokio::sync::Semaphore>,
     hello: Bytes,
 }
 
@@ -50,6 +52,9 @@ impl App {
             pool,
             docs: JsonDocs::default(),
             scratch: Arc::default(),
+            memory: Arc::new(tokio::sync::Semaphore::new(
+                workloads::MEMORY_BUDGET_MB as usize,
+            )),
             hello: Bytes::from(hello),
         }
     }
@@ -73,6 +78,19 @@ impl App {
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
+
+/// `METHOD /path` of every route, for the probe's latency table.
+pub const ENDPOINTS: [&str; 9] = [
+    "GET /hello",
+    "GET /json",
+    "GET /offload",
+    "GET /block",
+    "GET /spin",
+    "GET /sync",
+    "GET /hash",
+    "GET /fs",
+    "GET /sleep",
+];
 
 /// The routes.
 pub fn router(app: Arc<App>) -> Router {
@@ -108,6 +126,9 @@ async fn json_on_loop(State(app): State<Arc<App>>, Query(q): Query) -> Response 
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
+    let Ok(_memory) = app.memory.acquire_many(workloads::parse_cost_mb(mb)).await else {
+        return server_error("memory budget closed");
+    };
     let doc = app.docs.get(mb).await;
     // JSON.parse / json.loads: on the loop, holding it.
     let parsed = workloads::parse_json(&doc);
@@ -123,6 +144,9 @@ async fn json_offloaded(State(app): State<Arc<App>>, Query(q): Query) -> Respons
     let mb = match Params::parse(q.as_deref(), &["mb"]).and_then(|p| p.int("mb", 1..=MAX_JSON_MB)) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
+    };
+    let Ok(_memory) = app.memory.acquire_many(workloads::parse_cost_mb(mb)).await else {
+        return server_error("memory budget closed");
     };
     let doc = app.docs.get(mb).await;
     let bytes = doc.len();
@@ -223,6 +247,9 @@ async fn fs(State(app): State<Arc<App>>, Query(q): Query) -> Response {
     let kb = match Params::parse(q.as_deref(), &["kb"]).and_then(|p| p.int("kb", 1..=MAX_FS_KB)) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
+    };
+    let Ok(_memory) = app.memory.acquire_many(workloads::read_cost_mb(kb)).await else {
+        return server_error("memory budget closed");
     };
     let scratch = Arc::clone(&app.scratch);
     let start = Instant::now();

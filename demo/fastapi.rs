@@ -164,6 +164,7 @@ fn start_worker(
     // functions (prctl, getppid, fcntl); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            #[cfg(target_os = "linux")]
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -51,6 +51,7 @@ fn serve(setup: LoopSetup) -> anyhow::Result<()> {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         if let Some(probe) = &probe {
+            probe.register_endpoints(app::ENDPOINTS);
             probe.spawn_lag_task();
         }
         let router = app::router(Arc::new(app));

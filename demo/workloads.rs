@@ -7,11 +7,17 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// JSON documents built once per size and kept (the newest few).
+use tokio::sync::OnceCell;
+
+/// JSON documents built once per size and kept (the newest few). Concurrent first
+/// requests for a size wait for one build.
 #[derive(Default)]
 pub struct JsonDocs {
-    cache: Mutex<Vec<(u64, Arc<String>)>>,
+    cache: Mutex<Vec<(u64, Arc<DocCell>)>>,
 }
+
+/// One size's document, built by the first request that needs it.
+type DocCell = OnceCell<Arc<String>>;
 
 /// Sizes kept; at 64 MB a size this bounds the cache to 192 MB.
 const DOCS_KEPT: usize = 3;
@@ -19,35 +25,51 @@ const DOCS_KEPT: usize = 3;
 impl JsonDocs {
     /// The document of `mb` megabytes, built off the loop on first use.
     pub async fn get(&self, mb: u64) -> Arc<String> {
-        if let Some(doc) = self.cached(mb) {
-            return doc;
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        // Building is set-up, not the workload: it runs on a thread of its own so it
-        // neither holds the loop nor occupies the measured pool.
-        std::thread::Builder::new()
-            .name("json-builder".into())
-            .spawn(move || {
-                let _ = tx.send(Arc::new(build_json(mb as usize * 1024 * 1024)));
+        let cell = {
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            match cache.iter().find(|(size, _)| *size == mb) {
+                Some((_, cell)) => Arc::clone(cell),
+                None => {
+                    if cache.len() == DOCS_KEPT {
+                        cache.remove(0);
+                    }
+                    let cell = Arc::new(OnceCell::new());
+                    cache.push((mb, Arc::clone(&cell)));
+                    cell
+                }
+            }
+        };
+        let doc = cell
+            .get_or_init(|| async move {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                // Building is set-up, not the workload: it runs on a thread of its own
+                // so it neither holds the loop nor occupies the measured pool.
+                std::thread::Builder::new()
+                    .name("json-builder".into())
+                    .spawn(move || {
+                        let _ = tx.send(Arc::new(build_json(mb as usize * 1024 * 1024)));
+                    })
+                    .expect("spawn a thread");
+                rx.await.expect("the builder thread sends")
             })
-            .expect("spawn a thread");
-        let doc = rx.await.expect("the builder thread sends");
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        cache.retain(|(size, _)| *size != mb);
-        if cache.len() == DOCS_KEPT {
-            cache.remove(0);
-        }
-        cache.push((mb, Arc::clone(&doc)));
-        doc
+            .await;
+        Arc::clone(doc)
     }
+}
 
-    fn cached(&self, mb: u64) -> Option<Arc<String>> {
-        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        cache
-            .iter()
-            .find(|(size, _)| *size == mb)
-            .map(|(_, d)| Arc::clone(d))
-    }
+/// Memory that request buffers may hold at once in one process, in MB. Parsing N MB
+/// of JSON into a value tree takes about 8×N; a file read holds its size. Requests
+/// beyond the budget wait (off the loop) for memory to be returned.
+pub const MEMORY_BUDGET_MB: u32 = 1024;
+
+/// The budget's MB a JSON parse of `mb` needs.
+pub fn parse_cost_mb(mb: u64) -> u32 {
+    (mb * 8).min(MEMORY_BUDGET_MB as u64) as u32
+}
+
+/// The budget's MB a read of `kb` needs.
+pub fn read_cost_mb(kb: u64) -> u32 {
+    (kb.div_ceil(1024) as u32).clamp(1, MEMORY_BUDGET_MB)
 }
 
 /// A JSON array of user records of at least `bytes` bytes.

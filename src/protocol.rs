@@ -201,7 +201,7 @@ pub enum Event {
         uri: String,
         /// How long the poll took.
         ms: f64,
-        /// When the poll ended, in server milliseconds.
+        /// When the poll ended, in milliseconds since the worker's probe started.
         #[serde(default)]
         t_ms: u64,
     },

@@ -171,6 +171,7 @@ async fn run(
             }
             // Send everything due by now (the timer wakes at most every millisecond).
             let now = Instant::now();
+            let mut replan = false;
             while intended_send(start, plan.rate, n) <= now {
                 let intended = intended_send(start, plan.rate, n);
                 n += 1;
@@ -181,9 +182,19 @@ async fn run(
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
                             .delayed_sends += 1;
-                        match Arc::clone(&slots).acquire_owned().await {
-                            Ok(p) => p,
-                            Err(_) => return,
+                        // Every slot is busy: wait for one, but obey a new plan at once.
+                        tokio::select! {
+                            p = Arc::clone(&slots).acquire_owned() => match p {
+                                Ok(p) => p,
+                                Err(_) => return,
+                            },
+                            changed = plan_rx.changed() => {
+                                if changed.is_err() {
+                                    return;
+                                }
+                                replan = true;
+                                break;
+                            }
                         }
                     }
                 };
@@ -217,6 +228,9 @@ async fn run(
                     }
                     drop(permit);
                 });
+            }
+            if replan {
+                break;
             }
         }
     }

@@ -47,6 +47,7 @@ pub struct CpuSampler {
     /// tid -> (name, cumulative run time in ns)
     last: HashMap<u32, (String, u64)>,
     threads: Vec<ThreadCpu>,
+    last_process_ns: Option<u64>,
     #[cfg(not(target_os = "linux"))]
     fallback: Fallback,
 }
@@ -59,6 +60,7 @@ impl CpuSampler {
             last_at: Instant::now(),
             last: HashMap::new(),
             threads: Vec::new(),
+            last_process_ns: None,
             #[cfg(not(target_os = "linux"))]
             fallback: Fallback::new(),
         };
@@ -115,6 +117,13 @@ impl CpuSampler {
             current.insert(tid, (name, run_ns));
         }
         self.last = current;
+        // The process figure from the kernel's process clock, which also counts
+        // threads that ended during the period.
+        let process_ns = linux::process_cpu_ns();
+        if let (Some(now_ns), Some(prev_ns)) = (process_ns, self.last_process_ns) {
+            snap.process = now_ns.saturating_sub(prev_ns) as f64 / elapsed_ns * 100.0;
+        }
+        self.last_process_ns = process_ns;
         snap.process = round1(snap.process);
         snap.loop_thread = round1(snap.loop_thread);
         snap.pool_threads = round1(snap.pool_threads);
@@ -150,6 +159,19 @@ mod linux {
         let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
         let ticks = stat_cpu_ticks(&stat)?;
         Some(ticks * 1_000_000_000 / clock_ticks_per_s())
+    }
+
+    /// CPU time of the whole process, exited threads included.
+    pub(super) fn process_cpu_ns() -> Option<u64> {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+            return None;
+        }
+        Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
     }
 
     pub(super) fn thread_name(tid: u32) -> Option<String> {

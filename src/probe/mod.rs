@@ -2,7 +2,8 @@
 //!
 //! A [`LoopProbe`] measures one loop (one `current_thread` runtime):
 //! - timer-drift **tick lag** (Node's `monitorEventLoopDelay` method) and a heartbeat,
-//! - **loop utilization** from tokio's task-poll hooks,
+//! - **loop utilization** from tokio's busy-time counter, corrected during stalls
+//!   (the counter only moves when the loop parks),
 //! - **slow polls** of instrumented futures, named after the request that held the loop,
 //! - server-side **request** counts and latency per endpoint.
 //!
@@ -57,7 +58,8 @@ pub struct ProbeConfig {
     /// A poll of an instrumented future longer than this emits a slow-poll event
     /// (asyncio's `slow_callback_duration` is 100 ms).
     pub slow_poll: Duration,
-    /// No heartbeat for this long means the loop is stalled.
+    /// No heartbeat for this long past the lag timer's interval means the loop is
+    /// stalled.
     pub stall_threshold: Duration,
 }
 
@@ -131,7 +133,7 @@ impl LoopProbe {
                 worker_id,
                 config,
                 epoch,
-                heartbeat_ns: AtomicU64::new(1),
+                heartbeat_ns: AtomicU64::new(0),
                 parks: lag::ParkLog::default(),
                 lag: Mutex::new(LatencyHistogram::new()),
                 runtime: OnceLock::new(),
@@ -174,6 +176,9 @@ impl LoopProbe {
     /// Starts the lag timer on the current runtime. Call from inside the loop.
     pub fn spawn_lag_task(&self) -> tokio::task::JoinHandle<()> {
         let _ = self.shared.runtime.set(tokio::runtime::Handle::current());
+        // The loop runs from here on: a block before the timer's first tick is a stall.
+        let now = self.shared.now_ns();
+        self.shared.heartbeat_ns.store(now, Ordering::Relaxed);
         tokio::spawn(lag::run(Arc::clone(&self.shared)))
     }
 
@@ -182,12 +187,25 @@ impl LoopProbe {
         Instrumented::new(Arc::clone(&self.shared), tag, fut)
     }
 
-    /// How long the loop has gone without a heartbeat, if that is a stall.
+    /// How long the loop has gone without a heartbeat, if that is a stall: longer
+    /// than the threshold past the timer's own interval. `None` before the lag
+    /// timer first ran (a loop still starting is not stalled).
     pub fn stalled_for(&self) -> Option<Duration> {
         let s = &self.shared;
         let beat = s.heartbeat_ns.load(Ordering::Relaxed);
+        if beat == 0 {
+            return None;
+        }
         let gap = Duration::from_nanos(s.now_ns().saturating_sub(beat));
-        (gap > s.config.stall_threshold).then_some(gap)
+        (gap > s.config.stall_threshold + s.config.lag_resolution).then_some(gap)
+    }
+
+    /// Registers endpoints before traffic arrives, so that a scan of unknown paths
+    /// cannot push them into the shared `(other)` latency slot.
+    pub fn register_endpoints<'a>(&self, endpoints: impl IntoIterator<Item = &'a str>) {
+        for e in endpoints {
+            self.shared.endpoints.index(e);
+        }
     }
 
     /// The request whose poll is holding the loop right now, if any.

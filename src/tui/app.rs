@@ -66,8 +66,27 @@ pub struct DemoChild {
 
 impl DemoChild {
     /// Starts `loopscope demo` on free ports and waits (≤ 20 s) for its address line.
-    /// The child dies with this process even if it is killed (`PR_SET_PDEATHSIG`).
     pub fn start(model: Model, workers: u32, log_file: &PathBuf) -> anyhow::Result<DemoChild> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut demo = Self::spawn(model, workers, log_file, move |line| {
+            let _ = tx.send(line);
+        })?;
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .context("the demo server did not start within 20 s")?;
+        demo.address = parse_address(&line, log_file)?;
+        Ok(demo)
+    }
+
+    /// Starts `loopscope demo` on free ports; `on_line` gets its first stdout line
+    /// (empty if it exited first) from another thread. The child dies with this
+    /// process even if it is killed (`PR_SET_PDEATHSIG`).
+    pub fn spawn(
+        model: Model,
+        workers: u32,
+        log_file: &PathBuf,
+        on_line: impl FnOnce(String) + Send + 'static,
+    ) -> anyhow::Result<DemoChild> {
         let exe = std::env::current_exe().context("cannot find this executable")?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -103,38 +122,36 @@ impl DemoChild {
         }
         let mut child = cmd.spawn().context("cannot start the demo server")?;
         let stdout = child.stdout.take().context("the demo's stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
             let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            on_line(line);
         });
-        let mut demo = DemoChild {
+        Ok(DemoChild {
             child,
             address: AddressLine {
                 app: String::new(),
                 telemetry: None,
                 pid: 0,
             },
-        };
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .context("the demo server did not start within 20 s")?;
-        if line.trim().is_empty() {
-            bail!(
-                "the demo server exited at start; see {}",
-                log_file.display()
-            );
-        }
-        demo.address = serde_json::from_str(line.trim())
-            .with_context(|| format!("unexpected first line from the demo: {line:?}"))?;
-        Ok(demo)
+        })
     }
 
     /// The child's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+fn parse_address(line: &str, log_file: &std::path::Path) -> anyhow::Result<AddressLine> {
+    if line.trim().is_empty() {
+        bail!(
+            "the demo server exited at start; see {}",
+            log_file.display()
+        );
+    }
+    serde_json::from_str(line.trim())
+        .with_context(|| format!("unexpected first line from the demo: {line:?}"))
 }
 
 impl Drop for DemoChild {
@@ -188,6 +205,10 @@ struct App {
     load_addr: Option<String>,
     rate: f64,
     load_on: bool,
+    /// A demo being started by a model switch, waiting for its address line.
+    starting: Option<(Model, u32, DemoChild)>,
+    started_tx: mpsc::Sender<String>,
+    started_rx: mpsc::Receiver<String>,
 }
 
 fn clock() -> String {
@@ -206,6 +227,7 @@ impl App {
     fn new(config: AppConfig, child: Option<DemoChild>, model: Model, workers: u32) -> Self {
         let (telemetry_tx, telemetry_rx) = mpsc::channel(256);
         let (results_tx, results_rx) = mpsc::channel(256);
+        let (started_tx, started_rx) = mpsc::channel(4);
         let opts = ViewOptions {
             paused: false,
             help: false,
@@ -237,6 +259,9 @@ impl App {
             load_addr: None,
             rate,
             load_on,
+            starting: None,
+            started_tx,
+            started_rx,
         }
     }
 
@@ -310,12 +335,14 @@ impl App {
                     let Some(ev) = ev else { bail!("the terminal input closed") };
                     match ev {
                         TermEvent::Key(key) => {
+                            let action = input::action_for(key, self.child.is_some());
+                            if action == Some(Action::Quit) {
+                                return Ok(());
+                            }
                             if self.opts.help {
+                                // Any other key closes the help.
                                 self.opts.help = false;
-                            } else if let Some(action) = input::action_for(key, self.child.is_some()) {
-                                if action == Action::Quit {
-                                    return Ok(());
-                                }
+                            } else if let Some(action) = action {
                                 self.perform(action);
                             }
                         }
@@ -333,6 +360,7 @@ impl App {
                 Some(msg) = self.results_rx.recv() => {
                     self.dash.apply(msg, Instant::now(), &clock());
                 }
+                Some(line) = self.started_rx.recv() => self.finish_switch(&line),
                 _ = load_window.tick() => {
                     if let Some(load) = &self.load {
                         let stats = load.take();
@@ -410,27 +438,52 @@ impl App {
         }
     }
 
+    /// Stops the demo and starts the other model; the switch completes in
+    /// [`App::finish_switch`] when the new server prints its address, so the screen
+    /// keeps drawing meanwhile.
     fn switch_model(&mut self) {
+        if self.starting.is_some() {
+            return;
+        }
         let next = match self.model {
             Model::Node => Model::Fastapi,
             _ => Model::Node,
         };
         let workers = self.workers.max(2);
         self.note(LogKind::Trigger, format!("switching to the {next} model…"));
-        // The old server goes first: it holds no ports we need, but its CPU would
-        // blur the new one's first seconds.
+        // The old server goes first, so its CPU does not blur the new one's start.
+        if let Some(task) = self.subscriber.take() {
+            task.abort();
+        }
         self.child = None;
         self.load = None;
         self.load_addr = None;
-        match DemoChild::start(next, workers, &self.config.log_file) {
-            Ok(child) => {
+        let tx = self.started_tx.clone();
+        match DemoChild::spawn(next, workers, &self.config.log_file, move |line| {
+            let _ = tx.blocking_send(line);
+        }) {
+            Ok(child) => self.starting = Some((next, workers, child)),
+            Err(e) => self.note(
+                LogKind::Warn,
+                format!("cannot start the {next} demo: {e:#}"),
+            ),
+        }
+    }
+
+    fn finish_switch(&mut self, line: &str) {
+        let Some((model, workers, mut child)) = self.starting.take() else {
+            return;
+        };
+        match parse_address(line, &self.config.log_file) {
+            Ok(address) => {
+                child.address = address;
                 let text = format!(
-                    "started the {next} demo, pid {}, app {}",
+                    "started the {model} demo, pid {}, app {}",
                     child.pid(),
                     child.address.app
                 );
                 self.child = Some(child);
-                self.model = next;
+                self.model = model;
                 self.workers = workers;
                 let log = std::mem::take(&mut self.dash.log);
                 self.dash = Dashboard {
@@ -445,7 +498,7 @@ impl App {
             }
             Err(e) => self.note(
                 LogKind::Warn,
-                format!("cannot start the {next} demo: {e:#}"),
+                format!("cannot start the {model} demo: {e:#}"),
             ),
         }
     }

@@ -142,7 +142,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("m", "switch model (restarts the demo server)"),
     ("space", "pause the display (data keeps coming)"),
     ("?", "this help"),
-    ("q  Ctrl-C", "quit"),
+    ("q Esc ^C", "quit (stops the demo server)"),
 ];
 
 /// The action for a key press, if any. `can_switch` is false when attached to a

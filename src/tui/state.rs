@@ -64,8 +64,6 @@ pub struct WorkerView {
     pub lag: VecDeque<(f64, f64)>,
     /// (seconds, jobs queued).
     pub queued: VecDeque<(f64, f64)>,
-    /// Longest stall seen in the window, ms.
-    pub worst_stall_ms: f64,
 }
 
 impl WorkerView {
@@ -243,7 +241,6 @@ impl Dashboard {
                 received_at: now,
                 lag: VecDeque::new(),
                 queued: VecDeque::new(),
-                worst_stall_ms: 0.0,
             });
             let lag = if w.alive {
                 w.lag_ms.max.max(w.stalled_for_ms)
@@ -252,7 +249,6 @@ impl Dashboard {
             };
             push(&mut view.lag, t, lag);
             push(&mut view.queued, t, w.pool.queued as f64);
-            view.worst_stall_ms = view.worst_stall_ms.max(w.stalled_for_ms).max(w.lag_ms.max);
             view.latest = w;
             view.received_at = now;
         }

@@ -126,6 +126,16 @@ pub async fn until(
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         let s = next(stream).await;
+        if std::env::var_os("DEBUG_LINES").is_some() {
+            eprintln!(
+                "{} {:?}",
+                s.seq,
+                s.workers
+                    .iter()
+                    .map(|w| (w.stalled_for_ms, w.lag_ms.max))
+                    .collect::<Vec<_>>()
+            );
+        }
         if pred(&s) {
             return Some(s);
         }

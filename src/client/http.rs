@@ -17,7 +17,7 @@ pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 pub enum ClientError {
     /// The address and path do not make a URI.
     #[error("bad address {0:?}: {1}")]
-    Uri(String, hyper::http::uri::InvalidUri),
+    Uri(String, String),
     /// Connecting or sending failed.
     #[error("request to {0} failed: {1}")]
     Request(String, hyper_util::client::legacy::Error),
@@ -73,7 +73,8 @@ pub fn client_without_keepalive() -> HttpClient {
 
 fn uri(addr: &str, path: &str) -> Result<hyper::Uri, ClientError> {
     let s = format!("http://{addr}{path}");
-    s.parse().map_err(|e| ClientError::Uri(s, e))
+    s.parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| ClientError::Uri(s, e.to_string()))
 }
 
 /// `GET http://{addr}{path}` and read the whole body.
@@ -142,4 +143,67 @@ impl TelemetryStream {
             }
         }
     }
+}
+
+/// Opens connections to `addr` until `n` of them are served by worker `worker`
+/// (which worker accepts a connection is the kernel's choice, as with uvicorn's
+/// shared socket), trying at most `max_attempts` connections. Each is checked with
+/// `GET /hello`, whose answer names its worker. Connections to other workers are
+/// closed.
+pub async fn connections_to_worker(
+    addr: &str,
+    worker: u64,
+    n: usize,
+    max_attempts: usize,
+) -> std::io::Result<Vec<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>> {
+    let mut kept = Vec::with_capacity(n);
+    for _ in 0..max_attempts {
+        if kept.len() == n {
+            break;
+        }
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/hello")
+            .header(hyper::header::HOST, addr)
+            .body(Empty::<Bytes>::new())
+            .map_err(std::io::Error::other)?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        let served_by = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["worker"].as_u64());
+        if served_by == Some(worker) {
+            kept.push(send);
+        }
+    }
+    Ok(kept)
+}
+
+/// `GET {path}` on an open connection.
+pub async fn get_on(
+    send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    addr: &str,
+    path: &str,
+) -> Result<HttpResponse, ClientError> {
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ClientError::Uri(path.to_string(), e.to_string()))?;
+    let resp = send.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(HttpResponse { status, body })
 }

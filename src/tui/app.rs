@@ -515,20 +515,66 @@ impl App {
         let label = workload.label(size);
         let paths = workload.paths(size);
         self.note(LogKind::Trigger, format!("{label} → sent"));
+        // "Sixty sync requests at one worker": in the fastapi model the burst goes
+        // over connections that worker 0 accepted, so its 40 tokens fill.
+        let one_worker = workload == Workload::SyncBurst
+            && self
+                .dash
+                .info
+                .as_ref()
+                .is_some_and(|i| i.model == Model::Fastapi);
         let client = self.client.clone();
         let tx = self.results_tx.clone();
         tokio::spawn(async move {
-            let started = Instant::now();
-            let requests = paths.into_iter().map(|path| {
-                let client = client.clone();
-                let app = app.clone();
-                async move {
-                    tokio::time::timeout(Duration::from_secs(60), http::get(&client, &app, &path))
-                        .await
+            let mut label = label;
+            let (results, total) = if one_worker {
+                match http::connections_to_worker(&app, 0, paths.len(), paths.len() * 10).await {
+                    Ok(conns) if conns.len() == paths.len() => {
+                        label.push_str(" → w0");
+                        let started = Instant::now();
+                        let requests = conns.into_iter().zip(paths).map(|(mut conn, path)| {
+                            let app = app.clone();
+                            async move {
+                                tokio::time::timeout(
+                                    Duration::from_secs(60),
+                                    http::get_on(&mut conn, &app, &path),
+                                )
+                                .await
+                            }
+                        });
+                        let results = futures_util::future::join_all(requests).await;
+                        (results, started.elapsed())
+                    }
+                    Ok(conns) => {
+                        let text = format!(
+                            "{label}: only {} connections reached w0; not sent",
+                            conns.len()
+                        );
+                        let _ = tx.send(Msg::Log(LogKind::Warn, text)).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let text = format!("{label}: cannot connect: {e}");
+                        let _ = tx.send(Msg::Log(LogKind::Warn, text)).await;
+                        return;
+                    }
                 }
-            });
-            let results = futures_util::future::join_all(requests).await;
-            let total = started.elapsed();
+            } else {
+                let started = Instant::now();
+                let requests = paths.into_iter().map(|path| {
+                    let client = client.clone();
+                    let app = app.clone();
+                    async move {
+                        tokio::time::timeout(
+                            Duration::from_secs(60),
+                            http::get(&client, &app, &path),
+                        )
+                        .await
+                    }
+                });
+                let results = futures_util::future::join_all(requests).await;
+                (results, started.elapsed())
+            };
             let _ = tx
                 .send(Msg::Log(
                     LogKind::Result,

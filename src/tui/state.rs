@@ -96,6 +96,12 @@ pub struct Traffic {
     pub errors: u64,
     /// Timeouts since start.
     pub timeouts: u64,
+    /// Worst p99 of the windows of the last minute, ms.
+    pub worst_p99_ms: f64,
+    /// Worst latency of the last minute, ms.
+    pub worst_max_ms: f64,
+    /// (when, p99, max) of each window of the last minute.
+    pub history: VecDeque<(Instant, f64, f64)>,
 }
 
 /// Everything the dashboard shows.
@@ -206,9 +212,18 @@ impl Dashboard {
                 }
             }
             Msg::Load(stats) => {
-                self.traffic.errors += stats.errors;
-                self.traffic.timeouts += stats.timeouts;
-                self.traffic.last = stats;
+                let t = &mut self.traffic;
+                t.errors += stats.errors;
+                t.timeouts += stats.timeouts;
+                t.history.push_back((now, stats.p99_ms, stats.max_ms));
+                while t.history.front().is_some_and(|(at, _, _)| {
+                    now.saturating_duration_since(*at).as_secs_f64() > WINDOW_S
+                }) {
+                    t.history.pop_front();
+                }
+                t.worst_p99_ms = t.history.iter().map(|h| h.1).fold(0.0, f64::max);
+                t.worst_max_ms = t.history.iter().map(|h| h.2).fold(0.0, f64::max);
+                t.last = stats;
             }
             Msg::LoadPlan { on, rate } => {
                 self.traffic.on = on;

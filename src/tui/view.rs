@@ -115,12 +115,16 @@ pub fn render(frame: &mut Frame, d: &Dashboard, opts: &ViewOptions, now: Instant
         return;
     }
     let workers = d.workers.len().max(1) as u16;
-    let middle = workers + 3;
+    // Pool and CPU rows: a line per worker, the host, borders. The rest is shared
+    // 3:2 between the lag chart and the traffic/events row.
+    let middle = (workers + 3).min(area.height / 3);
+    let rest = area.height - 2 - middle;
+    let lag_rows = rest * 3 / 5;
     let [header, lag, middle_row, bottom, footer] = Layout::vertical([
         Constraint::Length(1),
-        Constraint::Fill(3),
+        Constraint::Length(lag_rows),
         Constraint::Length(middle),
-        Constraint::Fill(2),
+        Constraint::Length(rest - lag_rows),
         Constraint::Length(1),
     ])
     .areas(area);
@@ -138,7 +142,7 @@ pub fn render(frame: &mut Frame, d: &Dashboard, opts: &ViewOptions, now: Instant
     frame.render_widget(pool_panel(d, &theme), pool);
     frame.render_widget(cpu_panel(d, &theme, cpu.width), cpu);
     frame.render_widget(traffic_panel(d, &theme), traffic);
-    frame.render_widget(events_panel(d, &theme, events.height, now), events);
+    frame.render_widget(events_panel(d, &theme, events, now), events);
     frame.render_widget(footer_line(opts, footer.width, &theme), footer);
     if opts.help {
         render_help(frame, area, &theme);
@@ -204,7 +208,8 @@ fn nice_ceiling(v: f64) -> f64 {
 }
 
 fn render_lag_chart(frame: &mut Frame, area: Rect, d: &Dashboard, theme: &Theme, _h: u16) {
-    let top = nice_ceiling(d.lag_peak_ms().max(1.0));
+    // At least 5 ms: a loop whose lag stays under a millisecond should look flat.
+    let top = nice_ceiling(d.lag_peak_ms().max(5.0));
     let data: Vec<(u32, Vec<(f64, f64)>)> = d
         .workers
         .iter()
@@ -432,6 +437,12 @@ fn traffic_panel<'a>(d: &'a Dashboard, theme: &Theme) -> Paragraph<'a> {
             ),
             Span::raw(format!("  in flight {}", l.in_flight)),
         ]),
+        Line::from(vec![
+            Span::raw("last 60 s: worst p99 "),
+            Span::styled(short_ms(t.worst_p99_ms), theme.bold()),
+            Span::raw("  max "),
+            Span::styled(short_ms(t.worst_max_ms), theme.bold()),
+        ]),
         Line::raw(format!(
             "server: {server_rate:.0} req/s, {server_in_flight} in flight"
         )),
@@ -439,12 +450,24 @@ fn traffic_panel<'a>(d: &'a Dashboard, theme: &Theme) -> Paragraph<'a> {
     Paragraph::new(lines).block(Block::bordered().title(" Traffic (latency from intended send) "))
 }
 
-fn events_panel<'a>(d: &'a Dashboard, theme: &Theme, height: u16, now: Instant) -> Paragraph<'a> {
-    let rows = height.saturating_sub(2) as usize;
-    let lines: Vec<Line> = d
-        .log
-        .iter()
-        .skip(d.log.len().saturating_sub(rows))
+fn events_panel<'a>(d: &'a Dashboard, theme: &Theme, area: Rect, now: Instant) -> Paragraph<'a> {
+    // Newest at the bottom; long lines wrap, so count rows, not entries.
+    let rows = area.height.saturating_sub(2) as usize;
+    let width = area.width.saturating_sub(2).max(1) as usize;
+    let mut used = 0;
+    let mut shown = Vec::new();
+    for e in d.log.iter().rev() {
+        let len = e.at.chars().count() + 1 + e.text.chars().count();
+        let need = len.div_ceil(width).max(1);
+        if used + need > rows {
+            break;
+        }
+        used += need;
+        shown.push(e);
+    }
+    let lines: Vec<Line> = shown
+        .into_iter()
+        .rev()
         .map(|e| {
             let style = match e.kind {
                 LogKind::Warn => theme.warn(),
@@ -465,7 +488,9 @@ fn events_panel<'a>(d: &'a Dashboard, theme: &Theme, height: u16, now: Instant) 
         ),
         _ => " Events ".to_string(),
     };
-    Paragraph::new(lines).block(Block::bordered().title(title))
+    Paragraph::new(lines)
+        .block(Block::bordered().title(title))
+        .wrap(Wrap { trim: false })
 }
 
 fn footer_line(opts: &ViewOptions, width: u16, theme: &Theme) -> Paragraph<'static> {
@@ -709,6 +734,7 @@ mod tests {
         assert!(s.lines().count() == 45 && s.contains("m model") && s.contains("? help"));
         assert_eq!(nice_ceiling(412.0), 500.0);
         assert_eq!(nice_ceiling(0.7), 1.0);
+        assert_eq!(nice_ceiling(5.0), 5.0);
         assert_eq!(sparkline(&[0.0, 4.0, 8.0], 10), "▁▅█");
         assert_eq!(bar(50.0, 4), "██░░");
     }

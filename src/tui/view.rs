@@ -134,7 +134,7 @@ pub fn render(frame: &mut Frame, d: &Dashboard, opts: &ViewOptions, now: Instant
     let [pool, cpu] = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
         .areas(middle_row);
     let [traffic, events] =
-        Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(bottom);
+        Layout::horizontal([Constraint::Length(40), Constraint::Fill(1)]).areas(bottom);
 
     frame.render_widget(header_line(d, opts, &theme), header);
     render_lag_chart(frame, lag_chart, d, &theme, lag_height);
@@ -368,7 +368,8 @@ fn bar(percent: f64, width: usize) -> String {
 }
 
 fn cpu_panel<'a>(d: &'a Dashboard, theme: &Theme, width: u16) -> Paragraph<'a> {
-    let bar_w = (width.saturating_sub(30) / 2).clamp(4, 20) as usize;
+    // "w0 loop ███ 100% pool ███ 100% proc 100%": 36 columns besides the bars.
+    let bar_w = (width.saturating_sub(2 + 36) / 2).clamp(3, 20) as usize;
     // One thread uses at most one core; the pool's threads together, all of them.
     let cores = d.host.cores.max(1) as f64;
     let mut lines = Vec::new();
@@ -380,7 +381,7 @@ fn cpu_panel<'a>(d: &'a Dashboard, theme: &Theme, width: u16) -> Paragraph<'a> {
             Span::styled(bar(c.loop_thread, bar_w), theme.worker(*id)),
             Span::raw(format!("{:>4.0}% pool ", c.loop_thread)),
             Span::styled(bar(c.pool_threads / cores, bar_w), theme.worker(*id)),
-            Span::raw(format!("{:>4.0}%", c.pool_threads)),
+            Span::raw(format!("{:>4.0}% proc{:>4.0}%", c.pool_threads, c.process)),
         ]));
     }
     lines.push(Line::from(vec![
@@ -438,9 +439,9 @@ fn traffic_panel<'a>(d: &'a Dashboard, theme: &Theme) -> Paragraph<'a> {
             Span::raw(format!("  in flight {}", l.in_flight)),
         ]),
         Line::from(vec![
-            Span::raw("last 60 s: worst p99 "),
+            Span::raw("60 s worst: p99 "),
             Span::styled(short_ms(t.worst_p99_ms), theme.bold()),
-            Span::raw("  max "),
+            Span::raw(" max "),
             Span::styled(short_ms(t.worst_max_ms), theme.bold()),
         ]),
         Line::raw(format!(

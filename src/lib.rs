@@ -3,9 +3,13 @@
 //! - [`protocol`]: the telemetry contract (snapshots, events, server info);
 //! - [`probe`]: instrumentation for any tokio event loop, and the telemetry server;
 //! - [`client`]: HTTP helpers, the telemetry subscriber and the load generator;
-//! - [`tui`]: the terminal dashboard.
+//! - [`tui`]: the terminal dashboard;
+//! - [`diagnosis`]: why a server stalls, in one line;
+//! - [`headless`]: runs without a terminal, for scripts and CI.
 
 pub mod client;
+pub mod diagnosis;
+pub mod headless;
 pub mod probe;
 pub mod protocol;
 pub mod tui;

@@ -7,6 +7,7 @@ mod demo;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use loopscope::headless::{self, Format, HeadlessConfig};
 use loopscope::tui::app::{self, AppConfig, Target};
 
 /// A live profiler for event-loop concurrency: loop lag, thread-pool queues, per-worker CPU.
@@ -38,6 +39,29 @@ struct DashboardArgs {
     /// Log file (the demo server's stderr goes there too) [default: TMPDIR/loopscope.log].
     #[arg(long, global = true)]
     log_file: Option<PathBuf>,
+    /// No dashboard: print snapshots or a summary, for scripts and CI.
+    #[arg(long, global = true)]
+    headless: bool,
+    /// How long a headless run lasts, e.g. 30s, 2m.
+    #[arg(long, global = true, default_value = "30s", value_parser = headless::parse_duration)]
+    duration: std::time::Duration,
+    /// Headless output: every snapshot as NDJSON, or a summary table at the end.
+    #[arg(long, global = true, value_enum, default_value_t = FormatArg::Ndjson)]
+    format: FormatArg,
+    /// Headless: exit with status 2 if any loop's lag reaches this many ms.
+    #[arg(long, global = true)]
+    fail_on_lag: Option<f64>,
+    /// Headless: exit with status 2 if any pool's queue reaches this many jobs.
+    #[arg(long, global = true)]
+    fail_on_queue: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum FormatArg {
+    /// One JSON snapshot a line, as they arrive.
+    Ndjson,
+    /// A per-worker summary table at the end.
+    Table,
 }
 
 #[derive(Subcommand, Debug)]
@@ -61,18 +85,39 @@ fn main() -> anyhow::Result<()> {
         .log_file
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("loopscope.log"));
-    let config = |target| AppConfig {
+    let target = match cli.command {
+        Some(Command::Demo(args)) => return demo::run(args),
+        Some(Command::Attach { addr }) => Target::Attach { telemetry: addr },
+        None => Target::Demo {
+            model: cli.model.into(),
+            workers: cli.workers,
+        },
+    };
+    if d.headless {
+        let crossed = headless::run(HeadlessConfig {
+            target,
+            duration: d.duration,
+            format: match d.format {
+                FormatArg::Ndjson => Format::Ndjson,
+                FormatArg::Table => Format::Table,
+            },
+            rate: if d.no_load { 0.0 } else { d.rate },
+            fail_on_lag_ms: d.fail_on_lag,
+            fail_on_queue: d.fail_on_queue,
+            log_file,
+        })?;
+        if !crossed.is_empty() {
+            for c in &crossed {
+                eprintln!("loopscope: threshold crossed: {c}");
+            }
+            std::process::exit(2);
+        }
+        return Ok(());
+    }
+    app::run(AppConfig {
         target,
         rate: d.rate,
         load: !d.no_load,
-        log_file: log_file.clone(),
-    };
-    match cli.command {
-        Some(Command::Demo(args)) => demo::run(args),
-        Some(Command::Attach { addr }) => app::run(config(Target::Attach { telemetry: addr })),
-        None => app::run(config(Target::Demo {
-            model: cli.model.into(),
-            workers: cli.workers,
-        })),
-    }
+        log_file,
+    })
 }

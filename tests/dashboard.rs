@@ -166,6 +166,38 @@ fn the_dashboard_shows_a_block_live_and_quits_cleanly() {
 }
 
 #[test]
+fn sigterm_restores_the_terminal_and_stops_the_demo() {
+    let _serial = serial();
+    let mut ui = Dashboard::start(&["--model", "fastapi", "--workers", "2"]);
+    ui.wait_for(Duration::from_secs(30), "live lag panel", |s| {
+        s.contains("● live") && s.contains("w1")
+    });
+    assert!(ui.screen.lock().unwrap().screen().alternate_screen());
+    let demo = children(ui.pid());
+    assert_eq!(demo.len(), 1, "{demo:?}");
+    // SAFETY: kill(2) on the pid of the child we started.
+    assert_eq!(unsafe { libc::kill(ui.pid() as i32, libc::SIGTERM) }, 0);
+    assert!(ui.wait_exit().success());
+    // Give the reader a moment to take the last bytes.
+    let end = Instant::now() + Duration::from_secs(2);
+    while ui.screen.lock().unwrap().screen().alternate_screen() {
+        assert!(
+            Instant::now() < end,
+            "the terminal was left in the alternate screen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let end = Instant::now() + Duration::from_secs(5);
+    while !demo.iter().all(|p| common::process_gone(*p)) {
+        assert!(
+            Instant::now() < end,
+            "the demo {demo:?} outlived the dashboard"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn the_dashboard_reconnects_when_the_server_comes_back() {
     let _serial = serial();
     let demo = Demo::start(&["--model", "node"]);

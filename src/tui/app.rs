@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use ratatui::DefaultTerminal;
 use ratatui::crossterm::event::{self, Event as TermEvent};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::input::{self, Action, DEFAULT_SIZE, SIZES, Workload};
@@ -323,6 +324,10 @@ impl App {
             );
             self.note(LogKind::Info, text);
         }
+        // Killed politely (SIGTERM, or the terminal closing): leave as on `q`, so the
+        // terminal is restored and the demo stopped.
+        let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         let mut frame = tokio::time::interval(Duration::from_millis(1000 / FPS));
         frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut load_window = tokio::time::interval(LOAD_WINDOW);
@@ -361,6 +366,8 @@ impl App {
                     self.dash.apply(msg, Instant::now(), &clock());
                 }
                 Some(line) = self.started_rx.recv() => self.finish_switch(&line),
+                _ = terminate.recv() => return Ok(()),
+                _ = hangup.recv() => return Ok(()),
                 _ = load_window.tick() => {
                     if let Some(load) = &self.load {
                         let stats = load.take();

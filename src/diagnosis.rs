@@ -1,0 +1,290 @@
+//! A one-line diagnosis of why a server stalls: the cause, the request that held the
+//! loop, and the remedy. Pure: fed snapshots, it reasons over the last seconds of
+//! server time.
+//!
+//! Thresholds are clinic.js Doctor's for the loop (max lag ≥ 100 ms, or median lag
+//! ≥ 10 ms) and one second of continuous queueing for a pool.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::protocol::{Event, Snapshot};
+
+/// Seconds of history a diagnosis looks at.
+pub const WINDOW_MS: u64 = 10_000;
+/// A loop whose lag reaches this was blocked.
+pub const MAX_LAG_MS: f64 = 100.0;
+/// A loop whose median lag reaches this is saturated.
+pub const MEDIAN_LAG_MS: f64 = 10.0;
+/// A pool queued without a break for this long is too small (or misused).
+pub const QUEUED_FOR_MS: u64 = 1_000;
+
+/// What is wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finding {
+    /// One request held the loop.
+    LoopBlocked,
+    /// The loop is slow all the time.
+    LoopSaturated,
+    /// The pool stayed full with jobs waiting.
+    PoolSaturated,
+}
+
+/// One diagnosis line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnosis {
+    /// The worker it concerns.
+    pub worker: u32,
+    /// What is wrong.
+    pub finding: Finding,
+    /// Cause and remedy, in one line.
+    pub text: String,
+}
+
+#[derive(Debug, Default)]
+struct WorkerHistory {
+    /// (t_ms, lag max, lag p50) per line.
+    lag: VecDeque<(u64, f64, f64)>,
+    /// (t_ms, target, ms) of slow polls.
+    slow_polls: VecDeque<(u64, String, f64)>,
+    /// Since when the pool has had jobs waiting, if it has now.
+    queued_since: Option<u64>,
+    /// The newest pool figures: (busy, size, queued, max queued while it lasts).
+    pool: (u32, u32, u32, u32),
+}
+
+/// Keeps the recent history of every worker and diagnoses it.
+#[derive(Debug, Default)]
+pub struct Diagnoser {
+    workers: BTreeMap<u32, WorkerHistory>,
+    now_ms: u64,
+}
+
+/// The remedy for a request that held the loop, from what its endpoint does.
+fn remedy(target: &str) -> &'static str {
+    let path = target.split_whitespace().nth(1).unwrap_or(target);
+    if path.starts_with("/block") {
+        "a blocking call inside an async handler: await a non-blocking call, or make it a sync (def) endpoint that runs on the pool"
+    } else if path.starts_with("/json")
+        || path.starts_with("/spin")
+        || (path.starts_with("/hash") && path.contains("on=loop"))
+    {
+        "move CPU-heavy work off the loop — a worker thread or a process pool"
+    } else {
+        "find what this request does on the loop and move it off — a worker thread, a process pool or async I/O"
+    }
+}
+
+impl Diagnoser {
+    /// An empty history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes one snapshot line.
+    pub fn observe(&mut self, snap: &Snapshot) {
+        let now = snap.t_ms;
+        if now < self.now_ms {
+            // A new server: its clock starts again.
+            self.workers.clear();
+        }
+        self.now_ms = now;
+        let oldest = now.saturating_sub(WINDOW_MS);
+        self.workers
+            .retain(|id, _| snap.workers.iter().any(|w| w.id == *id));
+        for w in &snap.workers {
+            let h = self.workers.entry(w.id).or_default();
+            if w.lag_ms.samples > 0 || w.stalled_for_ms > 0.0 {
+                h.lag
+                    .push_back((now, w.lag_ms.max.max(w.stalled_for_ms), w.lag_ms.p50));
+            }
+            while h.lag.front().is_some_and(|(t, _, _)| *t < oldest) {
+                h.lag.pop_front();
+            }
+            while h.slow_polls.front().is_some_and(|(t, _, _)| *t < oldest) {
+                h.slow_polls.pop_front();
+            }
+            let p = &w.pool;
+            if p.queued > 0 {
+                let since = *h.queued_since.get_or_insert(now);
+                let peak = if since == now {
+                    p.queued
+                } else {
+                    h.pool.3.max(p.queued)
+                };
+                h.pool = (p.busy, p.size, p.queued, peak);
+            } else {
+                h.queued_since = None;
+                h.pool = (p.busy, p.size, 0, 0);
+            }
+        }
+        for e in &snap.events {
+            if let Event::SlowPoll {
+                worker, uri, ms, ..
+            } = e
+            {
+                if let Some(h) = self.workers.get_mut(worker) {
+                    h.slow_polls.push_back((now, uri.clone(), *ms));
+                }
+            }
+        }
+    }
+
+    /// What is wrong now, worst first per worker (at most one line per worker).
+    pub fn diagnose(&self) -> Vec<Diagnosis> {
+        let mut out = Vec::new();
+        for (id, h) in &self.workers {
+            let max = h.lag.iter().map(|l| l.1).fold(0.0, f64::max);
+            let mut p50s: Vec<f64> = h.lag.iter().map(|l| l.2).collect();
+            p50s.sort_by(f64::total_cmp);
+            let median = p50s.get(p50s.len() / 2).copied().unwrap_or(0.0);
+            if max >= MAX_LAG_MS {
+                let worst = h.slow_polls.iter().max_by(|a, b| a.2.total_cmp(&b.2));
+                let text = match worst {
+                    Some((_, target, ms)) => format!(
+                        "w{id}: {target} held the loop {ms:.0} ms: {}",
+                        remedy(target)
+                    ),
+                    None => format!(
+                        "w{id}: the loop was blocked {max:.0} ms: find the blocking call (no request poll was slow: look at timers and background tasks)"
+                    ),
+                };
+                out.push(Diagnosis {
+                    worker: *id,
+                    finding: Finding::LoopBlocked,
+                    text,
+                });
+            } else if median >= MEDIAN_LAG_MS {
+                out.push(Diagnosis {
+                    worker: *id,
+                    finding: Finding::LoopSaturated,
+                    text: format!(
+                        "w{id}: median loop lag {median:.0} ms: the loop is saturated — spread the load over more workers or move CPU work off the loop"
+                    ),
+                });
+            } else if let Some(since) = h.queued_since {
+                let queued_ms = self.now_ms.saturating_sub(since);
+                if queued_ms >= QUEUED_FOR_MS {
+                    let (busy, size, _, peak) = h.pool;
+                    out.push(Diagnosis {
+                        worker: *id,
+                        finding: Finding::PoolSaturated,
+                        text: format!(
+                            "w{id}: {busy} of {size} pool threads busy, {peak} queued for {:.1} s: raise the pool size or make the endpoint async",
+                            queued_ms as f64 / 1000.0
+                        ),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{LagSummary, Model, PoolSnapshot, Snapshot, WorkerSnapshot};
+
+    fn snap(t_ms: u64, lag: &[(f64, f64)], queued: &[u32], events: Vec<Event>) -> Snapshot {
+        Snapshot {
+            v: 1,
+            seq: t_ms / 100,
+            t_ms,
+            model: Model::Fastapi,
+            period_ms: 100,
+            workers: lag
+                .iter()
+                .zip(queued)
+                .enumerate()
+                .map(|(id, ((max, p50), q))| WorkerSnapshot {
+                    id: id as u32,
+                    alive: true,
+                    lag_ms: LagSummary {
+                        p50: *p50,
+                        p99: *max,
+                        max: *max,
+                        samples: 50,
+                    },
+                    pool: PoolSnapshot {
+                        size: 40,
+                        busy: if *q > 0 { 40 } else { 0 },
+                        queued: *q,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
+                .collect(),
+            host: Default::default(),
+            events,
+        }
+    }
+
+    #[test]
+    fn a_slow_poll_names_the_culprit_and_the_remedy() {
+        let mut d = Diagnoser::new();
+        for t in 1..=10 {
+            d.observe(&snap(t * 100, &[(0.5, 0.1), (0.4, 0.1)], &[0, 0], vec![]));
+        }
+        assert!(d.diagnose().is_empty());
+        let slow = Event::SlowPoll {
+            worker: 0,
+            endpoint: "GET /json".into(),
+            uri: "GET /json?mb=20".into(),
+            ms: 412.3,
+            t_ms: 0,
+        };
+        d.observe(&snap(
+            1100,
+            &[(412.0, 0.1), (0.4, 0.1)],
+            &[0, 0],
+            vec![slow],
+        ));
+        let found = d.diagnose();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].finding, Finding::LoopBlocked);
+        assert_eq!(
+            found[0].text,
+            "w0: GET /json?mb=20 held the loop 412 ms: move CPU-heavy work off the loop — a worker thread or a process pool"
+        );
+        // Ten seconds later it has left the window.
+        for t in 12..=122 {
+            d.observe(&snap(t * 100, &[(0.5, 0.1), (0.4, 0.1)], &[0, 0], vec![]));
+        }
+        assert!(d.diagnose().is_empty());
+    }
+
+    #[test]
+    fn a_blocking_call_gets_the_async_remedy() {
+        assert!(remedy("GET /block?ms=500").starts_with("a blocking call inside an async handler"));
+        assert!(remedy("GET /hash?iterations=5&on=loop").starts_with("move CPU-heavy"));
+        assert!(remedy("GET /other").starts_with("find what"));
+    }
+
+    #[test]
+    fn a_high_median_is_saturation() {
+        let mut d = Diagnoser::new();
+        for t in 1..=20 {
+            d.observe(&snap(t * 100, &[(30.0, 12.0)], &[0], vec![]));
+        }
+        let found = d.diagnose();
+        assert_eq!(found[0].finding, Finding::LoopSaturated);
+        assert!(found[0].text.starts_with("w0: median loop lag 12 ms"));
+    }
+
+    #[test]
+    fn a_pool_queued_for_over_a_second_is_too_small() {
+        let mut d = Diagnoser::new();
+        d.observe(&snap(100, &[(0.5, 0.1)], &[20], vec![]));
+        d.observe(&snap(600, &[(0.5, 0.1)], &[15], vec![]));
+        assert!(d.diagnose().is_empty(), "only 0.5 s so far");
+        d.observe(&snap(1200, &[(0.5, 0.1)], &[5], vec![]));
+        let found = d.diagnose();
+        assert_eq!(
+            found[0].text,
+            "w0: 40 of 40 pool threads busy, 20 queued for 1.1 s: raise the pool size or make the endpoint async"
+        );
+        // The queue drains: nothing to say.
+        d.observe(&snap(1300, &[(0.5, 0.1)], &[0], vec![]));
+        assert!(d.diagnose().is_empty());
+    }
+}

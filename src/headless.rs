@@ -1,0 +1,360 @@
+//! Headless runs for scripts and CI: the same subscriber and demo child as the
+//! dashboard, no terminal. Prints every snapshot (NDJSON) or, at the end, a summary
+//! table per worker and the diagnosis; reports which thresholds were crossed so that
+//! the command can exit non-zero.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use crate::client::http;
+use crate::client::load::{LoadGenerator, LoadPlan};
+use crate::client::subscriber::{self, TelemetryMsg};
+use crate::diagnosis::Diagnoser;
+use crate::protocol::Snapshot;
+use crate::tui::app::{DemoChild, Target};
+
+/// What to print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Every snapshot as it arrives, one JSON line each.
+    Ndjson,
+    /// A summary table at the end.
+    Table,
+}
+
+/// A headless run.
+#[derive(Clone, Debug)]
+pub struct HeadlessConfig {
+    /// What to watch.
+    pub target: Target,
+    /// How long.
+    pub duration: Duration,
+    /// What to print.
+    pub format: Format,
+    /// Background load, requests per second (0: none).
+    pub rate: f64,
+    /// Fail when any loop's lag reaches this many ms.
+    pub fail_on_lag_ms: Option<f64>,
+    /// Fail when any pool's queue reaches this many jobs.
+    pub fail_on_queue: Option<u32>,
+    /// Where the demo child's stderr goes.
+    pub log_file: PathBuf,
+}
+
+/// Figures of one worker over a run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkerSummary {
+    /// Median of the per-line lag medians, ms.
+    pub lag_p50_ms: f64,
+    /// Largest per-line lag p99, ms.
+    pub lag_p99_ms: f64,
+    /// Largest lag (or live stall), ms.
+    pub lag_max_ms: f64,
+    /// Longest stall seen live or as a slow poll, ms.
+    pub longest_stall_ms: f64,
+    /// Most jobs queued at once.
+    pub max_queued: u32,
+    /// Mean process CPU, % of one core.
+    pub cpu_mean: f64,
+    /// Peak process CPU, % of one core.
+    pub cpu_max: f64,
+    p50s: Vec<f64>,
+    cpu_sum: f64,
+    lines: u64,
+}
+
+/// Accumulates a run's snapshots into per-worker figures.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Workers by id.
+    pub workers: BTreeMap<u32, WorkerSummary>,
+    /// Lines seen.
+    pub lines: u64,
+}
+
+impl Summary {
+    /// Takes one snapshot.
+    pub fn observe(&mut self, snap: &Snapshot) {
+        self.lines += 1;
+        for w in &snap.workers {
+            let s = self.workers.entry(w.id).or_default();
+            if w.lag_ms.samples > 0 {
+                s.p50s.push(w.lag_ms.p50);
+            }
+            s.lag_p99_ms = s.lag_p99_ms.max(w.lag_ms.p99);
+            s.lag_max_ms = s.lag_max_ms.max(w.lag_ms.max).max(w.stalled_for_ms);
+            s.longest_stall_ms = s.longest_stall_ms.max(w.stalled_for_ms);
+            s.max_queued = s.max_queued.max(w.pool.queued);
+            s.cpu_sum += w.cpu.process;
+            s.cpu_max = s.cpu_max.max(w.cpu.process);
+            s.lines += 1;
+        }
+        for e in &snap.events {
+            if let crate::protocol::Event::SlowPoll { worker, ms, .. } = e {
+                let s = self.workers.entry(*worker).or_default();
+                s.longest_stall_ms = s.longest_stall_ms.max(*ms);
+            }
+        }
+    }
+
+    /// Finishes the figures that need every line.
+    pub fn finish(&mut self) {
+        for s in self.workers.values_mut() {
+            s.p50s.sort_by(f64::total_cmp);
+            s.lag_p50_ms = s.p50s.get(s.p50s.len() / 2).copied().unwrap_or(0.0);
+            s.cpu_mean = if s.lines == 0 {
+                0.0
+            } else {
+                s.cpu_sum / s.lines as f64
+            };
+        }
+    }
+
+    /// The table, one row per worker.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<6}{:>9}{:>9}{:>9}{:>15}{:>12}{:>10}{:>9}\n",
+            "worker",
+            "lag p50",
+            "lag p99",
+            "lag max",
+            "longest stall",
+            "max queued",
+            "CPU mean",
+            "CPU max"
+        );
+        for (id, s) in &self.workers {
+            out.push_str(&format!(
+                "{:<6}{:>9.2}{:>9.2}{:>9.1}{:>15.1}{:>12}{:>9.1}%{:>8.1}%\n",
+                format!("w{id}"),
+                s.lag_p50_ms,
+                s.lag_p99_ms,
+                s.lag_max_ms,
+                s.longest_stall_ms,
+                s.max_queued,
+                s.cpu_mean,
+                s.cpu_max
+            ));
+        }
+        out.push_str("(lag and stalls in ms; CPU in % of one core)\n");
+        out
+    }
+
+    /// The thresholds crossed, as sentences.
+    pub fn crossed(&self, fail_on_lag_ms: Option<f64>, fail_on_queue: Option<u32>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (id, s) in &self.workers {
+            if let Some(limit) = fail_on_lag_ms {
+                if s.lag_max_ms >= limit {
+                    out.push(format!(
+                        "w{id}: loop lag reached {:.0} ms (limit {limit} ms)",
+                        s.lag_max_ms
+                    ));
+                }
+            }
+            if let Some(limit) = fail_on_queue {
+                if s.max_queued >= limit {
+                    out.push(format!(
+                        "w{id}: pool queue reached {} (limit {limit})",
+                        s.max_queued
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Runs headless and returns the thresholds crossed (empty: all good).
+pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let child = match &config.target {
+        Target::Demo { model, workers } => {
+            Some(DemoChild::start(*model, *workers, &config.log_file)?)
+        }
+        Target::Attach { .. } => None,
+    };
+    let telemetry = match (&child, &config.target) {
+        (Some(c), _) => c
+            .address
+            .telemetry
+            .clone()
+            .context("the demo has no telemetry port")?,
+        (None, Target::Attach { telemetry }) => telemetry.clone(),
+        (None, Target::Demo { .. }) => unreachable!("a demo target starts a child"),
+    };
+    runtime.block_on(async move {
+        let (tx, mut rx) = mpsc::channel(256);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let _subscriber = subscriber::spawn(telemetry.clone(), tx, dropped);
+        let mut summary = Summary::default();
+        let mut diagnoser = Diagnoser::new();
+        let mut load: Option<LoadGenerator> = None;
+        let mut stdout = std::io::stdout().lock();
+        let deadline = tokio::time::Instant::now() + config.duration;
+        let mut connected = false;
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = tokio::time::sleep_until(deadline) => break,
+            };
+            match msg {
+                Some(TelemetryMsg::Connected(info)) => {
+                    connected = true;
+                    if config.rate > 0.0 && load.is_none() {
+                        let plan = LoadPlan {
+                            rate: config.rate,
+                            ..LoadPlan::default()
+                        };
+                        load = Some(LoadGenerator::start(http::client(), info.app.clone(), plan));
+                    }
+                }
+                Some(TelemetryMsg::Snapshot(snap)) => {
+                    summary.observe(&snap);
+                    diagnoser.observe(&snap);
+                    if config.format == Format::Ndjson {
+                        serde_json::to_writer(&mut stdout, &*snap)?;
+                        stdout.write_all(b"\n")?;
+                        stdout.flush()?;
+                    }
+                }
+                Some(TelemetryMsg::Disconnected { reason, .. }) => {
+                    eprintln!("loopscope: telemetry from {telemetry}: {reason}");
+                }
+                None => break,
+            }
+        }
+        drop(load);
+        if !connected {
+            anyhow::bail!("no telemetry from {telemetry} within {:?}", config.duration);
+        }
+        summary.finish();
+        let diagnosis = diagnoser.diagnose();
+        if config.format == Format::Table {
+            write!(stdout, "{}", summary.table())?;
+            for d in &diagnosis {
+                writeln!(stdout, "diagnosis: {}", d.text)?;
+            }
+        } else {
+            for d in &diagnosis {
+                eprintln!("diagnosis: {}", d.text);
+            }
+        }
+        Ok(summary.crossed(config.fail_on_lag_ms, config.fail_on_queue))
+    })
+}
+
+/// Parses `30s`, `2m`, `500ms` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use e.g. 30s, 2m, 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs <= 7.0 * 86_400.0) {
+        return Err(format!("{s:?} is out of range (0 < duration <= 7 days)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{LagSummary, Model, PoolSnapshot, WorkerSnapshot};
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3 weeks").is_err());
+    }
+
+    #[test]
+    fn summary_and_thresholds() {
+        let mut s = Summary::default();
+        for (t, max, stall, queued, cpu) in [
+            (1, 1.0f64, 0.0, 0, 10.0),
+            (2, 0.0, 250.0, 8, 90.0),
+            (3, 412.0, 0.0, 2, 20.0),
+        ] {
+            s.observe(&Snapshot {
+                v: 1,
+                seq: t,
+                t_ms: t * 100,
+                model: Model::Node,
+                period_ms: 100,
+                workers: vec![WorkerSnapshot {
+                    id: 0,
+                    alive: true,
+                    lag_ms: LagSummary {
+                        p50: 0.3,
+                        p99: max.min(5.0),
+                        max,
+                        samples: if max > 0.0 { 50 } else { 0 },
+                    },
+                    stalled_for_ms: stall,
+                    pool: PoolSnapshot {
+                        queued,
+                        ..Default::default()
+                    },
+                    cpu: crate::protocol::CpuSnapshot {
+                        process: cpu,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }],
+                host: Default::default(),
+                events: vec![],
+            });
+        }
+        s.finish();
+        let w = &s.workers[&0];
+        assert_eq!(
+            (w.lag_max_ms, w.longest_stall_ms, w.max_queued),
+            (412.0, 250.0, 8)
+        );
+        assert_eq!((w.cpu_mean, w.cpu_max, w.lag_p50_ms), (40.0, 90.0, 0.3));
+        let table = s.table();
+        let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            row,
+            vec![
+                "w0", "0.30", "5.00", "412.0", "250.0", "8", "40.0%", "90.0%"
+            ],
+            "{table}"
+        );
+        assert!(table.starts_with("worker  lag p50  lag p99  lag max  longest stall"));
+        assert_eq!(s.crossed(Some(500.0), Some(9)), Vec::<String>::new());
+        assert_eq!(
+            s.crossed(Some(100.0), Some(8)),
+            vec![
+                "w0: loop lag reached 412 ms (limit 100 ms)".to_string(),
+                "w0: pool queue reached 8 (limit 8)".to_string()
+            ]
+        );
+    }
+}

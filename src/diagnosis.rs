@@ -40,7 +40,7 @@ pub struct Diagnosis {
     pub text: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct WorkerHistory {
     /// (t_ms, lag max, lag p50) per line.
     lag: VecDeque<(u64, f64, f64)>,
@@ -50,10 +50,12 @@ struct WorkerHistory {
     queued_since: Option<u64>,
     /// The newest pool figures: (busy, size, queued, max queued while it lasts).
     pool: (u32, u32, u32, u32),
+    /// Spells of queueing that ended in the window: (start, end, busy, size, peak).
+    spells: VecDeque<(u64, u64, u32, u32, u32)>,
 }
 
 /// Keeps the recent history of every worker and diagnoses it.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Diagnoser {
     workers: BTreeMap<u32, WorkerHistory>,
     now_ms: u64,
@@ -111,10 +113,17 @@ impl Diagnoser {
                 } else {
                     h.pool.3.max(p.queued)
                 };
-                h.pool = (p.busy, p.size, p.queued, peak);
+                let busy = h.pool.0.max(p.busy);
+                h.pool = (busy, p.size, p.queued, peak);
             } else {
-                h.queued_since = None;
+                if let Some(since) = h.queued_since.take() {
+                    let (busy, size, _, peak) = h.pool;
+                    h.spells.push_back((since, now, busy, size, peak));
+                }
                 h.pool = (p.busy, p.size, 0, 0);
+            }
+            while h.spells.front().is_some_and(|s| s.1 < oldest) {
+                h.spells.pop_front();
             }
         }
         for e in &snap.events {
@@ -161,18 +170,29 @@ impl Diagnoser {
                         "w{id}: median loop lag {median:.0} ms: the loop is saturated — spread the load over more workers or move CPU work off the loop"
                     ),
                 });
-            } else if let Some(since) = h.queued_since {
-                let queued_ms = self.now_ms.saturating_sub(since);
-                if queued_ms >= QUEUED_FOR_MS {
-                    let (busy, size, _, peak) = h.pool;
-                    out.push(Diagnosis {
-                        worker: *id,
-                        finding: Finding::PoolSaturated,
-                        text: format!(
-                            "w{id}: {busy} of {size} pool threads busy, {peak} queued for {:.1} s: raise the pool size or make the endpoint async",
-                            queued_ms as f64 / 1000.0
-                        ),
-                    });
+            } else {
+                // The longest spell of queueing in the window, ended or still going.
+                let open = h
+                    .queued_since
+                    .map(|since| (since, self.now_ms, h.pool.0, h.pool.1, h.pool.3));
+                let longest = h
+                    .spells
+                    .iter()
+                    .copied()
+                    .chain(open)
+                    .max_by_key(|s| s.1 - s.0);
+                if let Some((start, end, busy, size, peak)) = longest {
+                    let queued_ms = end - start;
+                    if queued_ms >= QUEUED_FOR_MS {
+                        out.push(Diagnosis {
+                            worker: *id,
+                            finding: Finding::PoolSaturated,
+                            text: format!(
+                                "w{id}: {busy} of {size} pool threads busy, {peak} queued for {:.1} s: raise the pool size or make the endpoint async",
+                                queued_ms as f64 / 1000.0
+                            ),
+                        });
+                    }
                 }
             }
         }
@@ -283,8 +303,15 @@ mod tests {
             found[0].text,
             "w0: 40 of 40 pool threads busy, 20 queued for 1.1 s: raise the pool size or make the endpoint async"
         );
-        // The queue drains: nothing to say.
+        // The queue drains: the spell is still reported while in the window…
         d.observe(&snap(1300, &[(0.5, 0.1)], &[0], vec![]));
-        assert!(d.diagnose().is_empty());
+        assert_eq!(
+            d.diagnose()[0].text,
+            found[0].text.replace("1.1 s", "1.2 s")
+        );
+        // …and forgotten ten seconds later; a short spell says nothing.
+        d.observe(&snap(11_400, &[(0.5, 0.1)], &[3], vec![]));
+        d.observe(&snap(11_900, &[(0.5, 0.1)], &[0], vec![]));
+        assert!(d.diagnose().is_empty(), "{:?}", d.diagnose());
     }
 }

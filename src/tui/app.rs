@@ -493,11 +493,10 @@ impl App {
                 self.model = model;
                 self.workers = workers;
                 let log = std::mem::take(&mut self.dash.log);
-                self.dash = Dashboard {
-                    log,
-                    traffic: self.dash.traffic.clone(),
-                    ..Dashboard::default()
-                };
+                let mut dash = Dashboard::default();
+                dash.log = log;
+                dash.traffic = self.dash.traffic.clone();
+                self.dash = dash;
                 self.frozen = None;
                 self.opts.paused = false;
                 self.note(LogKind::Info, text);

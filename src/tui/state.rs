@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::client::load::LoadStats;
 use crate::client::subscriber::TelemetryMsg;
+use crate::diagnosis::{Diagnoser, Diagnosis};
 use crate::protocol::{Event, HostSnapshot, ServerInfo, Snapshot, WorkerSnapshot};
 
 /// Seconds of history kept for the charts.
@@ -127,6 +128,9 @@ pub struct Dashboard {
     pub log: VecDeque<LogEntry>,
     /// Client-side traffic.
     pub traffic: Traffic,
+    /// What is wrong, one line per worker that has a problem.
+    pub diagnosis: Vec<Diagnosis>,
+    diagnoser: Diagnoser,
 }
 
 /// What changes the dashboard.
@@ -160,6 +164,8 @@ impl Default for Dashboard {
             missed_lines: 0,
             log: VecDeque::new(),
             traffic: Traffic::default(),
+            diagnosis: Vec::new(),
+            diagnoser: Diagnoser::new(),
         }
     }
 }
@@ -234,6 +240,8 @@ impl Dashboard {
     }
 
     fn ingest(&mut self, snap: Snapshot, now: Instant, clock: &str) {
+        self.diagnoser.observe(&snap);
+        self.diagnosis = self.diagnoser.diagnose();
         // A new server (restarted, or another model) starts its clock again.
         if snap.seq < self.last_seq {
             self.workers.clear();

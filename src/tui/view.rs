@@ -285,6 +285,9 @@ fn now_panel<'a>(d: &'a Dashboard, theme: &Theme, now: Instant) -> Paragraph<'a>
     for (id, w) in &d.workers {
         lines.extend(stall_badge(*id, w, d.period_ms, theme, now));
     }
+    for diag in &d.diagnosis {
+        lines.push(Line::styled(format!("▶ {}", diag.text), theme.warn()));
+    }
     Paragraph::new(lines)
         .block(Block::bordered().title(" Now "))
         .wrap(Wrap { trim: false })
@@ -654,6 +657,7 @@ mod tests {
             "412",
             "■ w0 STALLED 312 ms",
             "  in GET /block?ms=500",
+            "▶ w0: the loop was blocked 412 ms:",
             "busy  4/4  queued   8 longest  310 ms",
             "m model",
             "CPU, % of one core",

@@ -1,0 +1,174 @@
+//! `loopscope --headless` on real processes: the output, the diagnosis and the exit
+//! status that scripts rely on.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Demo, runtime, serial};
+use loopscope::client::http;
+use loopscope::protocol::Snapshot;
+
+/// Runs `loopscope <args>` to completion (≤ 30 s), while `during` runs.
+fn run_while(args: &[&str], during: impl FnOnce()) -> Output {
+    let log = std::env::temp_dir().join(format!("loopscope-headless-{}.log", std::process::id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_loopscope"))
+        .args(args)
+        .args(["--log-file", log.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start loopscope");
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    during();
+    let end = Instant::now() + Duration::from_secs(30);
+    while !waiter.is_finished() {
+        if Instant::now() > end {
+            // SAFETY: kill(2) on the pid of the child we started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("loopscope {args:?} ran past 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiter.join().unwrap().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn a_block_crosses_the_lag_threshold_and_is_diagnosed() {
+    let _serial = serial();
+    let demo = Demo::start(&["--model", "node"]);
+    let args = [
+        "attach",
+        &demo.telemetry,
+        "--headless",
+        "--duration",
+        "3s",
+        "--format",
+        "table",
+        "--fail-on-lag",
+        "100",
+        "--no-load",
+    ];
+    let app = demo.app.clone();
+    let out = run_while(&args, || {
+        std::thread::sleep(Duration::from_millis(800));
+        runtime().block_on(async {
+            let r = common::get(&http::client(), &app, "/block?ms=400").await;
+            assert_eq!(r.status, 200);
+        });
+    });
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let row: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with("w0 "))
+        .unwrap_or_else(|| panic!("no w0 row:\n{stdout}"))
+        .split_whitespace()
+        .collect();
+    let lag_max: f64 = row[3].parse().unwrap();
+    assert!(
+        (390.0..600.0).contains(&lag_max),
+        "lag max {lag_max}:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("diagnosis: w0: GET /block?ms=400 held the loop 40")
+            && stdout.contains("a blocking call inside an async handler"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("threshold crossed: w0: loop lag reached"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn ndjson_prints_every_snapshot_and_a_quiet_run_exits_zero() {
+    let _serial = serial();
+    let out = run_while(
+        &[
+            "--headless",
+            "--duration",
+            "2s",
+            "--fail-on-lag",
+            "200",
+            "--rate",
+            "20",
+        ],
+        || {},
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<Snapshot> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    // 2 s at 10 lines a second, less the start-up of the demo it started.
+    assert!((8..=30).contains(&lines.len()), "{} lines", lines.len());
+    assert!(lines.windows(2).all(|w| w[1].seq > w[0].seq));
+    // The background load reached the server.
+    assert!(
+        lines.last().unwrap().workers[0].requests.completed >= 10,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_full_pool_crosses_the_queue_threshold_and_is_diagnosed() {
+    let _serial = serial();
+    let demo = Demo::start(&["--model", "fastapi", "--workers", "1"]);
+    let args = [
+        "attach",
+        &demo.telemetry,
+        "--headless",
+        "--duration",
+        "4s",
+        "--format",
+        "table",
+        "--fail-on-queue",
+        "10",
+        "--no-load",
+    ];
+    // 70 sync calls of 1.5 s on 40 tokens: 30 wait a whole turn.
+    let app = demo.app.clone();
+    let out = run_while(&args, || {
+        std::thread::sleep(Duration::from_millis(800));
+        runtime().block_on(async {
+            let client = http::client();
+            let jobs: Vec<_> = (0..70)
+                .map(|_| {
+                    let (c, app) = (client.clone(), app.clone());
+                    tokio::spawn(async move { common::get(&c, &app, "/sync?ms=1500").await })
+                })
+                .collect();
+            for j in jobs {
+                assert_eq!(j.await.unwrap().status, 200);
+            }
+        });
+    });
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("diagnosis: w0: 40 of 40 pool threads busy, 30 queued for 1.")
+            && stdout.contains("raise the pool size or make the endpoint async"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("threshold crossed: w0: pool queue reached 30"),
+        "{stderr}"
+    );
+}

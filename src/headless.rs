@@ -18,6 +18,7 @@ use crate::client::load::{LoadGenerator, LoadPlan};
 use crate::client::subscriber::{self, TelemetryMsg};
 use crate::diagnosis::Diagnoser;
 use crate::protocol::Snapshot;
+use crate::record::Recorder;
 use crate::tui::app::{DemoChild, Target};
 
 /// What to print.
@@ -46,6 +47,8 @@ pub struct HeadlessConfig {
     pub fail_on_queue: Option<u32>,
     /// Where the demo child's stderr goes.
     pub log_file: PathBuf,
+    /// Write every snapshot here as it arrives.
+    pub record: Option<PathBuf>,
 }
 
 /// Figures of one worker over a run.
@@ -203,6 +206,13 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
         let mut stdout = std::io::stdout().lock();
         let deadline = tokio::time::Instant::now() + config.duration;
         let mut connected = false;
+        let mut recorder = match &config.record {
+            Some(path) => Some(
+                Recorder::create(path)
+                    .with_context(|| format!("cannot record to {}", path.display()))?,
+            ),
+            None => None,
+        };
         loop {
             let msg = tokio::select! {
                 m = rx.recv() => m,
@@ -211,6 +221,9 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
             match msg {
                 Some(TelemetryMsg::Connected(info)) => {
                     connected = true;
+                    if let Some(r) = &mut recorder {
+                        r.info(&info).context("recording")?;
+                    }
                     if config.rate > 0.0 && load.is_none() {
                         let plan = LoadPlan {
                             rate: config.rate,
@@ -220,6 +233,9 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
                     }
                 }
                 Some(TelemetryMsg::Snapshot(snap)) => {
+                    if let Some(r) = &mut recorder {
+                        r.snapshot(&snap).context("recording")?;
+                    }
                     summary.observe(&snap);
                     diagnoser.observe(&snap);
                     if config.format == Format::Ndjson {

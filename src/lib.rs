@@ -5,13 +5,15 @@
 //! - [`client`]: HTTP helpers, the telemetry subscriber and the load generator;
 //! - [`tui`]: the terminal dashboard;
 //! - [`diagnosis`]: why a server stalls, in one line;
-//! - [`headless`]: runs without a terminal, for scripts and CI.
+//! - [`headless`]: runs without a terminal, for scripts and CI;
+//! - [`record`]: recordings of a session, for replay.
 
 pub mod client;
 pub mod diagnosis;
 pub mod headless;
 pub mod probe;
 pub mod protocol;
+pub mod record;
 pub mod tui;
 
 #[cfg(test)]

@@ -54,6 +54,9 @@ struct DashboardArgs {
     /// Headless: exit with status 2 if any pool's queue reaches this many jobs.
     #[arg(long, global = true)]
     fail_on_queue: Option<u32>,
+    /// Record every snapshot to this file (NDJSON; `loopscope replay FILE` plays it).
+    #[arg(long, global = true)]
+    record: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -73,6 +76,12 @@ enum Command {
         /// Telemetry address, HOST:PORT.
         addr: String,
     },
+    /// Play a recording (made with --record) in the dashboard: space pauses,
+    /// ← → seek 5 s, 1 2 4 set the speed.
+    Replay {
+        /// The recording.
+        file: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,6 +97,7 @@ fn main() -> anyhow::Result<()> {
     let target = match cli.command {
         Some(Command::Demo(args)) => return demo::run(args),
         Some(Command::Attach { addr }) => Target::Attach { telemetry: addr },
+        Some(Command::Replay { file }) => return app::replay(&file, log_file),
         None => Target::Demo {
             model: cli.model.into(),
             workers: cli.workers,
@@ -105,6 +115,7 @@ fn main() -> anyhow::Result<()> {
             fail_on_lag_ms: d.fail_on_lag,
             fail_on_queue: d.fail_on_queue,
             log_file,
+            record: d.record.clone(),
         })?;
         if !crossed.is_empty() {
             for c in &crossed {
@@ -119,5 +130,6 @@ fn main() -> anyhow::Result<()> {
         rate: d.rate,
         load: !d.no_load,
         log_file,
+        record: d.record.clone(),
     })
 }

@@ -262,3 +262,62 @@ fn the_load_generator_counts_a_stall_from_intended_send_times() {
         assert!(stats.p50_ms < 50.0, "p50 {stats:?}");
     });
 }
+
+#[test]
+fn a_recording_replays_with_seek_and_a_damaged_one_says_where_it_stops() {
+    let _serial = serial();
+    // Record 2.5 s of a server with a block in it.
+    let demo = Demo::start(&["--model", "node"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.ndjson");
+    let recorder = std::process::Command::new(env!("CARGO_BIN_EXE_loopscope"))
+        .args([
+            "attach",
+            &demo.telemetry,
+            "--headless",
+            "--duration",
+            "2500ms",
+            "--no-load",
+        ])
+        .args(["--record", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    runtime().block_on(async {
+        let r = common::get(&http::client(), &demo.app, "/block?ms=400").await;
+        assert_eq!(r.status, 200);
+    });
+    assert!(recorder.wait_with_output().unwrap().status.success());
+
+    let mut ui = Dashboard::start(&["replay", path.to_str().unwrap()]);
+    ui.wait_for(Duration::from_secs(10), "the replay header", |s| {
+        s.contains("replay") && s.contains("node · 1 process")
+    });
+    ui.press("4");
+    ui.wait_for(Duration::from_secs(10), "the recorded slow poll", |s| {
+        s.contains("w0 loop held 40") && s.contains("by GET /block?ms=400")
+    });
+    ui.wait_for(Duration::from_secs(10), "the end", |s| {
+        s.contains("end of the recording")
+    });
+    // Back 5 s: the position returns to the start.
+    ui.press("\x1b[D");
+    ui.wait_for(Duration::from_secs(5), "the seek", |s| {
+        s.contains("replay 0.0/")
+    });
+    ui.press("q");
+    assert!(ui.wait_exit().success());
+
+    // Cut the file in the middle of a line.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cut: usize = text.lines().take(8).map(|l| l.len() + 1).sum::<usize>() + 30;
+    std::fs::write(&path, &text[..cut]).unwrap();
+    let mut ui = Dashboard::start(&["replay", path.to_str().unwrap()]);
+    ui.wait_for(Duration::from_secs(10), "the damage report", |s| {
+        // The log wraps long lines.
+        s.contains("damaged at line 9") && s.contains("replaying the 7") && s.contains("(7")
+    });
+    ui.press("q");
+    assert!(ui.wait_exit().success());
+}

@@ -172,3 +172,52 @@ fn a_full_pool_crosses_the_queue_threshold_and_is_diagnosed() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_recording_survives_a_crash_up_to_its_last_line() {
+    let _serial = serial();
+    let demo = Demo::start(&["--model", "node"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.ndjson");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loopscope"))
+        .args([
+            "attach",
+            &demo.telemetry,
+            "--headless",
+            "--duration",
+            "60s",
+            "--no-load",
+        ])
+        .args(["--record", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    runtime().block_on(async {
+        assert_eq!(
+            common::get(&http::client(), &demo.app, "/block?ms=300")
+                .await
+                .status,
+            200
+        );
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    // A crash: no chance to flush anything more.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let rec = loopscope::record::Recording::load(&path).unwrap();
+    // ~2.2 s at 10 lines a second; flushed line by line, so at most the last is lost.
+    assert!(
+        rec.snapshots.len() >= 15,
+        "{} snapshots",
+        rec.snapshots.len()
+    );
+    assert_eq!(rec.infos.len(), 1);
+    let max = rec
+        .snapshots
+        .iter()
+        .map(|s| s.workers[0].lag_ms.max)
+        .fold(0.0, f64::max);
+    assert!(max >= 290.0, "the block is in the recording: {max}");
+}

@@ -16,12 +16,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::input::{self, Action, DEFAULT_SIZE, SIZES, Workload};
-use super::state::{Dashboard, LogKind, Msg};
-use super::view::{self, ViewOptions};
+use super::state::{Connection, Dashboard, LogKind, Msg};
+use super::view::{self, ReplayStatus, ViewOptions};
 use crate::client::http::{self, HttpClient};
 use crate::client::load::{LoadGenerator, LoadPlan};
 use crate::client::subscriber::{self, TelemetryMsg};
-use crate::protocol::{AddressLine, Model};
+use crate::protocol::{AddressLine, Model, Snapshot};
+use crate::record::{Recorder, Recording};
 
 /// Redraws per second.
 const FPS: u64 = 10;
@@ -56,6 +57,8 @@ pub struct AppConfig {
     pub load: bool,
     /// Where logs (and the demo child's stderr) go.
     pub log_file: PathBuf,
+    /// Write every snapshot here as it arrives.
+    pub record: Option<PathBuf>,
 }
 
 /// A demo server started by the dashboard; killed (with its workers) when dropped.
@@ -162,6 +165,43 @@ impl Drop for DemoChild {
     }
 }
 
+/// Replays a recording in the dashboard until the operator quits.
+pub fn replay(file: &std::path::Path, log_file: PathBuf) -> anyhow::Result<()> {
+    let rec = Recording::load(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if rec.snapshots.is_empty() {
+        match &rec.damage {
+            Some(d) => bail!(
+                "{} has no readable snapshot: line {} is damaged ({})",
+                file.display(),
+                d.line,
+                d.error
+            ),
+            None => bail!("{} holds no snapshot", file.display()),
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let config = AppConfig {
+        target: Target::Attach {
+            telemetry: String::new(),
+        },
+        rate: 0.0,
+        load: false,
+        log_file,
+        record: None,
+    };
+    let mut terminal = ratatui::init();
+    let result = runtime.block_on(async {
+        let mut app = App::new(config, None, Model::Custom, 0);
+        app.start_replay(rec, file);
+        app.run(&mut terminal).await
+    });
+    ratatui::restore();
+    result
+}
+
 /// Runs the dashboard until the operator quits. The terminal is restored on return
 /// and on panic (ratatui's hook), and a demo child is always stopped.
 pub fn run(config: AppConfig) -> anyhow::Result<()> {
@@ -208,6 +248,9 @@ struct App {
     load_on: bool,
     /// A demo being started by a model switch, waiting for its address line.
     starting: Option<(Model, u32, DemoChild)>,
+    /// Set when replaying a recording instead of watching a server.
+    replay: Option<Replay>,
+    recorder: Option<Recorder>,
     started_tx: mpsc::Sender<String>,
     started_rx: mpsc::Receiver<String>,
 }
@@ -236,6 +279,7 @@ impl App {
             owns_server: child.is_some(),
             color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
             dropped_msgs: 0,
+            replay: None,
         };
         let (rate, load_on) = (config.rate, config.load);
         let mut dash = Dashboard::default();
@@ -261,6 +305,8 @@ impl App {
             rate,
             load_on,
             starting: None,
+            replay: None,
+            recorder: None,
             started_tx,
             started_rx,
         }
@@ -314,7 +360,21 @@ impl App {
             })
             .context("cannot start the input thread")?;
 
-        self.subscribe();
+        if self.replay.is_none() {
+            self.subscribe();
+        }
+        if let Some(path) = self.config.record.clone() {
+            match Recorder::create(&path) {
+                Ok(r) => {
+                    self.recorder = Some(r);
+                    self.note(LogKind::Info, format!("recording to {}", path.display()));
+                }
+                Err(e) => self.note(
+                    LogKind::Warn,
+                    format!("cannot record to {}: {e}", path.display()),
+                ),
+            }
+        }
         if let Some(child) = &self.child {
             let text = format!(
                 "started the {} demo, pid {}, app {}",
@@ -360,6 +420,7 @@ impl App {
                     if let TelemetryMsg::Connected(info) = &msg {
                         self.ensure_load(info.app.clone());
                     }
+                    self.record(&msg);
                     self.dash.apply(Msg::Telemetry(msg), Instant::now(), &clock());
                 }
                 Some(msg) = self.results_rx.recv() => {
@@ -374,7 +435,10 @@ impl App {
                         self.dash.apply(Msg::Load(stats), Instant::now(), &clock());
                     }
                 }
-                _ = frame.tick() => redraw = true,
+                _ = frame.tick() => {
+                    self.advance_replay();
+                    redraw = true;
+                }
             }
             if redraw {
                 self.opts.dropped_msgs = self.dropped.load(Ordering::Relaxed);
@@ -433,6 +497,11 @@ impl App {
                 self.load_on = true;
                 self.update_load();
             }
+            Action::TogglePause if self.replay.is_some() => {
+                if let Some(r) = &mut self.replay {
+                    r.paused = !r.paused;
+                }
+            }
             Action::TogglePause => {
                 self.frozen = match self.frozen.take() {
                     Some(_) => None,
@@ -442,7 +511,137 @@ impl App {
             }
             Action::ToggleHelp => self.opts.help = !self.opts.help,
             Action::SwitchModel => self.switch_model(),
+            Action::SeekBack | Action::SeekForward => {
+                let step = if action == Action::SeekBack {
+                    -5000
+                } else {
+                    5000
+                };
+                self.seek(step);
+            }
+            Action::Speed(n) => {
+                if let Some(r) = &mut self.replay {
+                    r.speed = n;
+                }
+            }
         }
+    }
+
+    fn record(&mut self, msg: &TelemetryMsg) {
+        let Some(rec) = &mut self.recorder else {
+            return;
+        };
+        let written = match msg {
+            TelemetryMsg::Connected(info) => rec.info(info),
+            TelemetryMsg::Snapshot(s) => rec.snapshot(s),
+            TelemetryMsg::Disconnected { .. } => Ok(()),
+        };
+        if let Err(e) = written {
+            self.recorder = None;
+            self.note(LogKind::Warn, format!("recording stopped: {e}"));
+        }
+    }
+
+    fn start_replay(&mut self, rec: Recording, file: &std::path::Path) {
+        let first = rec.snapshots.first().map_or(0, |s| s.t_ms);
+        self.note(
+            LogKind::Info,
+            format!(
+                "replaying {} ({} snapshots, {:.1} s)",
+                file.display(),
+                rec.snapshots.len(),
+                rec.duration_s()
+            ),
+        );
+        if let Some(d) = &rec.damage {
+            self.note(
+                LogKind::Warn,
+                format!(
+                    "the recording is damaged at line {}: {}; replaying the {} snapshots before it",
+                    d.line,
+                    d.error,
+                    rec.snapshots.len()
+                ),
+            );
+        }
+        self.dash.traffic.on = false;
+        self.replay = Some(Replay {
+            rec,
+            next: 0,
+            clock_ms: first as f64,
+            speed: 1,
+            paused: false,
+            last_tick: Instant::now(),
+        });
+        self.seek(0);
+    }
+
+    /// Moves the replay clock with the wall clock and feeds what it passed.
+    fn advance_replay(&mut self) {
+        let Some(r) = &mut self.replay else { return };
+        let now = Instant::now();
+        let dt = now.saturating_duration_since(r.last_tick).as_secs_f64() * 1000.0;
+        r.last_tick = now;
+        if !self.opts.help && !r.paused {
+            r.clock_ms += dt * r.speed as f64;
+        }
+        let mut fed = Vec::new();
+        while let Some(s) = r.rec.snapshots.get(r.next) {
+            if s.t_ms as f64 > r.clock_ms {
+                break;
+            }
+            fed.push((r.next, s.clone()));
+            r.next += 1;
+        }
+        let ended = r.next == r.rec.snapshots.len() && !r.paused;
+        if ended {
+            r.paused = true;
+        }
+        let (at, total, speed, paused) = r.status();
+        for (i, s) in fed {
+            self.feed(i, s);
+        }
+        if ended {
+            self.note(LogKind::Info, "end of the recording (← to go back)");
+        }
+        self.opts.replay = Some(ReplayStatus {
+            at_s: at,
+            total_s: total,
+            speed,
+            paused,
+        });
+    }
+
+    fn feed(&mut self, index: usize, snap: Snapshot) {
+        let Some(r) = &self.replay else { return };
+        // A new server description (a recorded reconnection or model switch).
+        let recorded_reconnect = r.rec.infos.iter().skip(1).find(|(at, _)| *at == index);
+        if let Some(info) = recorded_reconnect.map(|(_, i)| i.clone()) {
+            let msg = Msg::Telemetry(TelemetryMsg::Connected(Box::new(info)));
+            self.dash.apply(msg, Instant::now(), &clock());
+        }
+        let msg = Msg::Telemetry(TelemetryMsg::Snapshot(Box::new(snap)));
+        self.dash.apply(msg, Instant::now(), &clock());
+    }
+
+    /// Jumps the replay by `delta_ms` and rebuilds the dashboard up to there.
+    fn seek(&mut self, delta_ms: i64) {
+        let Some(r) = &mut self.replay else { return };
+        let first = r.rec.snapshots.first().map_or(0, |s| s.t_ms) as f64;
+        let last = r.rec.snapshots.last().map_or(0, |s| s.t_ms) as f64;
+        r.clock_ms = (r.clock_ms + delta_ms as f64).clamp(first, last);
+        if delta_ms < 0 {
+            r.paused = r.paused && r.next < r.rec.snapshots.len();
+        }
+        r.next = 0;
+        let log = std::mem::take(&mut self.dash.log);
+        let mut dash = Dashboard::default();
+        dash.log = log;
+        dash.info = r.rec.info_at(0).cloned();
+        dash.connection = Connection::Live;
+        self.dash = dash;
+        // Feeding happens on the next frame; history up to the clock comes at once.
+        self.advance_replay();
     }
 
     /// Stops the demo and starts the other model; the switch completes in
@@ -510,6 +709,10 @@ impl App {
     }
 
     fn trigger(&mut self, workload: Workload) {
+        if self.replay.is_some() {
+            self.note(LogKind::Warn, "a replay has no server to send workloads to");
+            return;
+        }
         let Some(app) = self.dash.info.as_ref().map(|i| i.app.clone()) else {
             self.note(
                 LogKind::Warn,
@@ -588,6 +791,32 @@ impl App {
                 ))
                 .await;
         });
+    }
+}
+
+/// A recording being played back.
+struct Replay {
+    rec: Recording,
+    /// Index of the next snapshot to feed.
+    next: usize,
+    /// The replay's position, in the recording's server milliseconds.
+    clock_ms: f64,
+    speed: u8,
+    paused: bool,
+    last_tick: Instant,
+}
+
+impl Replay {
+    /// (position s, length s, speed, paused)
+    fn status(&self) -> (f64, f64, u8, bool) {
+        let first = self.rec.snapshots.first().map_or(0, |s| s.t_ms) as f64;
+        let total = self.rec.duration_s();
+        (
+            ((self.clock_ms - first).max(0.0) / 1000.0).min(total),
+            total,
+            self.speed,
+            self.paused,
+        )
     }
 }
 

@@ -120,6 +120,12 @@ pub enum Action {
     TogglePause,
     /// Show or hide the key list.
     ToggleHelp,
+    /// Replay: back 5 s.
+    SeekBack,
+    /// Replay: forward 5 s.
+    SeekForward,
+    /// Replay: play at this speed.
+    Speed(u8),
 }
 
 /// Background load rates the operator steps through, requests per second.
@@ -140,7 +146,12 @@ pub const KEYS: &[(&str, &str)] = &[
     ("l", "background load on / off"),
     ("+ -", "background load rate up / down"),
     ("m", "switch model (restarts the demo server)"),
-    ("space", "pause the display (data keeps coming)"),
+    (
+        "space",
+        "pause the display (data keeps coming); replay: pause",
+    ),
+    ("← →", "replay: back / forward 5 s"),
+    ("1 2 4", "replay: speed 1×, 2×, 4×"),
     ("?", "this help"),
     ("q Esc ^C", "quit (stops the demo server)"),
 ];
@@ -174,6 +185,11 @@ pub fn action_for(key: KeyEvent, can_switch: bool) -> Option<Action> {
         KeyCode::Char('m') if can_switch => Action::SwitchModel,
         KeyCode::Char(' ') => Action::TogglePause,
         KeyCode::Char('?') => Action::ToggleHelp,
+        KeyCode::Left => Action::SeekBack,
+        KeyCode::Right => Action::SeekForward,
+        KeyCode::Char('1') => Action::Speed(1),
+        KeyCode::Char('2') => Action::Speed(2),
+        KeyCode::Char('4') => Action::Speed(4),
         _ => return None,
     })
 }
@@ -238,7 +254,7 @@ mod tests {
     #[test]
     fn every_action_key_is_in_the_help() {
         let help: String = KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(" ");
-        for c in "jobpshf[]l+-m?q".chars() {
+        for c in "jobpshf[]l+-m?q124".chars() {
             assert!(help.contains(c), "{c} missing from help");
             assert!(action_for(key(c), true).is_some(), "{c} does nothing");
         }

@@ -37,6 +37,21 @@ pub struct ViewOptions {
     pub color: bool,
     /// Messages the UI could not take from the subscriber.
     pub dropped_msgs: u64,
+    /// Set when replaying a recording.
+    pub replay: Option<ReplayStatus>,
+}
+
+/// Where a replay is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplayStatus {
+    /// Position, seconds from the recording's start.
+    pub at_s: f64,
+    /// Length of the recording, seconds.
+    pub total_s: f64,
+    /// Playback speed.
+    pub speed: u8,
+    /// Paused (or at the end).
+    pub paused: bool,
 }
 
 const WORKER_COLORS: [Color; 8] = [
@@ -167,10 +182,20 @@ fn header_line<'a>(d: &'a Dashboard, opts: &ViewOptions, theme: &Theme) -> Parag
         spans.push(Span::raw(format!("app {}", info.app)));
     }
     spans.push(sep());
-    spans.push(match &d.connection {
-        Connection::Connecting => Span::styled("○ connecting", theme.warn()),
-        Connection::Live => Span::styled("● live", theme.ok()),
-        Connection::Lost { .. } => Span::styled("○ reconnecting", theme.alarm()),
+    spans.push(match (&opts.replay, &d.connection) {
+        (Some(r), _) => Span::styled(
+            format!(
+                "{} replay {:.1}/{:.1} s ×{}",
+                if r.paused { "‖" } else { "▶" },
+                r.at_s,
+                r.total_s,
+                r.speed
+            ),
+            theme.warn(),
+        ),
+        (None, Connection::Connecting) => Span::styled("○ connecting", theme.warn()),
+        (None, Connection::Live) => Span::styled("● live", theme.ok()),
+        (None, Connection::Lost { .. }) => Span::styled("○ reconnecting", theme.alarm()),
     });
     spans.push(sep());
     spans.push(Span::raw(if d.traffic.on {
@@ -586,6 +611,7 @@ mod tests {
             owns_server: true,
             color: false,
             dropped_msgs: 0,
+            replay: None,
         }
     }
 

@@ -1,0 +1,173 @@
+//! Recordings: the telemetry of a session as NDJSON, for replay and for sharing.
+//!
+//! A recording's first line describes the server (`{"recording":1,"info":{…}}`); every
+//! other line is a snapshot exactly as `/telemetry` sends it (events included), so any
+//! telemetry reader can read one. Each line is flushed as it is written: a crash loses
+//! at most the line being written.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{ServerInfo, Snapshot};
+
+/// The first line of a recording.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// Recording format version.
+    pub recording: u32,
+    /// The server recorded.
+    pub info: ServerInfo,
+}
+
+/// Writes a recording.
+pub struct Recorder {
+    out: BufWriter<File>,
+}
+
+impl Recorder {
+    /// Creates (or truncates) `path`.
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            out: BufWriter::new(File::create(path)?),
+        })
+    }
+
+    /// Writes the server description (again after a reconnection or model switch).
+    pub fn info(&mut self, info: &ServerInfo) -> std::io::Result<()> {
+        let header = Header {
+            recording: 1,
+            info: info.clone(),
+        };
+        self.line(&header)
+    }
+
+    /// Writes one snapshot.
+    pub fn snapshot(&mut self, snap: &Snapshot) -> std::io::Result<()> {
+        self.line(snap)
+    }
+
+    fn line(&mut self, value: &impl Serialize) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, value)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()
+    }
+}
+
+/// Where a recording stops being readable.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Damage {
+    /// 1-based line number of the first bad line.
+    pub line: usize,
+    /// What is wrong with it.
+    pub error: String,
+}
+
+/// A recording read back.
+#[derive(Clone, Debug, Default)]
+pub struct Recording {
+    /// The newest server description before each snapshot, by snapshot index.
+    pub infos: Vec<(usize, ServerInfo)>,
+    /// The snapshots, in order.
+    pub snapshots: Vec<Snapshot>,
+    /// Set when the file is truncated or corrupt: the snapshots before it are kept.
+    pub damage: Option<Damage>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Header(Header),
+    Snapshot(Box<Snapshot>),
+}
+
+impl Recording {
+    /// Reads `path` up to the first damaged line.
+    pub fn load(path: &Path) -> std::io::Result<Self> {
+        let file = File::open(path)?;
+        let mut rec = Recording::default();
+        for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+            let line = line?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<Line>(&line) {
+                Ok(Line::Header(h)) => rec.infos.push((rec.snapshots.len(), h.info)),
+                Ok(Line::Snapshot(s)) => rec.snapshots.push(*s),
+                Err(e) => {
+                    rec.damage = Some(Damage {
+                        line: i + 1,
+                        error: if e.is_eof() {
+                            "the line is cut short (the recording was truncated)".into()
+                        } else {
+                            e.to_string()
+                        },
+                    });
+                    break;
+                }
+            }
+        }
+        Ok(rec)
+    }
+
+    /// Length in seconds of server time.
+    pub fn duration_s(&self) -> f64 {
+        match (self.snapshots.first(), self.snapshots.last()) {
+            (Some(a), Some(b)) => b.t_ms.saturating_sub(a.t_ms) as f64 / 1000.0,
+            _ => 0.0,
+        }
+    }
+
+    /// The server description in force at snapshot `index`.
+    pub fn info_at(&self, index: usize) -> Option<&ServerInfo> {
+        self.infos
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= index)
+            .or(self.infos.first())
+            .map(|(_, i)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tui::state::tests::{info, snapshot, worker};
+
+    #[test]
+    fn round_trip_and_damage_is_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rec.ndjson");
+        let mut r = Recorder::create(&path).unwrap();
+        r.info(&info(crate::protocol::Model::Node, 7)).unwrap();
+        for seq in 1..=30 {
+            r.snapshot(&snapshot(seq, vec![worker(0, 1.0, 0.0, 0)], vec![]))
+                .unwrap();
+        }
+        drop(r);
+        let rec = Recording::load(&path).unwrap();
+        assert_eq!(rec.snapshots.len(), 30);
+        assert_eq!(rec.damage, None);
+        assert_eq!(rec.info_at(5).unwrap().pid, 7);
+        assert!((rec.duration_s() - 2.9).abs() < 1e-9);
+
+        // Cut the file in the middle of line 21 (the header is line 1).
+        let text = std::fs::read_to_string(&path).unwrap();
+        let keep: usize = text.lines().take(20).map(|l| l.len() + 1).sum::<usize>() + 40;
+        std::fs::write(&path, &text[..keep]).unwrap();
+        let rec = Recording::load(&path).unwrap();
+        assert_eq!(rec.snapshots.len(), 19);
+        let damage = rec.damage.unwrap();
+        assert_eq!(damage.line, 21);
+        assert!(damage.error.contains("truncated"), "{damage:?}");
+
+        // Garbage in the middle: replayed up to it.
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[10] = "{\"v\":1,\"seq\":\"ten\"}";
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let rec = Recording::load(&path).unwrap();
+        assert_eq!((rec.snapshots.len(), rec.damage.unwrap().line), (9, 11));
+    }
+}

@@ -630,6 +630,8 @@ impl App {
         let first = r.rec.snapshots.first().map_or(0, |s| s.t_ms) as f64;
         let last = r.rec.snapshots.last().map_or(0, |s| s.t_ms) as f64;
         r.clock_ms = (r.clock_ms + delta_ms as f64).clamp(first, last);
+        // The jump is the only move: no play time accrues during it.
+        r.last_tick = Instant::now();
         if delta_ms < 0 {
             r.paused = r.paused && r.next < r.rec.snapshots.len();
         }

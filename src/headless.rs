@@ -19,6 +19,7 @@ use crate::client::subscriber::{self, TelemetryMsg};
 use crate::diagnosis::Diagnoser;
 use crate::protocol::Snapshot;
 use crate::record::Recorder;
+use crate::scenario::{Action, Player, Scenario};
 use crate::tui::app::{DemoChild, Target};
 
 /// What to print.
@@ -35,8 +36,10 @@ pub enum Format {
 pub struct HeadlessConfig {
     /// What to watch.
     pub target: Target,
-    /// How long.
-    pub duration: Duration,
+    /// How long; by default 30 s, or a scenario's length and 3 s.
+    pub duration: Option<Duration>,
+    /// Steps to play.
+    pub scenario: Option<Scenario>,
     /// What to print.
     pub format: Format,
     /// Background load, requests per second (0: none).
@@ -181,13 +184,13 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    let child = match &config.target {
+    let mut child = match &config.target {
         Target::Demo { model, workers } => {
             Some(DemoChild::start(*model, *workers, &config.log_file)?)
         }
         Target::Attach { .. } => None,
     };
-    let telemetry = match (&child, &config.target) {
+    let mut telemetry = match (&child, &config.target) {
         (Some(c), _) => c
             .address
             .telemetry
@@ -196,15 +199,23 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
         (None, Target::Attach { telemetry }) => telemetry.clone(),
         (None, Target::Demo { .. }) => unreachable!("a demo target starts a child"),
     };
+    let duration = config.duration.unwrap_or(match &config.scenario {
+        Some(s) => s.length() + Duration::from_secs(3),
+        None => Duration::from_secs(30),
+    });
     runtime.block_on(async move {
         let (tx, mut rx) = mpsc::channel(256);
         let dropped = Arc::new(AtomicU64::new(0));
-        let _subscriber = subscriber::spawn(telemetry.clone(), tx, dropped);
+        let mut subscription = subscriber::spawn(telemetry.clone(), tx.clone(), Arc::clone(&dropped));
         let mut summary = Summary::default();
         let mut diagnoser = Diagnoser::new();
         let mut load: Option<LoadGenerator> = None;
+        let mut rate = config.rate;
+        let mut app: Option<String> = None;
+        let mut player: Option<Player> = None;
+        let client = http::client();
         let mut stdout = std::io::stdout().lock();
-        let deadline = tokio::time::Instant::now() + config.duration;
+        let deadline = tokio::time::Instant::now() + duration;
         let mut connected = false;
         let mut recorder = match &config.record {
             Some(path) => Some(
@@ -213,10 +224,55 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
             ),
             None => None,
         };
+        let mut steps = tokio::time::interval(Duration::from_millis(20));
         loop {
             let msg = tokio::select! {
                 m = rx.recv() => m,
                 _ = tokio::time::sleep_until(deadline) => break,
+                _ = steps.tick() => {
+                    let Some(p) = &mut player else { continue };
+                    let Some(step) = p.due(std::time::Instant::now()) else { continue };
+                    for action in step.actions {
+                        match action {
+                            Action::Caption(text) => eprintln!("caption: {text}"),
+                            Action::Load(r) => {
+                                rate = r;
+                                let plan = LoadPlan { rate: r, ..LoadPlan::default() };
+                                match (&load, &app) {
+                                    (Some(l), _) => l.set_plan(plan),
+                                    (None, Some(a)) if r > 0.0 => {
+                                        load = Some(LoadGenerator::start(client.clone(), a.clone(), plan));
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            Action::Trigger { label, paths } => {
+                                eprintln!("trigger: {label}");
+                                let Some(a) = app.clone() else { continue };
+                                for path in paths {
+                                    let (c, a) = (client.clone(), a.clone());
+                                    tokio::spawn(async move { http::get(&c, &a, &path).await });
+                                }
+                            }
+                            Action::Model { model, workers } => {
+                                if child.is_none() {
+                                    eprintln!("loopscope: attached to a server: cannot switch it to {model}");
+                                    continue;
+                                }
+                                eprintln!("switching to the {model} model");
+                                drop(child.take());
+                                load = None;
+                                app = None;
+                                subscription.abort();
+                                let c = DemoChild::start(model, workers, &config.log_file)?;
+                                telemetry = c.address.telemetry.clone().context("the demo has no telemetry port")?;
+                                child = Some(c);
+                                subscription = subscriber::spawn(telemetry.clone(), tx.clone(), Arc::clone(&dropped));
+                            }
+                        }
+                    }
+                    continue;
+                }
             };
             match msg {
                 Some(TelemetryMsg::Connected(info)) => {
@@ -224,12 +280,19 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
                     if let Some(r) = &mut recorder {
                         r.info(&info).context("recording")?;
                     }
-                    if config.rate > 0.0 && load.is_none() {
+                    app = Some(info.app.clone());
+                    if rate > 0.0 && load.is_none() {
                         let plan = LoadPlan {
-                            rate: config.rate,
+                            rate,
                             ..LoadPlan::default()
                         };
-                        load = Some(LoadGenerator::start(http::client(), info.app.clone(), plan));
+                        load = Some(LoadGenerator::start(client.clone(), info.app.clone(), plan));
+                    }
+                    if player.is_none() {
+                        if let Some(s) = &config.scenario {
+                            eprintln!("scenario: {}", s.name);
+                            player = Some(Player::new(s, std::time::Instant::now()));
+                        }
                     }
                 }
                 Some(TelemetryMsg::Snapshot(snap)) => {
@@ -252,7 +315,7 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
         }
         drop(load);
         if !connected {
-            anyhow::bail!("no telemetry from {telemetry} within {:?}", config.duration);
+            anyhow::bail!("no telemetry from {telemetry} within {duration:?}");
         }
         summary.finish();
         let diagnosis = diagnoser.diagnose();

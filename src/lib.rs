@@ -6,7 +6,8 @@
 //! - [`tui`]: the terminal dashboard;
 //! - [`diagnosis`]: why a server stalls, in one line;
 //! - [`headless`]: runs without a terminal, for scripts and CI;
-//! - [`record`]: recordings of a session, for replay.
+//! - [`record`]: recordings of a session, for replay;
+//! - [`scenario`]: timed steps for workshops and scripts.
 
 pub mod client;
 pub mod diagnosis;
@@ -14,6 +15,7 @@ pub mod headless;
 pub mod probe;
 pub mod protocol;
 pub mod record;
+pub mod scenario;
 pub mod tui;
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use loopscope::headless::{self, Format, HeadlessConfig};
+use loopscope::scenario::Scenario;
 use loopscope::tui::app::{self, AppConfig, Target};
 
 /// A live profiler for event-loop concurrency: loop lag, thread-pool queues, per-worker CPU.
@@ -42,9 +43,13 @@ struct DashboardArgs {
     /// No dashboard: print snapshots or a summary, for scripts and CI.
     #[arg(long, global = true)]
     headless: bool,
-    /// How long a headless run lasts, e.g. 30s, 2m.
-    #[arg(long, global = true, default_value = "30s", value_parser = headless::parse_duration)]
-    duration: std::time::Duration,
+    /// How long a headless run lasts, e.g. 30s, 2m [default: 30s, or the scenario's
+    /// length and 3 s].
+    #[arg(long, global = true, value_parser = headless::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Play a scenario file (TOML; see assets/scenarios/).
+    #[arg(long, global = true)]
+    scenario: Option<PathBuf>,
     /// Headless output: every snapshot as NDJSON, or a summary table at the end.
     #[arg(long, global = true, value_enum, default_value_t = FormatArg::Ndjson)]
     format: FormatArg,
@@ -94,19 +99,31 @@ fn main() -> anyhow::Result<()> {
         .log_file
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("loopscope.log"));
+    let scenario = match &d.scenario {
+        Some(path) => Some(Scenario::load(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let target = match cli.command {
         Some(Command::Demo(args)) => return demo::run(args),
         Some(Command::Attach { addr }) => Target::Attach { telemetry: addr },
         Some(Command::Replay { file }) => return app::replay(&file, log_file),
-        None => Target::Demo {
-            model: cli.model.into(),
-            workers: cli.workers,
+        // A scenario says which model it starts in.
+        None => match &scenario {
+            Some(s) => Target::Demo {
+                model: s.model,
+                workers: s.workers,
+            },
+            None => Target::Demo {
+                model: cli.model.into(),
+                workers: cli.workers,
+            },
         },
     };
     if d.headless {
         let crossed = headless::run(HeadlessConfig {
             target,
             duration: d.duration,
+            scenario,
             format: match d.format {
                 FormatArg::Ndjson => Format::Ndjson,
                 FormatArg::Table => Format::Table,
@@ -131,5 +148,6 @@ fn main() -> anyhow::Result<()> {
         load: !d.no_load,
         log_file,
         record: d.record.clone(),
+        scenario,
     })
 }

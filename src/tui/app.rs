@@ -23,6 +23,7 @@ use crate::client::load::{LoadGenerator, LoadPlan};
 use crate::client::subscriber::{self, TelemetryMsg};
 use crate::protocol::{AddressLine, Model, Snapshot};
 use crate::record::{Recorder, Recording};
+use crate::scenario::{Action as ScenarioAction, Player, Scenario};
 
 /// Redraws per second.
 const FPS: u64 = 10;
@@ -59,6 +60,8 @@ pub struct AppConfig {
     pub log_file: PathBuf,
     /// Write every snapshot here as it arrives.
     pub record: Option<PathBuf>,
+    /// Steps to play.
+    pub scenario: Option<Scenario>,
 }
 
 /// A demo server started by the dashboard; killed (with its workers) when dropped.
@@ -191,6 +194,7 @@ pub fn replay(file: &std::path::Path, log_file: PathBuf) -> anyhow::Result<()> {
         load: false,
         log_file,
         record: None,
+        scenario: None,
     };
     let mut terminal = ratatui::init();
     let result = runtime.block_on(async {
@@ -250,6 +254,8 @@ struct App {
     starting: Option<(Model, u32, DemoChild)>,
     /// Set when replaying a recording instead of watching a server.
     replay: Option<Replay>,
+    /// A scenario being played (starts once connected).
+    player: Option<Player>,
     recorder: Option<Recorder>,
     started_tx: mpsc::Sender<String>,
     started_rx: mpsc::Receiver<String>,
@@ -280,6 +286,7 @@ impl App {
             color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
             dropped_msgs: 0,
             replay: None,
+            caption: None,
         };
         let (rate, load_on) = (config.rate, config.load);
         let mut dash = Dashboard::default();
@@ -306,6 +313,7 @@ impl App {
             load_on,
             starting: None,
             replay: None,
+            player: None,
             recorder: None,
             started_tx,
             started_rx,
@@ -419,6 +427,13 @@ impl App {
                 Some(msg) = self.telemetry_rx.recv() => {
                     if let TelemetryMsg::Connected(info) = &msg {
                         self.ensure_load(info.app.clone());
+                        if self.player.is_none() {
+                            if let Some(s) = &self.config.scenario {
+                                self.player = Some(Player::new(s, Instant::now()));
+                                let text = format!("scenario: {} ({} steps)", s.name, s.steps.len());
+                                self.note(LogKind::Info, text);
+                            }
+                        }
                     }
                     self.record(&msg);
                     self.dash.apply(Msg::Telemetry(msg), Instant::now(), &clock());
@@ -437,6 +452,7 @@ impl App {
                 }
                 _ = frame.tick() => {
                     self.advance_replay();
+                    self.play_scenario(None);
                     redraw = true;
                 }
             }
@@ -523,6 +539,58 @@ impl App {
                 if let Some(r) = &mut self.replay {
                     r.speed = n;
                 }
+            }
+            Action::NextStep => self.play_scenario(Some(Instant::now())),
+            Action::ToggleAuto => {
+                if let Some(p) = &mut self.player {
+                    p.auto = !p.auto;
+                    let text = if p.auto {
+                        "scenario: steps run by themselves"
+                    } else {
+                        "scenario: steps run on n"
+                    };
+                    self.note(LogKind::Info, text);
+                }
+            }
+        }
+    }
+
+    /// Runs the scenario steps that are due (or, with `now_forced`, the next one).
+    fn play_scenario(&mut self, now_forced: Option<Instant>) {
+        loop {
+            let Some(p) = &mut self.player else { return };
+            let step = match now_forced {
+                Some(now) => p.step_now(now),
+                None => p.due(Instant::now()),
+            };
+            let Some(step) = step else { return };
+            let (done, all) = p.progress();
+            for action in step.actions {
+                match action {
+                    ScenarioAction::Caption(text) => {
+                        self.opts.caption = Some(format!("[{done}/{all}] {text}"));
+                        self.note(LogKind::Info, format!("▷ {text}"));
+                    }
+                    ScenarioAction::Load(rate) => {
+                        self.load_on = rate > 0.0;
+                        if rate > 0.0 {
+                            self.rate = rate;
+                        }
+                        self.update_load();
+                    }
+                    ScenarioAction::Trigger { label, paths } => {
+                        self.send(label, paths, false);
+                    }
+                    ScenarioAction::Model { model, workers } => {
+                        if model != self.model {
+                            self.workers = workers;
+                            self.switch_model();
+                        }
+                    }
+                }
+            }
+            if now_forced.is_some() {
+                return;
             }
         }
     }
@@ -715,17 +783,7 @@ impl App {
             self.note(LogKind::Warn, "a replay has no server to send workloads to");
             return;
         }
-        let Some(app) = self.dash.info.as_ref().map(|i| i.app.clone()) else {
-            self.note(
-                LogKind::Warn,
-                "not connected yet: nothing to send the workload to",
-            );
-            return;
-        };
         let size = SIZES[self.opts.size];
-        let label = workload.label(size);
-        let paths = workload.paths(size);
-        self.note(LogKind::Trigger, format!("{label} → sent"));
         // "Sixty sync requests at one worker": in the fastapi model the burst goes
         // over connections that worker 0 accepted, so its 40 tokens fill.
         let one_worker = workload == Workload::SyncBurst
@@ -734,6 +792,19 @@ impl App {
                 .info
                 .as_ref()
                 .is_some_and(|i| i.model == Model::Fastapi);
+        self.send(workload.label(size), workload.paths(size), one_worker);
+    }
+
+    /// Sends `paths` at once to the app; the outcome goes to the event log.
+    fn send(&mut self, label: String, paths: Vec<String>, one_worker: bool) {
+        let Some(app) = self.dash.info.as_ref().map(|i| i.app.clone()) else {
+            self.note(
+                LogKind::Warn,
+                "not connected yet: nothing to send the workload to",
+            );
+            return;
+        };
+        self.note(LogKind::Trigger, format!("{label} → sent"));
         let client = self.client.clone();
         let tx = self.results_tx.clone();
         tokio::spawn(async move {

@@ -126,6 +126,10 @@ pub enum Action {
     SeekForward,
     /// Replay: play at this speed.
     Speed(u8),
+    /// Scenario: run the next step now.
+    NextStep,
+    /// Scenario: run steps by themselves, or only on `n`.
+    ToggleAuto,
 }
 
 /// Background load rates the operator steps through, requests per second.
@@ -152,6 +156,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     ("← →", "replay: back / forward 5 s"),
     ("1 2 4", "replay: speed 1×, 2×, 4×"),
+    ("n", "scenario: next step now"),
+    ("a", "scenario: steps run by themselves / only on n"),
     ("?", "this help"),
     ("q Esc ^C", "quit (stops the demo server)"),
 ];
@@ -190,6 +196,8 @@ pub fn action_for(key: KeyEvent, can_switch: bool) -> Option<Action> {
         KeyCode::Char('1') => Action::Speed(1),
         KeyCode::Char('2') => Action::Speed(2),
         KeyCode::Char('4') => Action::Speed(4),
+        KeyCode::Char('n') => Action::NextStep,
+        KeyCode::Char('a') => Action::ToggleAuto,
         _ => return None,
     })
 }
@@ -254,7 +262,7 @@ mod tests {
     #[test]
     fn every_action_key_is_in_the_help() {
         let help: String = KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(" ");
-        for c in "jobpshf[]l+-m?q124".chars() {
+        for c in "jobpshf[]l+-m?q124na".chars() {
             assert!(help.contains(c), "{c} missing from help");
             assert!(action_for(key(c), true).is_some(), "{c} does nothing");
         }

@@ -39,6 +39,8 @@ pub struct ViewOptions {
     pub dropped_msgs: u64,
     /// Set when replaying a recording.
     pub replay: Option<ReplayStatus>,
+    /// A scenario's caption, with its progress, e.g. `[2/4] …`.
+    pub caption: Option<String>,
 }
 
 /// Where a replay is.
@@ -133,14 +135,15 @@ pub fn render(frame: &mut Frame, d: &Dashboard, opts: &ViewOptions, now: Instant
     // Pool and CPU rows: a line per worker, the host, borders. The rest is shared
     // 3:2 between the lag chart and the traffic/events row.
     let middle = (workers + 3).min(area.height / 3);
-    let rest = area.height - 2 - middle;
+    let footer_rows = if opts.caption.is_some() { 3 } else { 1 };
+    let rest = area.height - 1 - footer_rows - middle;
     let lag_rows = rest * 3 / 5;
     let [header, lag, middle_row, bottom, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(lag_rows),
         Constraint::Length(middle),
         Constraint::Length(rest - lag_rows),
-        Constraint::Length(1),
+        Constraint::Length(footer_rows),
     ])
     .areas(area);
     let lag_height = lag.height;
@@ -158,6 +161,20 @@ pub fn render(frame: &mut Frame, d: &Dashboard, opts: &ViewOptions, now: Instant
     frame.render_widget(cpu_panel(d, &theme, cpu.width), cpu);
     frame.render_widget(traffic_panel(d, &theme), traffic);
     frame.render_widget(events_panel(d, &theme, events, now), events);
+    let footer = match &opts.caption {
+        Some(caption) => {
+            let [bar, keys] =
+                Layout::vertical([Constraint::Length(2), Constraint::Length(1)]).areas(footer);
+            frame.render_widget(
+                Paragraph::new(format!(" {caption}"))
+                    .style(theme.bold().add_modifier(Modifier::REVERSED))
+                    .wrap(Wrap { trim: false }),
+                bar,
+            );
+            keys
+        }
+        None => footer,
+    };
     frame.render_widget(footer_line(opts, footer.width, &theme), footer);
     if opts.help {
         render_help(frame, area, &theme);
@@ -612,6 +629,7 @@ mod tests {
             color: false,
             dropped_msgs: 0,
             replay: None,
+            caption: None,
         }
     }
 
@@ -740,6 +758,16 @@ mod tests {
             now,
         );
         assert!(s.contains("PAUSED"));
+        let with_caption = ViewOptions {
+            caption: Some("[2/4] JSON.parse of 20 MB runs ON the loop".into()),
+            ..opts()
+        };
+        let c = screen(&d, &with_caption, 100, 30, now);
+        assert!(
+            c.contains(" [2/4] JSON.parse of 20 MB runs ON the loop"),
+            "{c}"
+        );
+        assert!(c.contains("j json"), "{c}");
         for (k, _) in KEYS {
             assert!(s.contains(k), "help lacks {k}\n{s}");
         }

@@ -1,0 +1,148 @@
+//! Each shipped scenario played headless on real processes: the signal it is meant to
+//! show appears in the telemetry.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::serial;
+use loopscope::protocol::{Event, Snapshot};
+
+/// Plays `assets/scenarios/{name}` headless (≤ 60 s) and returns its snapshots.
+fn play(name: &str) -> Vec<Snapshot> {
+    let file = format!("{}/assets/scenarios/{name}", env!("CARGO_MANIFEST_DIR"));
+    let log = std::env::temp_dir().join(format!("loopscope-scenario-{}.log", std::process::id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_loopscope"))
+        .args([
+            "--headless",
+            "--scenario",
+            &file,
+            "--log-file",
+            log.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start loopscope");
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    let end = Instant::now() + Duration::from_secs(60);
+    while !waiter.is_finished() {
+        if Instant::now() > end {
+            // SAFETY: kill(2) on the pid of the child we started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{name} ran past 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = waiter.join().unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{name}: {stderr}");
+    assert!(
+        stderr.contains("caption: "),
+        "{name}: no caption played: {stderr}"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Slow polls in the run: (worker, target, ms).
+fn slow_polls(lines: &[Snapshot]) -> Vec<(u32, String, f64)> {
+    lines
+        .iter()
+        .flat_map(|s| &s.events)
+        .filter_map(|e| match e {
+            Event::SlowPoll {
+                worker, uri, ms, ..
+            } => Some((*worker, uri.clone(), *ms)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn node_json_stall_and_its_offload_fix() {
+    let _serial = serial();
+    let lines = play("node-json-stall.toml");
+    let polls = slow_polls(&lines);
+    assert!(
+        polls
+            .iter()
+            .any(|(_, t, ms)| t == "GET /json?mb=20" && *ms >= 100.0),
+        "the parse held the loop: {polls:?}"
+    );
+    assert!(
+        !polls.iter().any(|(_, t, _)| t.starts_with("GET /offload")),
+        "the offloaded parse held the loop: {polls:?}"
+    );
+    assert!(
+        lines.iter().any(|s| s.workers[0].pool.busy >= 1),
+        "the offloaded parse ran on the pool"
+    );
+}
+
+#[test]
+fn fastapi_blocking_call_stalls_one_worker_and_the_sync_endpoint_does_not() {
+    let _serial = serial();
+    let lines = play("fastapi-blocking-vs-sync.toml");
+    let polls = slow_polls(&lines);
+    let (blocked, _, ms) = polls
+        .iter()
+        .find(|(_, t, _)| t == "GET /block?ms=500")
+        .cloned()
+        .unwrap_or_else(|| panic!("no slow poll of the block: {polls:?}"));
+    assert!(ms >= 450.0, "{ms}");
+    let other_max = lines
+        .iter()
+        .flat_map(|s| s.workers.iter().filter(|w| w.id != blocked))
+        .map(|w| w.lag_ms.max)
+        .fold(0.0, f64::max);
+    assert!(
+        other_max < 100.0,
+        "the other worker stalled too: {other_max} ms"
+    );
+    assert!(
+        !polls.iter().any(|(_, t, _)| t.starts_with("GET /sync")),
+        "{polls:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|s| s.workers.iter().any(|w| w.pool.busy >= 1))
+    );
+}
+
+#[test]
+fn node_pool_saturation_queues_behind_four_threads() {
+    let _serial = serial();
+    let lines = play("node-pool-saturation.toml");
+    let peak = lines
+        .iter()
+        .map(|s| &s.workers[0].pool)
+        .max_by_key(|p| p.queued)
+        .unwrap();
+    assert_eq!(peak.size, 4);
+    assert_eq!(peak.busy, 4, "{peak:?}");
+    assert!(peak.queued >= 6, "{peak:?}");
+    assert!(
+        slow_polls(&lines).is_empty(),
+        "hashes on the pool left the loop free"
+    );
+}
+
+#[test]
+fn fastapi_pool_exhaustion_fills_forty_tokens() {
+    let _serial = serial();
+    let lines = play("fastapi-pool-exhaustion.toml");
+    let peak = lines
+        .iter()
+        .map(|s| &s.workers[0].pool)
+        .max_by_key(|p| p.queued)
+        .unwrap();
+    assert_eq!((peak.size, peak.busy), (40, 40), "{peak:?}");
+    assert!(peak.queued >= 15, "{peak:?}");
+}

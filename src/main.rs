@@ -27,6 +27,9 @@ struct Cli {
     /// Worker processes (fastapi model).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: u32,
+    /// Run a node and a fastapi demo side by side; each key fires at both.
+    #[arg(long)]
+    compare: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -103,6 +106,10 @@ fn main() -> anyhow::Result<()> {
         Some(path) => Some(Scenario::load(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    if cli.compare && cli.command.is_none() && !d.headless {
+        let rate = d.rate;
+        return loopscope::tui::compare::run(rate, !d.no_load, cli.workers, log_file);
+    }
     let target = match cli.command {
         Some(Command::Demo(args)) => return demo::run(args),
         Some(Command::Attach { addr }) => Target::Attach { telemetry: addr },

@@ -321,3 +321,30 @@ fn a_recording_replays_with_seek_and_a_damaged_one_says_where_it_stops() {
     ui.press("q");
     assert!(ui.wait_exit().success());
 }
+
+#[test]
+fn compare_mode_fires_one_key_at_both_models() {
+    let _serial = serial();
+    let mut ui = Dashboard::start(&["--compare", "--no-load"]);
+    ui.wait_for(Duration::from_secs(30), "both servers live", |s| {
+        s.contains("node · 1 process")
+            && s.contains("fastapi · 2 workers")
+            && s.matches("● live").count() == 2
+    });
+    let demos = children(ui.pid());
+    assert_eq!(demos.len(), 2, "{demos:?}");
+    ui.press("b");
+    ui.wait_for(Duration::from_secs(5), "a stall on each side", |s| {
+        s.lines().any(|l| l.matches("STALLED").count() == 2) || s.matches("STALLED").count() >= 2
+    });
+    ui.wait_for(Duration::from_secs(5), "both blocks over", |s| {
+        !s.contains("STALLED")
+    });
+    ui.press("q");
+    assert!(ui.wait_exit().success());
+    let end = Instant::now() + Duration::from_secs(5);
+    while !demos.iter().all(|p| common::process_gone(*p)) {
+        assert!(Instant::now() < end, "{demos:?} outlived compare mode");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -261,7 +261,7 @@ struct App {
     started_rx: mpsc::Receiver<String>,
 }
 
-fn clock() -> String {
+pub(crate) fn clock() -> String {
     // SAFETY: localtime_r writes into the tm we own.
     unsafe {
         let t = libc::time(std::ptr::null_mut());
@@ -893,10 +893,11 @@ impl Replay {
     }
 }
 
-type Outcome = Result<Result<http::HttpResponse, http::ClientError>, tokio::time::error::Elapsed>;
+pub(crate) type Outcome =
+    Result<Result<http::HttpResponse, http::ClientError>, tokio::time::error::Elapsed>;
 
 /// One log line for a finished trigger: who served it and how long it took.
-fn summarize(label: &str, results: &[Outcome], total: Duration) -> String {
+pub(crate) fn summarize(label: &str, results: &[Outcome], total: Duration) -> String {
     let mut per_worker = std::collections::BTreeMap::<u64, u32>::new();
     let mut failures = Vec::new();
     let mut first: Option<serde_json::Value> = None;

@@ -114,6 +114,81 @@ impl Theme {
     }
 }
 
+/// Every panel of one server in `area` (at least 80×20).
+fn render_full(
+    frame: &mut Frame,
+    area: Rect,
+    d: &Dashboard,
+    opts: &ViewOptions,
+    theme: &Theme,
+    now: Instant,
+) {
+    let workers = d.workers.len().max(1) as u16;
+    // Pool and CPU rows: a line per worker, the host, borders. The rest is shared
+    // 3:2 between the lag chart and the traffic/events row.
+    let middle = (workers + 3).min(area.height / 3);
+    let rest = area.height.saturating_sub(1 + middle);
+    let lag_rows = rest * 3 / 5;
+    let [header, lag, middle_row, bottom] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(lag_rows),
+        Constraint::Length(middle),
+        Constraint::Length(rest - lag_rows),
+    ])
+    .areas(area);
+    // The Now table needs 36 columns; the chart takes the rest.
+    let [lag_chart, lag_now] =
+        Layout::horizontal([Constraint::Fill(1), Constraint::Length(38)]).areas(lag);
+    let [pool, cpu] = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
+        .areas(middle_row);
+    let [traffic, events] =
+        Layout::horizontal([Constraint::Length(40), Constraint::Fill(1)]).areas(bottom);
+    frame.render_widget(header_line(d, opts, theme, false), header);
+    render_lag_chart(frame, lag_chart, d, theme, lag.height);
+    frame.render_widget(now_panel(d, theme, now), lag_now);
+    frame.render_widget(pool_panel(d, theme), pool);
+    frame.render_widget(cpu_panel(d, theme, cpu.width), cpu);
+    frame.render_widget(traffic_panel(d, theme), traffic);
+    frame.render_widget(events_panel(d, theme, events, now), events);
+}
+
+/// One server's panels in `area`, for side-by-side comparison: every panel when the
+/// area is big enough, otherwise a compact stack (lag, now, pool, CPU, traffic).
+pub fn render_pane(frame: &mut Frame, area: Rect, d: &Dashboard, opts: &ViewOptions, now: Instant) {
+    let theme = Theme { color: opts.color };
+    if area.width >= MIN_WIDTH && area.height >= 20 {
+        render_full(frame, area, d, opts, &theme, now);
+        return;
+    }
+    let workers = d.workers.len().max(1) as u16;
+    let [header, lag, now_area, pool, cpu, traffic] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(5),
+        Constraint::Length(workers + 4),
+        Constraint::Length(workers + 2),
+        Constraint::Length(workers + 3),
+        Constraint::Length(6),
+    ])
+    .areas(area);
+    frame.render_widget(header_line(d, opts, &theme, true), header);
+    render_lag_chart(frame, lag, d, &theme, lag.height);
+    frame.render_widget(now_panel(d, &theme, now), now_area);
+    frame.render_widget(pool_panel(d, &theme), pool);
+    frame.render_widget(cpu_panel(d, &theme, cpu.width), cpu);
+    frame.render_widget(traffic_panel(d, &theme), traffic);
+}
+
+/// The key hints line (public for the comparison screen).
+pub fn render_footer(frame: &mut Frame, area: Rect, opts: &ViewOptions) {
+    let theme = Theme { color: opts.color };
+    frame.render_widget(footer_line(opts, area.width, &theme), area);
+}
+
+/// The key list overlay (public for the comparison screen).
+pub fn render_help_overlay(frame: &mut Frame, area: Rect, opts: &ViewOptions) {
+    render_help(frame, area, &Theme { color: opts.color });
+}
+
 /// Draws the whole dashboard.
 pub fn render(frame: &mut Frame, d: &Dashboard, opts: &ViewOptions, now: Instant) {
     let area = frame.area();
@@ -131,36 +206,10 @@ pub fn render(frame: &mut Frame, d: &Dashboard, opts: &ViewOptions, now: Instant
         );
         return;
     }
-    let workers = d.workers.len().max(1) as u16;
-    // Pool and CPU rows: a line per worker, the host, borders. The rest is shared
-    // 3:2 between the lag chart and the traffic/events row.
-    let middle = (workers + 3).min(area.height / 3);
     let footer_rows = if opts.caption.is_some() { 3 } else { 1 };
-    let rest = area.height - 1 - footer_rows - middle;
-    let lag_rows = rest * 3 / 5;
-    let [header, lag, middle_row, bottom, footer] = Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Length(lag_rows),
-        Constraint::Length(middle),
-        Constraint::Length(rest - lag_rows),
-        Constraint::Length(footer_rows),
-    ])
-    .areas(area);
-    let lag_height = lag.height;
-    let [lag_chart, lag_now] =
-        Layout::horizontal([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(lag);
-    let [pool, cpu] = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
-        .areas(middle_row);
-    let [traffic, events] =
-        Layout::horizontal([Constraint::Length(40), Constraint::Fill(1)]).areas(bottom);
-
-    frame.render_widget(header_line(d, opts, &theme), header);
-    render_lag_chart(frame, lag_chart, d, &theme, lag_height);
-    frame.render_widget(now_panel(d, &theme, now), lag_now);
-    frame.render_widget(pool_panel(d, &theme), pool);
-    frame.render_widget(cpu_panel(d, &theme, cpu.width), cpu);
-    frame.render_widget(traffic_panel(d, &theme), traffic);
-    frame.render_widget(events_panel(d, &theme, events, now), events);
+    let [body, footer] =
+        Layout::vertical([Constraint::Fill(1), Constraint::Length(footer_rows)]).areas(area);
+    render_full(frame, body, d, opts, &theme, now);
     let footer = match &opts.caption {
         Some(caption) => {
             let [bar, keys] =
@@ -181,11 +230,42 @@ pub fn render(frame: &mut Frame, d: &Dashboard, opts: &ViewOptions, now: Instant
     }
 }
 
-fn header_line<'a>(d: &'a Dashboard, opts: &ViewOptions, theme: &Theme) -> Paragraph<'a> {
+fn header_line<'a>(
+    d: &'a Dashboard,
+    opts: &ViewOptions,
+    theme: &Theme,
+    compact: bool,
+) -> Paragraph<'a> {
     let mut spans = vec![Span::styled(" loopscope", theme.bold())];
     let sep = || Span::raw(" · ");
     if let Some(info) = &d.info {
         let workers = d.workers.len().max(info.workers.len());
+        if compact {
+            // A column of compare mode: what tells the two apart, and the state.
+            spans.clear();
+            spans.push(Span::styled(
+                format!(" {}", info.model.as_str()),
+                theme.bold(),
+            ));
+            spans.push(sep());
+            spans.push(Span::raw(match info.model {
+                Model::Fastapi => format!("{workers} workers"),
+                _ => "1 process".to_string(),
+            }));
+            spans.push(sep());
+            spans.push(Span::raw(format!("pool {}", info.pool_size)));
+            spans.push(sep());
+            spans.push(match &d.connection {
+                Connection::Live => Span::styled("● live", theme.ok()),
+                Connection::Connecting => Span::styled("○ connecting", theme.warn()),
+                Connection::Lost { .. } => Span::styled("○ reconnecting", theme.alarm()),
+            });
+            if opts.paused {
+                spans.push(sep());
+                spans.push(Span::styled("PAUSED", theme.alarm()));
+            }
+            return Paragraph::new(Line::from(spans));
+        }
         spans.push(sep());
         spans.push(Span::styled(info.model.as_str(), theme.bold()));
         spans.push(sep());

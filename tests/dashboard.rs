@@ -348,3 +348,31 @@ fn compare_mode_fires_one_key_at_both_models() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_scenario_shows_its_captions_and_steps_on_demand() {
+    let _serial = serial();
+    let file = format!(
+        "{}/assets/scenarios/node-pool-saturation.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut ui = Dashboard::start(&["--scenario", &file]);
+    ui.wait_for(Duration::from_secs(30), "the first caption", |s| {
+        s.contains("[1/3] crypto.pbkdf2 runs on libuv's pool")
+    });
+    // Manual: nothing runs by itself; n runs the next step at once.
+    ui.press("a");
+    ui.press("n");
+    let s = ui.wait_for(Duration::from_secs(5), "the second step", |s| {
+        s.contains("[2/3] 12 hashes at once") && s.contains("hash×12 → sent")
+    });
+    assert!(
+        s.contains("load 50 req/s"),
+        "the first step set the load:\n{s}"
+    );
+    ui.wait_for(Duration::from_secs(10), "the hashes done", |s| {
+        s.contains("hash×12 done in")
+    });
+    ui.press("q");
+    assert!(ui.wait_exit().success());
+}

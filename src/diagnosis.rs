@@ -38,6 +38,18 @@ pub struct Diagnosis {
     pub finding: Finding,
     /// Cause and remedy, in one line.
     pub text: String,
+    /// How bad, to keep the worst of several: ms held, median ms, or ms queued.
+    pub severity: f64,
+    /// The request that held the loop, when one is known.
+    pub culprit: Option<String>,
+}
+
+impl Diagnosis {
+    /// True when `self` says more than `other` about the same problem: it names the
+    /// request (a live stall is only named once its poll ends), or it is worse.
+    pub fn outranks(&self, other: &Diagnosis) -> bool {
+        (self.culprit.is_some(), self.severity) >= (other.culprit.is_some(), other.severity)
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -148,6 +160,7 @@ impl Diagnoser {
             let median = p50s.get(p50s.len() / 2).copied().unwrap_or(0.0);
             if max >= MAX_LAG_MS {
                 let worst = h.slow_polls.iter().max_by(|a, b| a.2.total_cmp(&b.2));
+                let culprit = worst.map(|(_, target, _)| target.clone());
                 let text = match worst {
                     Some((_, target, ms)) => format!(
                         "w{id}: {target} held the loop {ms:.0} ms: {}",
@@ -161,11 +174,15 @@ impl Diagnoser {
                     worker: *id,
                     finding: Finding::LoopBlocked,
                     text,
+                    severity: max,
+                    culprit,
                 });
             } else if median >= MEDIAN_LAG_MS {
                 out.push(Diagnosis {
                     worker: *id,
                     finding: Finding::LoopSaturated,
+                    severity: median,
+                    culprit: None,
                     text: format!(
                         "w{id}: median loop lag {median:.0} ms: the loop is saturated — spread the load over more workers or move CPU work off the loop"
                     ),
@@ -187,6 +204,8 @@ impl Diagnoser {
                         out.push(Diagnosis {
                             worker: *id,
                             finding: Finding::PoolSaturated,
+                            severity: queued_ms as f64,
+                            culprit: None,
                             text: format!(
                                 "w{id}: {busy} of {size} pool threads busy, {peak} queued for {:.1} s: raise the pool size or make the endpoint async",
                                 queued_ms as f64 / 1000.0
@@ -271,6 +290,29 @@ mod tests {
             d.observe(&snap(t * 100, &[(0.5, 0.1), (0.4, 0.1)], &[0, 0], vec![]));
         }
         assert!(d.diagnose().is_empty());
+    }
+
+    #[test]
+    fn a_named_culprit_outranks_a_live_stall() {
+        let live = Diagnosis {
+            worker: 0,
+            finding: Finding::LoopBlocked,
+            text: "blocked 393 ms".into(),
+            severity: 393.0,
+            culprit: None,
+        };
+        let named = Diagnosis {
+            culprit: Some("GET /json?mb=20".into()),
+            severity: 390.0,
+            ..live.clone()
+        };
+        assert!(named.outranks(&live));
+        assert!(!live.outranks(&named));
+        let worse = Diagnosis {
+            severity: 800.0,
+            ..named.clone()
+        };
+        assert!(worse.outranks(&named) && !named.outranks(&worse));
     }
 
     #[test]

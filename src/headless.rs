@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use crate::client::http;
 use crate::client::load::{LoadGenerator, LoadPlan};
 use crate::client::subscriber::{self, TelemetryMsg};
-use crate::diagnosis::Diagnoser;
-use crate::protocol::Snapshot;
+use crate::diagnosis::{Diagnoser, Diagnosis};
+use crate::protocol::{Model, Snapshot};
 use crate::record::Recorder;
 use crate::scenario::{Action, Player, Scenario};
 use crate::tui::app::{DemoChild, Target};
@@ -79,8 +79,8 @@ pub struct WorkerSummary {
 /// Accumulates a run's snapshots into per-worker figures.
 #[derive(Debug, Default)]
 pub struct Summary {
-    /// Workers by id.
-    pub workers: BTreeMap<u32, WorkerSummary>,
+    /// Workers by model (a scenario can switch) and id.
+    pub workers: BTreeMap<(Model, u32), WorkerSummary>,
     /// Lines seen.
     pub lines: u64,
 }
@@ -90,7 +90,7 @@ impl Summary {
     pub fn observe(&mut self, snap: &Snapshot) {
         self.lines += 1;
         for w in &snap.workers {
-            let s = self.workers.entry(w.id).or_default();
+            let s = self.workers.entry((snap.model, w.id)).or_default();
             if w.lag_ms.samples > 0 {
                 s.p50s.push(w.lag_ms.p50);
             }
@@ -104,7 +104,7 @@ impl Summary {
         }
         for e in &snap.events {
             if let crate::protocol::Event::SlowPoll { worker, ms, .. } = e {
-                let s = self.workers.entry(*worker).or_default();
+                let s = self.workers.entry((snap.model, *worker)).or_default();
                 s.longest_stall_ms = s.longest_stall_ms.max(*ms);
             }
         }
@@ -136,10 +136,11 @@ impl Summary {
             "CPU mean",
             "CPU max"
         );
-        for (id, s) in &self.workers {
+        let models = self.models();
+        for ((model, id), s) in &self.workers {
             out.push_str(&format!(
                 "{:<6}{:>9.2}{:>9.2}{:>9.1}{:>15.1}{:>12}{:>9.1}%{:>8.1}%\n",
-                format!("w{id}"),
+                label(*model, *id, models),
                 s.lag_p50_ms,
                 s.lag_p99_ms,
                 s.lag_max_ms,
@@ -156,11 +157,13 @@ impl Summary {
     /// The thresholds crossed, as sentences.
     pub fn crossed(&self, fail_on_lag_ms: Option<f64>, fail_on_queue: Option<u32>) -> Vec<String> {
         let mut out = Vec::new();
-        for (id, s) in &self.workers {
+        let models = self.models();
+        for ((model, id), s) in &self.workers {
+            let w = label(*model, *id, models);
             if let Some(limit) = fail_on_lag_ms {
                 if s.lag_max_ms >= limit {
                     out.push(format!(
-                        "w{id}: loop lag reached {:.0} ms (limit {limit} ms)",
+                        "{w}: loop lag reached {:.0} ms (limit {limit} ms)",
                         s.lag_max_ms
                     ));
                 }
@@ -168,13 +171,31 @@ impl Summary {
             if let Some(limit) = fail_on_queue {
                 if s.max_queued >= limit {
                     out.push(format!(
-                        "w{id}: pool queue reached {} (limit {limit})",
+                        "{w}: pool queue reached {} (limit {limit})",
                         s.max_queued
                     ));
                 }
             }
         }
         out
+    }
+}
+
+impl Summary {
+    /// How many models the run saw (a scenario can switch).
+    fn models(&self) -> usize {
+        let mut models: Vec<Model> = self.workers.keys().map(|(m, _)| *m).collect();
+        models.dedup();
+        models.len()
+    }
+}
+
+/// `w0`, or `node w0` when the run saw more than one model.
+fn label(model: Model, id: u32, models: usize) -> String {
+    if models > 1 {
+        format!("{model} w{id}")
+    } else {
+        format!("w{id}")
     }
 }
 
@@ -209,13 +230,14 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
         let mut subscription = subscriber::spawn(telemetry.clone(), tx.clone(), Arc::clone(&dropped));
         let mut summary = Summary::default();
         let mut diagnoser = Diagnoser::new();
+        let mut worst: BTreeMap<(Model, u32, u8), Diagnosis> = BTreeMap::new();
         let mut load: Option<LoadGenerator> = None;
         let mut rate = config.rate;
         let mut app: Option<String> = None;
         let mut player: Option<Player> = None;
         let client = http::client();
         let mut stdout = std::io::stdout().lock();
-        let deadline = tokio::time::Instant::now() + duration;
+        let mut deadline = tokio::time::Instant::now() + duration;
         let mut connected = false;
         let mut recorder = match &config.record {
             Some(path) => Some(
@@ -230,6 +252,10 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
                 m = rx.recv() => m,
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = steps.tick() => {
+                    // Steps wait while a new server starts: their requests need it.
+                    if app.is_none() {
+                        continue;
+                    }
                     let Some(p) = &mut player else { continue };
                     let Some(step) = p.due(std::time::Instant::now()) else { continue };
                     for action in step.actions {
@@ -264,7 +290,10 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
                                 load = None;
                                 app = None;
                                 subscription.abort();
+                                let switch_started = tokio::time::Instant::now();
                                 let c = DemoChild::start(model, workers, &config.log_file)?;
+                                // The run's length does not include the switch.
+                                deadline += switch_started.elapsed();
                                 telemetry = c.address.telemetry.clone().context("the demo has no telemetry port")?;
                                 child = Some(c);
                                 subscription = subscriber::spawn(telemetry.clone(), tx.clone(), Arc::clone(&dropped));
@@ -301,6 +330,15 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
                     }
                     summary.observe(&snap);
                     diagnoser.observe(&snap);
+                    // Keep the worst of each kind over the whole run, not only the
+                    // diagnoser's last seconds.
+                    for d in diagnoser.diagnose() {
+                        let key = (snap.model, d.worker, d.finding as u8);
+                        let keep = worst.get(&key).is_none_or(|w: &Diagnosis| d.outranks(w));
+                        if keep {
+                            worst.insert(key, d);
+                        }
+                    }
                     if config.format == Format::Ndjson {
                         serde_json::to_writer(&mut stdout, &*snap)?;
                         stdout.write_all(b"\n")?;
@@ -318,7 +356,7 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
             anyhow::bail!("no telemetry from {telemetry} within {duration:?}");
         }
         summary.finish();
-        let diagnosis = diagnoser.diagnose();
+        let diagnosis: Vec<Diagnosis> = worst.into_values().collect();
         if config.format == Format::Table {
             write!(stdout, "{}", summary.table())?;
             for d in &diagnosis {
@@ -411,7 +449,7 @@ mod tests {
             });
         }
         s.finish();
-        let w = &s.workers[&0];
+        let w = &s.workers[&(Model::Node, 0)];
         assert_eq!(
             (w.lag_max_ms, w.longest_stall_ms, w.max_queued),
             (412.0, 250.0, 8)

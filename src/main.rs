@@ -106,7 +106,20 @@ fn main() -> anyhow::Result<()> {
         Some(path) => Some(Scenario::load(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    if cli.compare && cli.command.is_none() && !d.headless {
+    if cli.compare && (d.headless || d.scenario.is_some() || d.record.is_some()) {
+        anyhow::bail!(
+            "--compare shows two servers on screen: it does not combine with --headless, --scenario or --record"
+        );
+    }
+    if cli.compare && cli.command.is_some() {
+        anyhow::bail!("--compare starts its own two servers: it takes no command");
+    }
+    if d.headless && matches!(cli.command, Some(Command::Replay { .. })) {
+        anyhow::bail!(
+            "replay is interactive; a recording is NDJSON that scripts can read as it is"
+        );
+    }
+    if cli.compare {
         let rate = d.rate;
         return loopscope::tui::compare::run(rate, !d.no_load, cli.workers, log_file);
     }

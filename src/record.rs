@@ -1,9 +1,13 @@
 //! Recordings: the telemetry of a session as NDJSON, for replay and for sharing.
 //!
-//! A recording's first line describes the server (`{"recording":1,"info":{…}}`); every
-//! other line is a snapshot exactly as `/telemetry` sends it (events included), so any
-//! telemetry reader can read one. Each line is flushed as it is written: a crash loses
-//! at most the line being written.
+//! A recording's first line describes the server (`{"recording":1,"info":{…}}`), and so
+//! does a line after each reconnection or model switch; every other line is a snapshot
+//! exactly as `/telemetry` sends it (events included). Each line is flushed as it is
+//! written: a crash loses at most the line being written.
+//!
+//! Each server counts `t_ms` from its own start; [`Recording::load`] joins them into one
+//! rising timeline, so that a replay moves through a recording of several servers in
+//! order.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -88,6 +92,7 @@ impl Recording {
     pub fn load(path: &Path) -> std::io::Result<Self> {
         let file = File::open(path)?;
         let mut rec = Recording::default();
+        let mut offset = 0u64;
         for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
             let line = line?;
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -95,7 +100,18 @@ impl Recording {
             }
             match serde_json::from_slice::<Line>(&line) {
                 Ok(Line::Header(h)) => rec.infos.push((rec.snapshots.len(), h.info)),
-                Ok(Line::Snapshot(s)) => rec.snapshots.push(*s),
+                Ok(Line::Snapshot(mut s)) => {
+                    // A server's clock restarting: continue the timeline after the
+                    // previous line, one period on.
+                    if let Some(prev) = rec.snapshots.last() {
+                        let shifted = s.t_ms + offset;
+                        if shifted <= prev.t_ms {
+                            offset = prev.t_ms + s.period_ms.max(1) - s.t_ms;
+                        }
+                    }
+                    s.t_ms += offset;
+                    rec.snapshots.push(*s);
+                }
                 Err(e) => {
                     rec.damage = Some(Damage {
                         line: i + 1,
@@ -162,6 +178,21 @@ mod tests {
         let damage = rec.damage.unwrap();
         assert_eq!(damage.line, 21);
         assert!(damage.error.contains("truncated"), "{damage:?}");
+
+        // A second server whose clock starts again: the timeline keeps rising.
+        let mut r = Recorder::create(&path).unwrap();
+        for seq in [50, 51, 1, 2] {
+            r.snapshot(&snapshot(seq, vec![worker(0, 1.0, 0.0, 0)], vec![]))
+                .unwrap();
+        }
+        drop(r);
+        let t: Vec<u64> = Recording::load(&path)
+            .unwrap()
+            .snapshots
+            .iter()
+            .map(|s| s.t_ms)
+            .collect();
+        assert_eq!(t, vec![5000, 5100, 5200, 5300]);
 
         // Garbage in the middle: replayed up to it.
         let mut lines: Vec<&str> = text.lines().collect();

@@ -11,8 +11,9 @@
 //!
 //! [[step]]
 //! after = "3s"              # after the previous step
-//! trigger = "json"          # json offload block spin sync hash fs
-//! mb = 20                   # mb, ms, iterations, kb, count: the workload's sizes
+//! trigger = "json"          # json offload block spin sync hash fs sleep
+//! mb = 20                   # mb, ms, iterations, kb, count: the workload's sizes;
+//!                           # on = "loop" runs a hash on the loop (pbkdf2Sync)
 //! caption = "JSON.parse of 20 MB on the loop: every request waits."
 //! ```
 

@@ -514,7 +514,18 @@ impl App {
                 self.update_load();
             }
             Action::TogglePause if self.replay.is_some() => {
-                if let Some(r) = &mut self.replay {
+                let at_end = self
+                    .replay
+                    .as_ref()
+                    .is_some_and(|r| r.next == r.rec.snapshots.len());
+                if at_end {
+                    // Play again from the start.
+                    if let Some(r) = &mut self.replay {
+                        r.paused = false;
+                        r.clock_ms = f64::MIN;
+                    }
+                    self.seek(0);
+                } else if let Some(r) = &mut self.replay {
                     r.paused = !r.paused;
                 }
             }
@@ -557,6 +568,10 @@ impl App {
 
     /// Runs the scenario steps that are due (or, with `now_forced`, the next one).
     fn play_scenario(&mut self, now_forced: Option<Instant>) {
+        // Steps wait while a new server starts: their requests need it.
+        if self.starting.is_some() || self.dash.info.is_none() {
+            return;
+        }
         loop {
             let Some(p) = &mut self.player else { return };
             let step = match now_forced {
@@ -582,7 +597,12 @@ impl App {
                         self.send(label, paths, false);
                     }
                     ScenarioAction::Model { model, workers } => {
-                        if model != self.model {
+                        if self.child.is_none() {
+                            let text = format!(
+                                "scenario: attached to a server, cannot switch it to {model}"
+                            );
+                            self.note(LogKind::Warn, text);
+                        } else if model != self.model {
                             self.workers = workers;
                             self.switch_model();
                         }
@@ -612,7 +632,7 @@ impl App {
 
     fn start_replay(&mut self, rec: Recording, file: &std::path::Path) {
         let first = rec.snapshots.first().map_or(0, |s| s.t_ms);
-        self.note(
+        let mut notes = vec![(
             LogKind::Info,
             format!(
                 "replaying {} ({} snapshots, {:.1} s)",
@@ -620,9 +640,9 @@ impl App {
                 rec.snapshots.len(),
                 rec.duration_s()
             ),
-        );
+        )];
         if let Some(d) = &rec.damage {
-            self.note(
+            notes.push((
                 LogKind::Warn,
                 format!(
                     "the recording is damaged at line {}: {}; replaying the {} snapshots before it",
@@ -630,7 +650,7 @@ impl App {
                     d.error,
                     rec.snapshots.len()
                 ),
-            );
+            ));
         }
         self.dash.traffic.on = false;
         self.replay = Some(Replay {
@@ -640,6 +660,7 @@ impl App {
             speed: 1,
             paused: false,
             last_tick: Instant::now(),
+            notes,
         });
         self.seek(0);
     }
@@ -704,11 +725,13 @@ impl App {
             r.paused = r.paused && r.next < r.rec.snapshots.len();
         }
         r.next = 0;
-        let log = std::mem::take(&mut self.dash.log);
+        // The log is rebuilt too: the events up to the new position are fed again.
         let mut dash = Dashboard::default();
-        dash.log = log;
         dash.info = r.rec.info_at(0).cloned();
         dash.connection = Connection::Live;
+        for (kind, text) in &r.notes {
+            dash.apply(Msg::Log(*kind, text.clone()), Instant::now(), &clock());
+        }
         self.dash = dash;
         // Feeding happens on the next frame; history up to the clock comes at once.
         self.advance_replay();
@@ -877,6 +900,8 @@ struct Replay {
     speed: u8,
     paused: bool,
     last_tick: Instant,
+    /// What the log says about the recording itself, kept across seeks.
+    notes: Vec<(LogKind, String)>,
 }
 
 impl Replay {

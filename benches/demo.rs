@@ -79,18 +79,6 @@ impl Demo {
             .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
             .sum()
     }
-
-    /// utime + stime of the whole process, in seconds.
-    #[allow(dead_code)]
-    fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap();
-        let rest = &stat[stat.rfind(')').unwrap() + 1..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        ticks as f64 / hz
-    }
 }
 
 impl Drop for Demo {

@@ -22,11 +22,9 @@ use anyhow::{Context, bail};
 use loopscope::probe::aggregate::{Aggregator, Feed};
 use loopscope::probe::cpu::ThreadNames;
 use loopscope::probe::sampler::Sampler;
-use loopscope::probe::telemetry::{self, TelemetryHub};
+use loopscope::probe::telemetry::TelemetryHub;
 use loopscope::probe::{LoopProbe, Pool, PoolKind};
-use loopscope::protocol::{
-    Model, PROTOCOL_VERSION, ServerInfo, Versions, WorkerInfo, WorkerReport,
-};
+use loopscope::protocol::{Model, WorkerInfo, WorkerReport};
 
 use super::DemoArgs;
 use super::app::App;
@@ -48,41 +46,21 @@ struct Slot {
 pub fn supervise(args: &DemoArgs) -> anyhow::Result<()> {
     let epoch = Instant::now();
     let pool_size = args.pool_size()?;
-    super::warn_if_exposed(args.bind);
-    let listener = super::bind(args.bind, args.port, "application", "--port")?;
-    let telemetry_listener = if args.no_telemetry {
-        None
-    } else {
-        Some(super::bind(
-            args.bind,
-            args.telemetry_port,
-            "telemetry",
-            "--telemetry-port",
-        )?)
-    };
-    super::announce(&listener, telemetry_listener.as_ref())?;
+    let (listener, telemetry_listener) = super::listen(args)?;
 
     let feed: Option<(SyncSender<Feed>, Arc<TelemetryHub>)> = match telemetry_listener {
         None => None,
         Some(tl) => {
-            let info = ServerInfo {
-                v: PROTOCOL_VERSION,
-                model: Model::Fastapi,
-                app: listener.local_addr()?.to_string(),
-                telemetry: tl.local_addr()?.to_string(),
-                pid: std::process::id(),
-                workers: Vec::new(),
+            // Worker pids are added as the workers start.
+            let hub = super::serve_telemetry(
+                args,
+                Model::Fastapi,
+                &listener,
+                tl,
+                Vec::new(),
                 pool_size,
-                period_ms: args.period_ms,
-                lag_resolution_ms: args.lag_resolution_ms as f64,
-                slow_poll_ms: args.slow_poll_ms as f64,
-                versions: Versions {
-                    loopscope: env!("CARGO_PKG_VERSION").into(),
-                    protocol: PROTOCOL_VERSION,
-                },
-            };
-            let hub = Arc::new(TelemetryHub::new(info, epoch));
-            telemetry::serve(tl, Arc::clone(&hub))?;
+                epoch,
+            )?;
             let (tx, rx) = std::sync::mpsc::sync_channel(256);
             Aggregator::new(Model::Fastapi, Duration::from_millis(args.period_ms))
                 .spawn(rx, Arc::clone(&hub))?;

@@ -13,12 +13,14 @@ mod params;
 mod workloads;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use loopscope::probe::ProbeConfig;
-use loopscope::protocol::{AddressLine, Model};
+use loopscope::probe::telemetry::TelemetryHub;
+use loopscope::protocol::{AddressLine, Model, PROTOCOL_VERSION, ServerInfo, Versions, WorkerInfo};
 
 /// The concurrency model to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -121,6 +123,57 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             bail!("--worker-id and --listen-fd are internal: use `loopscope demo --model fastapi`")
         }
     }
+}
+
+/// The application socket and, unless `--no-telemetry`, the telemetry socket, bound
+/// and announced on stdout.
+fn listen(args: &DemoArgs) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
+    warn_if_exposed(args.bind);
+    let app = bind(args.bind, args.port, "application", "--port")?;
+    let telemetry = if args.no_telemetry {
+        None
+    } else {
+        Some(bind(
+            args.bind,
+            args.telemetry_port,
+            "telemetry",
+            "--telemetry-port",
+        )?)
+    };
+    announce(&app, telemetry.as_ref())?;
+    Ok((app, telemetry))
+}
+
+/// Serves telemetry for `model` on `telemetry` from its own thread; returns the hub
+/// that snapshots are published to.
+fn serve_telemetry(
+    args: &DemoArgs,
+    model: Model,
+    app: &TcpListener,
+    telemetry: TcpListener,
+    workers: Vec<WorkerInfo>,
+    pool_size: u32,
+    epoch: Instant,
+) -> anyhow::Result<Arc<TelemetryHub>> {
+    let info = ServerInfo {
+        v: PROTOCOL_VERSION,
+        model,
+        app: app.local_addr()?.to_string(),
+        telemetry: telemetry.local_addr()?.to_string(),
+        pid: std::process::id(),
+        workers,
+        pool_size,
+        period_ms: args.period_ms,
+        lag_resolution_ms: args.lag_resolution_ms as f64,
+        slow_poll_ms: args.slow_poll_ms as f64,
+        versions: Versions {
+            loopscope: env!("CARGO_PKG_VERSION").into(),
+            protocol: PROTOCOL_VERSION,
+        },
+    };
+    let hub = Arc::new(TelemetryHub::new(info, epoch));
+    loopscope::probe::telemetry::serve(telemetry, Arc::clone(&hub))?;
+    Ok(hub)
 }
 
 /// Binds a listening socket with a message that says what to do when it fails.

@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Demo, runtime, serial};
 use loopscope::client::http;
@@ -21,19 +21,12 @@ fn run_while(args: &[&str], during: impl FnOnce()) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start loopscope");
-    let pid = child.id();
-    let waiter = std::thread::spawn(move || child.wait_with_output());
-    during();
-    let end = Instant::now() + Duration::from_secs(30);
-    while !waiter.is_finished() {
-        if Instant::now() > end {
-            // SAFETY: kill(2) on the pid of the child we started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("loopscope {args:?} ran past 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    waiter.join().unwrap().unwrap()
+    common::output_within(
+        child,
+        Duration::from_secs(30),
+        &format!("loopscope {args:?}"),
+        during,
+    )
 }
 
 fn text(b: &[u8]) -> String {

@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::serial;
 use loopscope::protocol::{Event, Snapshot};
@@ -31,18 +31,7 @@ fn play_with_stderr(name: &str) -> (Vec<Snapshot>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start loopscope");
-    let pid = child.id();
-    let waiter = std::thread::spawn(move || child.wait_with_output());
-    let end = Instant::now() + Duration::from_secs(60);
-    while !waiter.is_finished() {
-        if Instant::now() > end {
-            // SAFETY: kill(2) on the pid of the child we started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("{name} ran past 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = waiter.join().unwrap().unwrap();
+    let out = common::output_within(child, Duration::from_secs(60), name, || {});
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{name}: {stderr}");
     assert!(

@@ -77,7 +77,7 @@ impl<F> Instrumented<F> {
     pub(crate) fn new(shared: Arc<Shared>, tag: RequestTag, inner: F) -> Self {
         shared.in_flight.add(1);
         let id = shared.request_seq.add(1);
-        let endpoint = LoopProbe::endpoint_index(&shared, tag.endpoint());
+        let endpoint = shared.endpoints.index(tag.endpoint());
         Self {
             inner,
             in_flight: InFlight(shared),
@@ -126,7 +126,9 @@ impl<F: Future> Future for Instrumented<F> {
         if out.is_ready() && !*this.done {
             *this.done = true;
             shared.completed.add(1);
-            LoopProbe::record_latency(shared, *this.endpoint, poll_end.duration_since(started));
+            shared
+                .endpoints
+                .record(*this.endpoint, poll_end.duration_since(started));
         }
         out
     }

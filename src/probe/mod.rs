@@ -275,14 +275,6 @@ impl LoopProbe {
             }
         }
     }
-
-    pub(crate) fn endpoint_index(shared: &Shared, endpoint: &str) -> usize {
-        shared.endpoints.index(endpoint)
-    }
-
-    pub(crate) fn record_latency(shared: &Shared, endpoint: usize, latency: Duration) {
-        shared.endpoints.record(endpoint, latency);
-    }
 }
 
 /// A counter written only by the loop thread and read by others: a plain load and

@@ -347,26 +347,7 @@ impl App {
     }
 
     async fn run(&mut self, terminal: &mut DefaultTerminal) -> anyhow::Result<()> {
-        let (keys_tx, mut keys_rx) = mpsc::channel::<TermEvent>(64);
-        std::thread::Builder::new()
-            .name("input".into())
-            .spawn(move || {
-                while !keys_tx.is_closed() {
-                    match event::poll(Duration::from_millis(100)) {
-                        Ok(true) => match event::read() {
-                            Ok(ev) => {
-                                if keys_tx.blocking_send(ev).is_err() {
-                                    return;
-                                }
-                            }
-                            Err(_) => return,
-                        },
-                        Ok(false) => {}
-                        Err(_) => return,
-                    }
-                }
-            })
-            .context("cannot start the input thread")?;
+        let mut keys_rx = spawn_input_thread()?;
 
         if self.replay.is_none() {
             self.subscribe();
@@ -828,66 +809,85 @@ impl App {
             return;
         };
         self.note(LogKind::Trigger, format!("{label} → sent"));
-        let client = self.client.clone();
-        let tx = self.results_tx.clone();
+        let (client, tx) = (self.client.clone(), self.results_tx.clone());
         tokio::spawn(async move {
-            let mut label = label;
-            let (results, total) = if one_worker {
-                match http::connections_to_worker(&app, 0, paths.len(), paths.len() * 10).await {
-                    Ok(conns) if conns.len() == paths.len() => {
-                        label.push_str(" → w0");
-                        let started = Instant::now();
-                        let requests = conns.into_iter().zip(paths).map(|(mut conn, path)| {
-                            let app = app.clone();
-                            async move {
-                                tokio::time::timeout(
-                                    Duration::from_secs(60),
-                                    http::get_on(&mut conn, &app, &path),
-                                )
-                                .await
-                            }
-                        });
-                        let results = futures_util::future::join_all(requests).await;
-                        (results, started.elapsed())
-                    }
-                    Ok(conns) => {
-                        let text = format!(
-                            "{label}: only {} connections reached w0; not sent",
-                            conns.len()
-                        );
-                        let _ = tx.send(Msg::Log(LogKind::Warn, text)).await;
-                        return;
-                    }
-                    Err(e) => {
-                        let text = format!("{label}: cannot connect: {e}");
-                        let _ = tx.send(Msg::Log(LogKind::Warn, text)).await;
-                        return;
-                    }
-                }
-            } else {
-                let started = Instant::now();
-                let requests = paths.into_iter().map(|path| {
-                    let client = client.clone();
-                    let app = app.clone();
-                    async move {
-                        tokio::time::timeout(
-                            Duration::from_secs(60),
-                            http::get(&client, &app, &path),
-                        )
-                        .await
-                    }
-                });
-                let results = futures_util::future::join_all(requests).await;
-                (results, started.elapsed())
-            };
-            let _ = tx
-                .send(Msg::Log(
-                    LogKind::Result,
-                    summarize(&label, &results, total),
-                ))
-                .await;
+            let (kind, line) = fire(client, app, label, paths, one_worker).await;
+            let _ = tx.send(Msg::Log(kind, line)).await;
         });
     }
+}
+
+/// Reads terminal events on a thread of its own (crossterm's reads block) and hands
+/// them over; the thread ends when the receiver is dropped.
+pub(crate) fn spawn_input_thread() -> anyhow::Result<mpsc::Receiver<TermEvent>> {
+    let (keys_tx, keys_rx) = mpsc::channel::<TermEvent>(64);
+    std::thread::Builder::new()
+        .name("input".into())
+        .spawn(move || {
+            while !keys_tx.is_closed() {
+                match event::poll(Duration::from_millis(100)) {
+                    Ok(true) => match event::read() {
+                        Ok(ev) => {
+                            if keys_tx.blocking_send(ev).is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    },
+                    Ok(false) => {}
+                    Err(_) => return,
+                }
+            }
+        })
+        .context("cannot start the input thread")?;
+    Ok(keys_rx)
+}
+
+/// Sends `paths` to `app` all at once (with `one_worker`, over connections worker 0
+/// accepted) and returns the log line that says how it went.
+pub(crate) async fn fire(
+    client: HttpClient,
+    app: String,
+    mut label: String,
+    paths: Vec<String>,
+    one_worker: bool,
+) -> (LogKind, String) {
+    let timeout = Duration::from_secs(60);
+    let started;
+    let results: Vec<Outcome> = if one_worker {
+        match http::connections_to_worker(&app, 0, paths.len(), paths.len() * 10).await {
+            Ok(conns) if conns.len() == paths.len() => {
+                label.push_str(" → w0");
+                started = Instant::now();
+                let requests = conns.into_iter().zip(paths).map(|(mut conn, path)| {
+                    let app = app.clone();
+                    async move {
+                        tokio::time::timeout(timeout, http::get_on(&mut conn, &app, &path)).await
+                    }
+                });
+                futures_util::future::join_all(requests).await
+            }
+            Ok(conns) => {
+                let text = format!(
+                    "{label}: only {} connections reached w0; not sent",
+                    conns.len()
+                );
+                return (LogKind::Warn, text);
+            }
+            Err(e) => return (LogKind::Warn, format!("{label}: cannot connect: {e}")),
+        }
+    } else {
+        started = Instant::now();
+        let requests = paths.into_iter().map(|path| {
+            let (client, app) = (client.clone(), app.clone());
+            async move { tokio::time::timeout(timeout, http::get(&client, &app, &path)).await }
+        });
+        futures_util::future::join_all(requests).await
+    };
+    (
+        LogKind::Result,
+        summarize(&label, &results, started.elapsed()),
+    )
 }
 
 /// A recording being played back.

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ratatui::DefaultTerminal;
-use ratatui::crossterm::event::{self, Event as TermEvent};
+use ratatui::crossterm::event::Event as TermEvent;
 use ratatui::layout::{Constraint, Layout};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use super::app::{DemoChild, Outcome, clock, summarize};
+use super::app::{DemoChild, clock, fire, spawn_input_thread};
 use super::input::{self, Action, DEFAULT_SIZE, SIZES, Workload};
 use super::state::{Dashboard, LogKind, Msg};
 use super::view::{self, ViewOptions};
@@ -113,26 +113,7 @@ struct Compare {
 
 impl Compare {
     async fn run(&mut self, terminal: &mut DefaultTerminal) -> anyhow::Result<()> {
-        let (keys_tx, mut keys_rx) = mpsc::channel::<TermEvent>(64);
-        std::thread::Builder::new()
-            .name("input".into())
-            .spawn(move || {
-                while !keys_tx.is_closed() {
-                    match event::poll(Duration::from_millis(100)) {
-                        Ok(true) => match event::read() {
-                            Ok(ev) => {
-                                if keys_tx.blocking_send(ev).is_err() {
-                                    return;
-                                }
-                            }
-                            Err(_) => return,
-                        },
-                        Ok(false) => {}
-                        Err(_) => return,
-                    }
-                }
-            })
-            .context("cannot start the input thread")?;
+        let mut keys_rx = spawn_input_thread()?;
         let (results_tx, mut results_rx) = mpsc::channel::<(usize, Msg)>(256);
         let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
@@ -248,42 +229,8 @@ impl Compare {
         );
         let (client, tx) = (self.client.clone(), results.clone());
         tokio::spawn(async move {
-            let mut label = label;
-            let started = Instant::now();
-            let results: Vec<Outcome> = if one_worker {
-                match http::connections_to_worker(&app, 0, paths.len(), paths.len() * 10).await {
-                    Ok(conns) if conns.len() == paths.len() => {
-                        label.push_str(" → w0");
-                        let reqs = conns.into_iter().zip(paths).map(|(mut c, p)| {
-                            let app = app.clone();
-                            async move {
-                                tokio::time::timeout(
-                                    Duration::from_secs(60),
-                                    http::get_on(&mut c, &app, &p),
-                                )
-                                .await
-                            }
-                        });
-                        futures_util::future::join_all(reqs).await
-                    }
-                    _ => Vec::new(),
-                }
-            } else {
-                let reqs = paths.into_iter().map(|p| {
-                    let (client, app) = (client.clone(), app.clone());
-                    async move {
-                        tokio::time::timeout(Duration::from_secs(60), http::get(&client, &app, &p))
-                            .await
-                    }
-                });
-                futures_util::future::join_all(reqs).await
-            };
-            let line = if results.is_empty() {
-                format!("{label}: could not reach one worker")
-            } else {
-                summarize(&label, &results, started.elapsed())
-            };
-            let _ = tx.send((i, Msg::Log(LogKind::Result, line))).await;
+            let (kind, line) = fire(client, app, label, paths, one_worker).await;
+            let _ = tx.send((i, Msg::Log(kind, line))).await;
         });
     }
 }

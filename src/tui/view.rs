@@ -144,7 +144,7 @@ fn render_full(
     let [traffic, events] =
         Layout::horizontal([Constraint::Length(40), Constraint::Fill(1)]).areas(bottom);
     frame.render_widget(header_line(d, opts, theme, false), header);
-    render_lag_chart(frame, lag_chart, d, theme, lag.height);
+    render_lag_chart(frame, lag_chart, d, theme);
     frame.render_widget(now_panel(d, theme, now), lag_now);
     frame.render_widget(pool_panel(d, theme), pool);
     frame.render_widget(cpu_panel(d, theme, cpu.width), cpu);
@@ -171,7 +171,7 @@ pub fn render_pane(frame: &mut Frame, area: Rect, d: &Dashboard, opts: &ViewOpti
     ])
     .areas(area);
     frame.render_widget(header_line(d, opts, &theme, true), header);
-    render_lag_chart(frame, lag, d, &theme, lag.height);
+    render_lag_chart(frame, lag, d, &theme);
     frame.render_widget(now_panel(d, &theme, now), now_area);
     frame.render_widget(pool_panel(d, &theme), pool);
     frame.render_widget(cpu_panel(d, &theme, cpu.width), cpu);
@@ -230,56 +230,28 @@ pub fn render(frame: &mut Frame, d: &Dashboard, opts: &ViewOptions, now: Instant
     }
 }
 
+/// The top line. `compact` (a column of compare mode) keeps what tells two servers
+/// apart and their state: model, processes, pool, connection, PAUSED.
 fn header_line<'a>(
     d: &'a Dashboard,
     opts: &ViewOptions,
     theme: &Theme,
     compact: bool,
 ) -> Paragraph<'a> {
-    let mut spans = vec![Span::styled(" loopscope", theme.bold())];
-    let sep = || Span::raw(" · ");
+    let mut parts: Vec<Span> = Vec::new();
     if let Some(info) = &d.info {
         let workers = d.workers.len().max(info.workers.len());
-        if compact {
-            // A column of compare mode: what tells the two apart, and the state.
-            spans.clear();
-            spans.push(Span::styled(
-                format!(" {}", info.model.as_str()),
-                theme.bold(),
-            ));
-            spans.push(sep());
-            spans.push(Span::raw(match info.model {
-                Model::Fastapi => format!("{workers} workers"),
-                _ => "1 process".to_string(),
-            }));
-            spans.push(sep());
-            spans.push(Span::raw(format!("pool {}", info.pool_size)));
-            spans.push(sep());
-            spans.push(match &d.connection {
-                Connection::Live => Span::styled("● live", theme.ok()),
-                Connection::Connecting => Span::styled("○ connecting", theme.warn()),
-                Connection::Lost { .. } => Span::styled("○ reconnecting", theme.alarm()),
-            });
-            if opts.paused {
-                spans.push(sep());
-                spans.push(Span::styled("PAUSED", theme.alarm()));
-            }
-            return Paragraph::new(Line::from(spans));
-        }
-        spans.push(sep());
-        spans.push(Span::styled(info.model.as_str(), theme.bold()));
-        spans.push(sep());
-        spans.push(Span::raw(match info.model {
+        parts.push(Span::styled(info.model.as_str(), theme.bold()));
+        parts.push(Span::raw(match info.model {
             Model::Fastapi => format!("{workers} workers"),
             _ => "1 process".to_string(),
         }));
-        spans.push(sep());
-        spans.push(Span::raw(format!("pool {}", info.pool_size)));
-        spans.push(sep());
-        spans.push(Span::raw(format!("app {}", info.app)));
+        parts.push(Span::raw(format!("pool {}", info.pool_size)));
+        if !compact {
+            parts.push(Span::raw(format!("app {}", info.app)));
+        }
     }
-    spans.push(sep());
-    spans.push(match (&opts.replay, &d.connection) {
+    parts.push(match (&opts.replay, &d.connection) {
         (Some(r), _) => Span::styled(
             format!(
                 "{} replay {:.1}/{:.1} s ×{}",
@@ -294,24 +266,36 @@ fn header_line<'a>(
         (None, Connection::Live) => Span::styled("● live", theme.ok()),
         (None, Connection::Lost { .. }) => Span::styled("○ reconnecting", theme.alarm()),
     });
-    spans.push(sep());
-    spans.push(Span::raw(if d.traffic.on {
-        format!("load {:.0} req/s", d.traffic.rate)
-    } else {
-        "load off".to_string()
-    }));
-    if opts.paused {
-        spans.push(sep());
-        spans.push(Span::styled("PAUSED", theme.alarm()));
+    if !compact {
+        parts.push(Span::raw(if d.traffic.on {
+            format!("load {:.0} req/s", d.traffic.rate)
+        } else {
+            "load off".to_string()
+        }));
     }
-    if d.missed_lines > 0 || opts.dropped_msgs > 0 {
-        spans.push(sep());
-        spans.push(Span::styled(
+    if opts.paused {
+        parts.push(Span::styled("PAUSED", theme.alarm()));
+    }
+    if !compact && (d.missed_lines > 0 || opts.dropped_msgs > 0) {
+        parts.push(Span::styled(
             format!("lost {} lines", d.missed_lines + opts.dropped_msgs),
             theme.warn(),
         ));
     }
-    spans.push(Span::styled("  ? help", theme.dim()));
+    let mut spans = vec![if compact {
+        Span::raw(" ")
+    } else {
+        Span::styled(" loopscope · ", theme.bold())
+    }];
+    for (i, part) in parts.into_iter().enumerate() {
+        if i > 0 {
+            spans.push(Span::raw(" · "));
+        }
+        spans.push(part);
+    }
+    if !compact {
+        spans.push(Span::styled("  ? help", theme.dim()));
+    }
     Paragraph::new(Line::from(spans))
 }
 
@@ -329,7 +313,7 @@ fn nice_ceiling(v: f64) -> f64 {
     }
 }
 
-fn render_lag_chart(frame: &mut Frame, area: Rect, d: &Dashboard, theme: &Theme, _h: u16) {
+fn render_lag_chart(frame: &mut Frame, area: Rect, d: &Dashboard, theme: &Theme) {
     // At least 5 ms: a loop whose lag stays under a millisecond should look flat.
     let top = nice_ceiling(d.lag_peak_ms().max(5.0));
     let data: Vec<(u32, Vec<(f64, f64)>)> = d

@@ -158,3 +158,25 @@ pub fn process_gone(pid: u32) -> bool {
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
+
+/// Waits for `child`'s output while `during` runs; kills it and fails past `bound`.
+pub fn output_within(
+    child: std::process::Child,
+    bound: Duration,
+    what: &str,
+    during: impl FnOnce(),
+) -> std::process::Output {
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    during();
+    let end = Instant::now() + bound;
+    while !waiter.is_finished() {
+        if Instant::now() > end {
+            // SAFETY: kill(2) on the pid of a child the test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{what} ran past {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiter.join().unwrap().unwrap()
+}

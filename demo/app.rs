@@ -15,17 +15,11 @@ use axum::routing::get;
 use axum::{Json, body::Bytes};
 use loopscope::probe::Pool;
 use loopscope::protocol::Model;
+use loopscope::workload::{CATALOG, Reply, Workload};
 use serde_json::{Value, json};
 
-use super::params::Params;
+use super::params::{BadParam, Params};
 use super::workloads::{self, JsonDocs, ScratchFile};
-
-/// Upper bounds: no request can exhaust memory or hold a worker for long.
-pub const MAX_JSON_MB: u64 = 64;
-pub const MAX_HOLD_MS: u64 = 10_000;
-pub const MAX_SLEEP_MS: u64 = 60_000;
-pub const MAX_HASH_ITERATIONS: u64 = 5_000_000;
-pub const MAX_FS_KB: u64 = 64 * 1024;
 
 /// Everything a handler needs; one per worker process.
 pub struct App {
@@ -59,53 +53,74 @@ impl App {
         }
     }
 
-    fn reply(&self, workload: &str, ran_on: &str, took: Duration, mut extra: Value) -> Response {
-        let mut body = json!({
-            "workload": workload,
-            "model": self.model,
-            "worker": self.worker,
-            "pid": self.pid,
-            "ran_on": ran_on,
-            "took_ms": ms(took),
-        });
-        if let (Value::Object(body), Value::Object(extra)) = (&mut body, &mut extra) {
-            body.append(extra);
-        }
-        Json(body).into_response()
+    /// The typed answer of every workload; `extra` names what it computed.
+    fn reply(&self, workload: Workload, took: Duration, extra: Value) -> Response {
+        self.pool_reply(workload, took, None, extra)
     }
+
+    /// As [`App::reply`], for work that went through the pool.
+    fn pool_reply(
+        &self,
+        workload: Workload,
+        took: Duration,
+        job: Option<(Duration, Duration)>,
+        extra: Value,
+    ) -> Response {
+        let ran_on = match (job, workload.spec().runs_on) {
+            (Some(_), _) => "pool",
+            (None, loopscope::workload::RunsOn::Timer) => "timer",
+            (None, _) => "loop",
+        };
+        let Value::Object(detail) = extra else {
+            unreachable!("details are an object")
+        };
+        Json(Reply {
+            workload: workload.spec().name.to_string(),
+            model: self.model,
+            worker: self.worker,
+            pid: self.pid,
+            ran_on: ran_on.to_string(),
+            took_ms: ms(took),
+            queued_ms: job.map(|(queued, _)| ms(queued)),
+            ran_ms: job.map(|(_, ran)| ms(ran)),
+            detail,
+        })
+        .into_response()
+    }
+}
+
+/// The checked value of `workload`'s parameter in the query `q`.
+fn param(workload: Workload, q: Option<&str>, also: &[&str]) -> Result<(Params, u64), BadParam> {
+    let p = workload.spec().param.expect("a workload with a parameter");
+    let mut accepted = vec![p.name];
+    accepted.extend_from_slice(also);
+    let params = Params::parse(q, &accepted)?;
+    let value = params.int(p.name, p.range())?;
+    Ok((params, value))
 }
 
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// `METHOD /path` of every route, for the probe's latency table.
-pub const ENDPOINTS: [&str; 9] = [
-    "GET /hello",
-    "GET /json",
-    "GET /offload",
-    "GET /block",
-    "GET /spin",
-    "GET /sync",
-    "GET /hash",
-    "GET /fs",
-    "GET /sleep",
-];
-
 /// The routes.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/hello", get(hello))
-        .route("/json", get(json_on_loop))
-        .route("/offload", get(json_offloaded))
-        .route("/block", get(block))
-        .route("/spin", get(spin))
-        .route("/sync", get(sync))
-        .route("/hash", get(hash))
-        .route("/fs", get(fs))
-        .route("/sleep", get(sleep))
-        .fallback(not_found)
-        .with_state(app)
+    let mut router = Router::new();
+    for spec in &CATALOG {
+        let handler = match spec.workload {
+            Workload::Hello => get(hello),
+            Workload::Json => get(json_on_loop),
+            Workload::Offload => get(json_offloaded),
+            Workload::Block => get(block),
+            Workload::Spin => get(spin),
+            Workload::Sync => get(sync),
+            Workload::Hash => get(hash),
+            Workload::Fs => get(fs),
+            Workload::Sleep => get(sleep),
+        };
+        router = router.route(spec.path, handler);
+    }
+    router.fallback(not_found).with_state(app)
 }
 
 use axum::extract::RawQuery as Query;
@@ -122,8 +137,8 @@ async fn hello(State(app): State<Arc<App>>, Query(q): Query) -> Response {
 }
 
 async fn json_on_loop(State(app): State<Arc<App>>, Query(q): Query) -> Response {
-    let mb = match Params::parse(q.as_deref(), &["mb"]).and_then(|p| p.int("mb", 1..=MAX_JSON_MB)) {
-        Ok(v) => v,
+    let mb = match param(Workload::Json, q.as_deref(), &[]) {
+        Ok((_, v)) => v,
         Err(e) => return e.into_response(),
     };
     let Ok(_memory) = app.memory.acquire_many(workloads::parse_cost_mb(mb)).await else {
@@ -133,16 +148,15 @@ async fn json_on_loop(State(app): State<Arc<App>>, Query(q): Query) -> Response 
     // JSON.parse / json.loads: on the loop, holding it.
     let parsed = workloads::parse_json(&doc);
     app.reply(
-        "json",
-        "loop",
+        Workload::Json,
         parsed.took,
         json!({"mb": mb, "bytes": doc.len(), "items": parsed.items}),
     )
 }
 
 async fn json_offloaded(State(app): State<Arc<App>>, Query(q): Query) -> Response {
-    let mb = match Params::parse(q.as_deref(), &["mb"]).and_then(|p| p.int("mb", 1..=MAX_JSON_MB)) {
-        Ok(v) => v,
+    let mb = match param(Workload::Offload, q.as_deref(), &[]) {
+        Ok((_, v)) => v,
         Err(e) => return e.into_response(),
     };
     let Ok(_memory) = app.memory.acquire_many(workloads::parse_cost_mb(mb)).await else {
@@ -152,44 +166,40 @@ async fn json_offloaded(State(app): State<Arc<App>>, Query(q): Query) -> Respons
     let bytes = doc.len();
     let start = Instant::now();
     match app.pool.run(move || workloads::parse_json(&doc)).await {
-        Ok(job) => app.reply(
-            "offload",
-            "pool",
+        Ok(job) => app.pool_reply(
+            Workload::Offload,
             start.elapsed(),
-            json!({"mb": mb, "bytes": bytes, "items": job.value.items,
-                   "queued_ms": ms(job.queued), "ran_ms": ms(job.ran)}),
+            Some((job.queued, job.ran)),
+            json!({"mb": mb, "bytes": bytes, "items": job.value.items}),
         ),
         Err(e) => server_error(e),
     }
 }
 
 async fn block(State(app): State<Arc<App>>, Query(q): Query) -> Response {
-    let ms_ = match Params::parse(q.as_deref(), &["ms"]).and_then(|p| p.int("ms", 1..=MAX_HOLD_MS))
-    {
-        Ok(v) => v,
+    let ms_ = match param(Workload::Block, q.as_deref(), &[]) {
+        Ok((_, v)) => v,
         Err(e) => return e.into_response(),
     };
     let start = Instant::now();
     // time.sleep inside async def: the loop can do nothing else meanwhile.
     std::thread::sleep(Duration::from_millis(ms_));
-    app.reply("block", "loop", start.elapsed(), json!({"ms": ms_}))
+    app.reply(Workload::Block, start.elapsed(), json!({"ms": ms_}))
 }
 
 async fn spin(State(app): State<Arc<App>>, Query(q): Query) -> Response {
-    let ms_ = match Params::parse(q.as_deref(), &["ms"]).and_then(|p| p.int("ms", 1..=MAX_HOLD_MS))
-    {
-        Ok(v) => v,
+    let ms_ = match param(Workload::Spin, q.as_deref(), &[]) {
+        Ok((_, v)) => v,
         Err(e) => return e.into_response(),
     };
     let start = Instant::now();
     workloads::spin(Duration::from_millis(ms_));
-    app.reply("spin", "loop", start.elapsed(), json!({"ms": ms_}))
+    app.reply(Workload::Spin, start.elapsed(), json!({"ms": ms_}))
 }
 
 async fn sync(State(app): State<Arc<App>>, Query(q): Query) -> Response {
-    let ms_ = match Params::parse(q.as_deref(), &["ms"]).and_then(|p| p.int("ms", 1..=MAX_HOLD_MS))
-    {
-        Ok(v) => v,
+    let ms_ = match param(Workload::Sync, q.as_deref(), &[]) {
+        Ok((_, v)) => v,
         Err(e) => return e.into_response(),
     };
     let start = Instant::now();
@@ -199,23 +209,20 @@ async fn sync(State(app): State<Arc<App>>, Query(q): Query) -> Response {
         .run(move || std::thread::sleep(Duration::from_millis(ms_)))
         .await
     {
-        Ok(job) => app.reply(
-            "sync",
-            "pool",
+        Ok(job) => app.pool_reply(
+            Workload::Sync,
             start.elapsed(),
-            json!({"ms": ms_, "queued_ms": ms(job.queued), "ran_ms": ms(job.ran)}),
+            Some((job.queued, job.ran)),
+            json!({"ms": ms_}),
         ),
         Err(e) => server_error(e),
     }
 }
 
 async fn hash(State(app): State<Arc<App>>, Query(q): Query) -> Response {
-    let (iterations, on) = match Params::parse(q.as_deref(), &["iterations", "on"]).and_then(|p| {
-        Ok((
-            p.int("iterations", 1..=MAX_HASH_ITERATIONS)?,
-            p.choice("on", &["pool", "loop"], "pool")?,
-        ))
-    }) {
+    let (iterations, on) = match param(Workload::Hash, q.as_deref(), &["on"])
+        .and_then(|(p, iterations)| Ok((iterations, p.choice("on", &["pool", "loop"], "pool")?)))
+    {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
@@ -225,27 +232,25 @@ async fn hash(State(app): State<Arc<App>>, Query(q): Query) -> Response {
         // pbkdf2Sync: on the loop.
         let key = workloads::pbkdf2(iterations);
         return app.reply(
-            "hash",
-            "loop",
+            Workload::Hash,
             start.elapsed(),
             json!({"iterations": iterations, "key": key}),
         );
     }
     match app.pool.run(move || workloads::pbkdf2(iterations)).await {
-        Ok(job) => app.reply(
-            "hash",
-            "pool",
+        Ok(job) => app.pool_reply(
+            Workload::Hash,
             start.elapsed(),
-            json!({"iterations": iterations, "key": job.value,
-                   "queued_ms": ms(job.queued), "ran_ms": ms(job.ran)}),
+            Some((job.queued, job.ran)),
+            json!({"iterations": iterations, "key": job.value}),
         ),
         Err(e) => server_error(e),
     }
 }
 
 async fn fs(State(app): State<Arc<App>>, Query(q): Query) -> Response {
-    let kb = match Params::parse(q.as_deref(), &["kb"]).and_then(|p| p.int("kb", 1..=MAX_FS_KB)) {
-        Ok(v) => v,
+    let kb = match param(Workload::Fs, q.as_deref(), &[]) {
+        Ok((_, v)) => v,
         Err(e) => return e.into_response(),
     };
     let Ok(_memory) = app.memory.acquire_many(workloads::read_cost_mb(kb)).await else {
@@ -255,12 +260,11 @@ async fn fs(State(app): State<Arc<App>>, Query(q): Query) -> Response {
     let start = Instant::now();
     match app.pool.run(move || scratch.read(kb * 1024)).await {
         Ok(job) => match job.value {
-            Ok(sum) => app.reply(
-                "fs",
-                "pool",
+            Ok(sum) => app.pool_reply(
+                Workload::Fs,
                 start.elapsed(),
-                json!({"kb": kb, "checksum": sum,
-                       "queued_ms": ms(job.queued), "ran_ms": ms(job.ran)}),
+                Some((job.queued, job.ran)),
+                json!({"kb": kb, "checksum": sum}),
             ),
             Err(e) => server_error(e),
         },
@@ -269,15 +273,14 @@ async fn fs(State(app): State<Arc<App>>, Query(q): Query) -> Response {
 }
 
 async fn sleep(State(app): State<Arc<App>>, Query(q): Query) -> Response {
-    let ms_ = match Params::parse(q.as_deref(), &["ms"]).and_then(|p| p.int("ms", 0..=MAX_SLEEP_MS))
-    {
-        Ok(v) => v,
+    let ms_ = match param(Workload::Sleep, q.as_deref(), &[]) {
+        Ok((_, v)) => v,
         Err(e) => return e.into_response(),
     };
     let start = Instant::now();
     // setTimeout / asyncio.sleep: the loop stays free.
     tokio::time::sleep(Duration::from_millis(ms_)).await;
-    app.reply("sleep", "timer", start.elapsed(), json!({"ms": ms_}))
+    app.reply(Workload::Sleep, start.elapsed(), json!({"ms": ms_}))
 }
 
 async fn not_found(req: Request) -> Response {
@@ -286,8 +289,13 @@ async fn not_found(req: Request) -> Response {
         Json(json!({
             "error": "not found",
             "path": req.uri().path(),
-            "endpoints": ["/hello", "/json?mb=N", "/offload?mb=N", "/block?ms=M", "/spin?ms=M",
-                          "/sync?ms=M", "/hash?iterations=K[&on=loop]", "/fs?kb=N", "/sleep?ms=M"],
+            "endpoints": CATALOG
+                .iter()
+                .map(|s| match s.param {
+                    Some(p) => format!("{}?{}={}..={}", s.path, p.name, p.min, p.max),
+                    None => s.path.to_string(),
+                })
+                .collect::<Vec<_>>(),
         })),
     )
         .into_response()

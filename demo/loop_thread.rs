@@ -51,7 +51,7 @@ fn serve(setup: LoopSetup) -> anyhow::Result<()> {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         if let Some(probe) = &probe {
-            probe.register_endpoints(app::ENDPOINTS);
+            probe.register_endpoints(loopscope::workload::endpoints().iter().map(String::as_str));
             probe.spawn_lag_task();
         }
         let router = app::router(Arc::new(app));

@@ -58,6 +58,8 @@ struct WorkerHistory {
     lag: VecDeque<(u64, f64, f64)>,
     /// (t_ms, target, ms) of slow polls.
     slow_polls: VecDeque<(u64, String, f64)>,
+    /// The request holding the loop right now and for how long, while a stall lasts.
+    live: Option<(String, f64)>,
     /// Since when the pool has had jobs waiting, if it has now.
     queued_since: Option<u64>,
     /// The newest pool figures: (busy, size, queued, max queued while it lasts).
@@ -107,6 +109,15 @@ impl Diagnoser {
             .retain(|id, _| snap.workers.iter().any(|w| w.id == *id));
         for w in &snap.workers {
             let h = self.workers.entry(w.id).or_default();
+            let live = match &w.stalled_in {
+                Some(target) if w.stalled_for_ms > 0.0 => Some((target.clone(), w.stalled_for_ms)),
+                _ => None,
+            };
+            // A stall that ended stays known by its culprit, slow-poll event or not.
+            if let (Some((target, ms)), None) = (h.live.take(), &live) {
+                h.slow_polls.push_back((now, target, ms));
+            }
+            h.live = live;
             if w.lag_ms.samples > 0 || w.stalled_for_ms > 0.0 {
                 h.lag
                     .push_back((now, w.lag_ms.max.max(w.stalled_for_ms), w.lag_ms.p50));
@@ -160,13 +171,22 @@ impl Diagnoser {
             let median = p50s.get(p50s.len() / 2).copied().unwrap_or(0.0);
             if max >= MAX_LAG_MS {
                 let worst = h.slow_polls.iter().max_by(|a, b| a.2.total_cmp(&b.2));
-                let culprit = worst.map(|(_, target, _)| target.clone());
-                let text = match worst {
-                    Some((_, target, ms)) => format!(
+                // A stall going on now is named by the request it is in, before its
+                // poll ends and becomes a slow-poll event.
+                let live = h.live.as_ref().filter(|(_, ms)| *ms >= MAX_LAG_MS);
+                let culprit = live
+                    .map(|(target, _)| target.clone())
+                    .or_else(|| worst.map(|(_, target, _)| target.clone()));
+                let text = match (live, worst) {
+                    (Some((target, ms)), _) => format!(
+                        "w{id}: {target} is holding the loop ({ms:.0} ms so far): {}",
+                        remedy(target)
+                    ),
+                    (None, Some((_, target, ms))) => format!(
                         "w{id}: {target} held the loop {ms:.0} ms: {}",
                         remedy(target)
                     ),
-                    None => format!(
+                    (None, None) => format!(
                         "w{id}: the loop was blocked {max:.0} ms: find the blocking call (no request poll was slow: look at timers and background tasks)"
                     ),
                 };
@@ -290,6 +310,44 @@ mod tests {
             d.observe(&snap(t * 100, &[(0.5, 0.1), (0.4, 0.1)], &[0, 0], vec![]));
         }
         assert!(d.diagnose().is_empty());
+    }
+
+    #[test]
+    fn a_live_stall_is_named_by_the_request_holding_the_loop() {
+        let mut d = Diagnoser::new();
+        d.observe(&snap(100, &[(0.5, 0.1)], &[0], vec![]));
+        let mut s = snap(200, &[(0.0, 0.0)], &[0], vec![]);
+        s.workers[0].lag_ms.samples = 0;
+        s.workers[0].stalled_for_ms = 247.0;
+        s.workers[0].stalled_in = Some("GET /block?ms=500".into());
+        d.observe(&s);
+        let found = d.diagnose();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].culprit.as_deref(), Some("GET /block?ms=500"));
+        assert_eq!(
+            found[0].text,
+            "w0: GET /block?ms=500 is holding the loop (247 ms so far): a blocking call inside an async handler: await a non-blocking call, or make it a sync (def) endpoint that runs on the pool"
+        );
+        assert!(!found[0].text.contains("no request poll was slow"));
+        // Once it ended, it is still known by its request.
+        d.observe(&snap(800, &[(0.5, 0.1)], &[0], vec![]));
+        assert!(
+            d.diagnose()[0]
+                .text
+                .starts_with("w0: GET /block?ms=500 held the loop 247 ms")
+        );
+        // A stall with no request known (a timer held the loop): then, and only
+        // then, the diagnosis says no request poll was slow.
+        let mut d = Diagnoser::new();
+        let mut s = snap(200, &[(0.0, 0.0)], &[0], vec![]);
+        s.workers[0].stalled_for_ms = 247.0;
+        d.observe(&s);
+        d.observe(&snap(800, &[(300.0, 0.1)], &[0], vec![]));
+        let after = d.diagnose();
+        assert!(
+            after[0].text.contains("no request poll was slow"),
+            "{after:?}"
+        );
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! - [`protocol`]: the telemetry contract (snapshots, events, server info);
 //! - [`probe`]: instrumentation for any tokio event loop, and the telemetry server;
 //! - [`client`]: HTTP helpers, the telemetry subscriber and the load generator;
-//! - [`tui`]: the terminal dashboard;
+//! - [`workload`]: the workload catalog shared by the demo, the keys and scenarios;
+//! - [`session`]: the terminal-free core every front end drives;
+//! - [`tui`]: the terminal dashboard (a front end);
+//! - [`headless`]: runs without a terminal, for scripts and CI (a front end);
 //! - [`diagnosis`]: why a server stalls, in one line;
-//! - [`headless`]: runs without a terminal, for scripts and CI;
+//! - [`summary`]: a run's figures per worker;
 //! - [`record`]: recordings of a session, for replay;
 //! - [`scenario`]: timed steps for workshops and scripts.
 
@@ -16,16 +19,88 @@ pub mod probe;
 pub mod protocol;
 pub mod record;
 pub mod scenario;
+pub mod session;
+pub mod summary;
 pub mod tui;
+pub mod workload;
 
 #[cfg(test)]
 pub(crate) mod test_support {
     use std::sync::{Mutex, MutexGuard, PoisonError};
+
+    use crate::protocol::{
+        Event, HostSnapshot, LagSummary, Model, PROTOCOL_VERSION, PoolSnapshot, ServerInfo,
+        Snapshot, Versions, WorkerInfo, WorkerSnapshot,
+    };
 
     static TIMING: Mutex<()> = Mutex::new(());
 
     /// Serializes tests that measure time, so that they do not share two cores.
     pub(crate) fn timing_lock() -> MutexGuard<'static, ()> {
         TIMING.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A test fixture.
+    pub(crate) fn info(model: Model, pid: u32) -> ServerInfo {
+        ServerInfo {
+            v: PROTOCOL_VERSION,
+            model,
+            app: "127.0.0.1:8000".into(),
+            telemetry: "127.0.0.1:9464".into(),
+            pid,
+            workers: vec![WorkerInfo { id: 0, pid }],
+            pool_size: 4,
+            period_ms: 100,
+            lag_resolution_ms: 1.0,
+            slow_poll_ms: 50.0,
+            versions: Versions {
+                loopscope: "0.1.0".into(),
+                protocol: 1,
+            },
+        }
+    }
+
+    /// A test fixture.
+    pub(crate) fn worker(id: u32, lag_max: f64, stalled: f64, queued: u32) -> WorkerSnapshot {
+        WorkerSnapshot {
+            id,
+            pid: 4242 + id,
+            alive: true,
+            lag_ms: LagSummary {
+                p50: 0.2,
+                p99: lag_max.min(1.1),
+                max: lag_max,
+                samples: 50,
+            },
+            stalled_for_ms: stalled,
+            stalled_in: (stalled > 0.0).then(|| "GET /block?ms=500".to_string()),
+            loop_utilization: 0.38,
+            pool: PoolSnapshot {
+                size: 4,
+                threads: 4,
+                busy: queued.min(4),
+                queued,
+                wait_ms_max: 310.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A test fixture.
+    pub(crate) fn snapshot(seq: u64, workers: Vec<WorkerSnapshot>, events: Vec<Event>) -> Snapshot {
+        Snapshot {
+            v: PROTOCOL_VERSION,
+            seq,
+            t_ms: seq * 100,
+            model: Model::Node,
+            period_ms: 100,
+            workers,
+            host: HostSnapshot {
+                cpu: 63.0,
+                cores: 2,
+            },
+            events,
+        }
     }
 }

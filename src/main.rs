@@ -8,8 +8,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use loopscope::headless::{self, Format, HeadlessConfig};
-use loopscope::scenario::Scenario;
-use loopscope::tui::app::{self, AppConfig, Target};
+use loopscope::protocol::Model;
+use loopscope::scenario::{self, Scenario};
+use loopscope::session::TargetSpec;
+use loopscope::tui::app::{self, AppConfig};
 
 /// A live profiler for event-loop concurrency: loop lag, thread-pool queues, per-worker CPU.
 ///
@@ -48,7 +50,7 @@ struct DashboardArgs {
     headless: bool,
     /// How long a headless run lasts, e.g. 30s, 2m [default: 30s, or the scenario's
     /// length and 3 s].
-    #[arg(long, global = true, value_parser = headless::parse_duration)]
+    #[arg(long, global = true, value_parser = scenario::parse_duration)]
     duration: Option<std::time::Duration>,
     /// Play a scenario file (TOML; see assets/scenarios/).
     #[arg(long, global = true)]
@@ -120,20 +122,36 @@ fn main() -> anyhow::Result<()> {
         );
     }
     if cli.compare {
-        let rate = d.rate;
-        return loopscope::tui::compare::run(rate, !d.no_load, cli.workers, log_file);
+        // The two-demo case of several targets: node beside fastapi.
+        return app::run(AppConfig {
+            targets: vec![
+                TargetSpec::Demo {
+                    model: Model::Node,
+                    workers: 1,
+                },
+                TargetSpec::Demo {
+                    model: Model::Fastapi,
+                    workers: cli.workers.max(2),
+                },
+            ],
+            rate: d.rate,
+            load: !d.no_load,
+            log_file,
+            record: None,
+            scenario: None,
+        });
     }
     let target = match cli.command {
         Some(Command::Demo(args)) => return demo::run(args),
-        Some(Command::Attach { addr }) => Target::Attach { telemetry: addr },
+        Some(Command::Attach { addr }) => TargetSpec::Attach { telemetry: addr },
         Some(Command::Replay { file }) => return app::replay(&file, log_file),
         // A scenario says which model it starts in.
         None => match &scenario {
-            Some(s) => Target::Demo {
+            Some(s) => TargetSpec::Demo {
                 model: s.model,
                 workers: s.workers,
             },
-            None => Target::Demo {
+            None => TargetSpec::Demo {
                 model: cli.model.into(),
                 workers: cli.workers,
             },
@@ -163,7 +181,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     app::run(AppConfig {
-        target,
+        targets: vec![target],
         rate: d.rate,
         load: !d.no_load,
         log_file,

@@ -150,7 +150,7 @@ impl Recording {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tui::state::tests::{info, snapshot, worker};
+    use crate::test_support::{info, snapshot, worker};
 
     #[test]
     fn round_trip_and_damage_is_located() {

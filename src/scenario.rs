@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::headless::parse_duration;
 use crate::protocol::Model;
+use crate::workload::{self, Request, Workload};
 
 /// What a step does.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,13 +32,8 @@ pub enum Action {
     Caption(String),
     /// Set the background load, requests per second (0: off).
     Load(f64),
-    /// Send requests, all at once.
-    Trigger {
-        /// A short label for logs.
-        label: String,
-        /// Request targets.
-        paths: Vec<String>,
-    },
+    /// Send a workload's requests, all at once.
+    Trigger(Request),
     /// Restart the demo in this model.
     Model {
         /// The model.
@@ -107,69 +102,42 @@ fn model_named(name: &str) -> Result<Model, String> {
     }
 }
 
+/// The step's workload, checked against the catalog: the size goes under the
+/// workload's own parameter name, within its range.
 fn trigger(raw: &RawStep, name: &str) -> Result<Action, String> {
-    let n = |v: Option<u32>, default: u32| v.unwrap_or(default);
-    let count = n(raw.count, 1).clamp(1, 500) as usize;
-    let (label, path, default_count) = match name {
-        "json" => (
-            format!("json {} MB", n(raw.mb, 20)),
-            format!("/json?mb={}", n(raw.mb, 20)),
-            1,
-        ),
-        "offload" => (
-            format!("offload {} MB", n(raw.mb, 20)),
-            format!("/offload?mb={}", n(raw.mb, 20)),
-            1,
-        ),
-        "block" => (
-            format!("block {} ms", n(raw.ms, 500)),
-            format!("/block?ms={}", n(raw.ms, 500)),
-            1,
-        ),
-        "spin" => (
-            format!("spin {} ms", n(raw.ms, 500)),
-            format!("/spin?ms={}", n(raw.ms, 500)),
-            1,
-        ),
-        "sync" => ("sync".into(), format!("/sync?ms={}", n(raw.ms, 200)), 60),
-        "hash" => {
-            let on = match raw.on.as_deref() {
-                None | Some("pool") => "",
-                Some("loop") => "&on=loop",
-                Some(other) => return Err(format!("on = {other:?} is not one of: pool, loop")),
-            };
-            (
-                "hash".into(),
-                format!("/hash?iterations={}{on}", n(raw.iterations, 100_000)),
-                12,
-            )
+    let workload = Workload::named(name).filter(|w| *w != Workload::Hello);
+    let Some(workload) = workload else {
+        return Err(format!(
+            "trigger {name:?} is not one of: {}",
+            workload::names()
+        ));
+    };
+    let spec = workload.spec();
+    let mut value = None;
+    for (param, given) in [
+        ("mb", raw.mb),
+        ("ms", raw.ms),
+        ("iterations", raw.iterations),
+        ("kb", raw.kb),
+    ] {
+        let Some(v) = given else { continue };
+        match spec.param {
+            Some(p) if p.name == param => value = Some(u64::from(v)),
+            Some(p) => {
+                return Err(format!("{name} takes {} (not {param})", p.name));
+            }
+            None => return Err(format!("{name} takes no size")),
         }
-        "fs" => ("fs".into(), format!("/fs?kb={}", n(raw.kb, 4096)), 16),
-        "sleep" => (
-            format!("sleep {} ms", n(raw.ms, 500)),
-            format!("/sleep?ms={}", n(raw.ms, 500)),
-            1,
-        ),
-        other => {
-            return Err(format!(
-                "trigger {other:?} is not one of: json, offload, block, spin, sync, hash, fs, sleep"
-            ));
-        }
-    };
-    let count = if raw.count.is_some() {
-        count
-    } else {
-        default_count
-    };
-    let label = if count > 1 {
-        format!("{label}×{count}")
-    } else {
-        label
-    };
-    Ok(Action::Trigger {
-        label,
-        paths: vec![path; count],
-    })
+    }
+    let count = raw.count.map_or(spec.burst, |c| c as usize);
+    let mut request = Request::new(workload, value, count)?;
+    match raw.on.as_deref() {
+        None | Some("pool") => {}
+        Some("loop") if workload == Workload::Hash => request.on_loop = true,
+        Some("loop") => return Err(format!("on = \"loop\" applies to hash only, not {name}")),
+        Some(other) => return Err(format!("on = {other:?} is not one of: pool, loop")),
+    }
+    Ok(Action::Trigger(request))
 }
 
 impl Scenario {
@@ -233,6 +201,29 @@ impl Scenario {
     pub fn length(&self) -> Duration {
         self.steps.iter().map(|s| s.after).sum()
     }
+}
+
+/// Parses `30s`, `2m`, `500ms` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use e.g. 30s, 2m, 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs <= 7.0 * 86_400.0) {
+        return Err(format!("{s:?} is out of range (0 < duration <= 7 days)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Plays a scenario's steps against a clock; the caller performs them.
@@ -315,8 +306,9 @@ mod tests {
             vec![Action::Load(100.0), Action::Caption("hello".into())]
         );
         match &s.steps[1].actions[0] {
-            Action::Trigger { label, paths } => {
-                assert_eq!(label, "sync×60");
+            Action::Trigger(request) => {
+                assert_eq!(request.label(), "sync×60 (300 ms)");
+                let paths = request.paths();
                 assert_eq!(paths.len(), 60);
                 assert_eq!(paths[0], "/sync?ms=300");
             }
@@ -343,7 +335,30 @@ mod tests {
         );
         assert!(bad("name = \"x\"\n[[step]]\ncaptoin = \"c\"").contains("captoin"));
         assert!(bad("name = \"x\"\n[[step]]\n").contains("does nothing"));
+        // Sizes are the catalog's: the right name, within range.
+        assert!(
+            bad("name = \"x\"\n[[step]]\ntrigger = \"json\"\nms = 5")
+                .contains("step 1: json takes mb (not ms)")
+        );
+        assert!(
+            bad("name = \"x\"\n[[step]]\ntrigger = \"json\"\nmb = 65")
+                .contains("mb = 65 is out of range for json: 1..=64")
+        );
+        assert!(
+            bad("name = \"x\"\n[[step]]\ntrigger = \"block\"\non = \"loop\"").contains("hash only")
+        );
         assert!(bad("name = \"x\"\nmodel = \"deno\"\n[[step]]\ncaption = \"c\"").contains("deno"));
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3 weeks").is_err());
     }
 
     #[test]

@@ -59,6 +59,27 @@ pub struct LoadStats {
     pub in_flight: u64,
     /// Requests sent later than intended because every slot was busy.
     pub delayed_sends: u64,
+    /// The same figures per worker the load is aimed at.
+    pub workers: Vec<WorkerLoadStats>,
+}
+
+/// Client-side figures of the requests sent to one worker.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkerLoadStats {
+    /// The worker.
+    pub worker: u32,
+    /// Requests answered with a 2xx.
+    pub ok: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Requests abandoned after the timeout.
+    pub timeouts: u64,
+    /// Median latency from the intended send time, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Largest latency, ms.
+    pub max_ms: f64,
 }
 
 #[derive(Default)]
@@ -130,6 +151,7 @@ impl LoadGenerator {
             max_ms: w.latency.max_ms(),
             in_flight: (self.max_in_flight - self.slots.available_permits()) as u64,
             delayed_sends: w.delayed_sends,
+            workers: Vec::new(),
         };
         *w = Window::default();
         stats

@@ -69,11 +69,22 @@ pub fn spawn(
     tx: mpsc::Sender<TelemetryMsg>,
     dropped: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<()> {
+    spawn_tagged(addr, tx, |msg| msg, dropped)
+}
+
+/// As [`spawn`], wrapping each message with `tag` (e.g. to say which server it is
+/// from, when several subscribers feed one channel).
+pub fn spawn_tagged<T: Send + 'static>(
+    addr: String,
+    tx: mpsc::Sender<T>,
+    tag: impl Fn(TelemetryMsg) -> T + Send + Sync + 'static,
+    dropped: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let client = http::client();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let send = |msg: TelemetryMsg| {
-            if tx.try_send(msg).is_err() {
+            if tx.try_send(tag(msg)).is_err() {
                 dropped.fetch_add(1, Ordering::Relaxed);
             }
         };

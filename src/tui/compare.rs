@@ -1,248 +1,23 @@
-//! Compare mode: a node and a fastapi demo server side by side, and one key fires the
-//! same workload at both, so the difference between the models shows at a glance.
-//! Two full columns from 160×45; a compact stack per column down to 100×30.
+//! Several servers side by side — compare mode is the two-demo case: a node and a
+//! fastapi demo, and one key fires the same workload at both, so the difference
+//! between the models shows at a glance. Full columns from 160×45 (two servers); a
+//! compact stack per column down to 100×30. The session core runs them; this only
+//! draws.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, bail};
-use ratatui::DefaultTerminal;
-use ratatui::crossterm::event::Event as TermEvent;
 use ratatui::layout::{Constraint, Layout};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
 
-use super::app::{DemoChild, clock, fire, spawn_input_thread};
-use super::input::{self, Action, DEFAULT_SIZE, SIZES, Workload};
-use super::state::{Dashboard, LogKind, Msg};
+use super::state::Dashboard;
 use super::view::{self, ViewOptions};
-use crate::client::http::{self, HttpClient};
-use crate::client::load::{LoadGenerator, LoadPlan};
-use crate::client::subscriber::{self, TelemetryMsg};
-use crate::protocol::Model;
 
 /// The smallest screen compare mode draws on.
 pub const MIN_WIDTH: u16 = 100;
 /// The smallest screen compare mode draws on.
 pub const MIN_HEIGHT: u16 = 30;
 
-/// One side: a demo server and what is known of it.
-struct Pane {
-    model: Model,
-    _child: DemoChild,
-    dash: Dashboard,
-    frozen: Option<Dashboard>,
-    load: Option<LoadGenerator>,
-    _subscriber: tokio::task::JoinHandle<()>,
-}
-
-/// Runs compare mode until the operator quits; both servers stop with it.
-pub fn run(rate: f64, load_on: bool, workers: u32, log_file: PathBuf) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    let node = DemoChild::start(Model::Node, 1, &log_file)?;
-    let fastapi = DemoChild::start(Model::Fastapi, workers.max(2), &log_file)?;
-    let mut terminal = ratatui::init();
-    let result = runtime.block_on(async move {
-        let (tx, rx) = mpsc::channel(512);
-        let mut panes = Vec::new();
-        for (i, child) in [node, fastapi].into_iter().enumerate() {
-            let telemetry = child
-                .address
-                .telemetry
-                .clone()
-                .context("no telemetry port")?;
-            // Each side's subscriber feeds one channel, tagged with its side.
-            let (side_tx, mut side_rx) = mpsc::channel(256);
-            let sub = subscriber::spawn(telemetry, side_tx, Arc::new(AtomicU64::new(0)));
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                while let Some(m) = side_rx.recv().await {
-                    if tx.send((i, m)).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            let mut dash = Dashboard::default();
-            dash.traffic.on = load_on;
-            dash.traffic.rate = rate;
-            panes.push(Pane {
-                model: if i == 0 { Model::Node } else { Model::Fastapi },
-                _child: child,
-                dash,
-                frozen: None,
-                load: None,
-                _subscriber: sub,
-            });
-        }
-        let mut compare = Compare {
-            panes,
-            rx,
-            opts: ViewOptions {
-                paused: false,
-                help: false,
-                size: DEFAULT_SIZE,
-                owns_server: false,
-                color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-                dropped_msgs: 0,
-                replay: None,
-                caption: None,
-            },
-            client: http::client(),
-            rate,
-            load_on,
-        };
-        compare.run(&mut terminal).await
-    });
-    ratatui::restore();
-    result
-}
-
-struct Compare {
-    panes: Vec<Pane>,
-    rx: mpsc::Receiver<(usize, TelemetryMsg)>,
-    opts: ViewOptions,
-    client: HttpClient,
-    rate: f64,
-    load_on: bool,
-}
-
-impl Compare {
-    async fn run(&mut self, terminal: &mut DefaultTerminal) -> anyhow::Result<()> {
-        let mut keys_rx = spawn_input_thread()?;
-        let (results_tx, mut results_rx) = mpsc::channel::<(usize, Msg)>(256);
-        let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-        let mut frame = tokio::time::interval(Duration::from_millis(100));
-        frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut load_window = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            let mut redraw = false;
-            tokio::select! {
-                biased;
-                ev = keys_rx.recv() => {
-                    let Some(ev) = ev else { bail!("the terminal input closed") };
-                    if let TermEvent::Key(key) = ev {
-                        let action = input::action_for(key, false);
-                        if action == Some(Action::Quit) {
-                            return Ok(());
-                        }
-                        if self.opts.help {
-                            self.opts.help = false;
-                        } else if let Some(action) = action {
-                            self.perform(action, &results_tx);
-                        }
-                    }
-                    redraw = true;
-                }
-                Some((i, msg)) = self.rx.recv() => {
-                    let pane = &mut self.panes[i];
-                    if let TelemetryMsg::Connected(info) = &msg {
-                        if pane.load.is_none() {
-                            let plan = plan(self.load_on, self.rate);
-                            pane.load = Some(LoadGenerator::start(self.client.clone(), info.app.clone(), plan));
-                        }
-                    }
-                    pane.dash.apply(Msg::Telemetry(msg), Instant::now(), &clock());
-                }
-                Some((i, msg)) = results_rx.recv() => {
-                    self.panes[i].dash.apply(msg, Instant::now(), &clock());
-                }
-                _ = load_window.tick() => {
-                    for pane in &mut self.panes {
-                        if let Some(load) = &pane.load {
-                            let stats = load.take();
-                            pane.dash.apply(Msg::Load(stats), Instant::now(), &clock());
-                        }
-                    }
-                }
-                _ = frame.tick() => redraw = true,
-                _ = terminate.recv() => return Ok(()),
-                _ = hangup.recv() => return Ok(()),
-            }
-            if redraw {
-                let now = Instant::now();
-                let (panes, opts) = (&self.panes, &self.opts);
-                terminal
-                    .draw(|f| render(f, panes, opts, now))
-                    .context("cannot draw")?;
-            }
-        }
-    }
-
-    fn perform(&mut self, action: Action, results: &mpsc::Sender<(usize, Msg)>) {
-        match action {
-            Action::Trigger(w) => {
-                for i in 0..self.panes.len() {
-                    self.trigger(i, w, results);
-                }
-            }
-            Action::SizeUp => self.opts.size = (self.opts.size + 1).min(SIZES.len() - 1),
-            Action::SizeDown => self.opts.size = self.opts.size.saturating_sub(1),
-            Action::ToggleLoad | Action::RateUp | Action::RateDown => {
-                if action == Action::ToggleLoad {
-                    self.load_on = !self.load_on;
-                } else {
-                    self.rate = input::step_rate(self.rate, action == Action::RateUp);
-                    self.load_on = true;
-                }
-                for pane in &mut self.panes {
-                    if let Some(load) = &pane.load {
-                        load.set_plan(plan(self.load_on, self.rate));
-                    }
-                    let msg = Msg::LoadPlan {
-                        on: self.load_on,
-                        rate: self.rate,
-                    };
-                    pane.dash.apply(msg, Instant::now(), &clock());
-                }
-            }
-            Action::TogglePause => {
-                self.opts.paused = !self.opts.paused;
-                for pane in &mut self.panes {
-                    pane.frozen = self.opts.paused.then(|| pane.dash.clone());
-                }
-            }
-            Action::ToggleHelp => self.opts.help = !self.opts.help,
-            _ => {}
-        }
-    }
-
-    fn trigger(&mut self, i: usize, workload: Workload, results: &mpsc::Sender<(usize, Msg)>) {
-        let pane = &mut self.panes[i];
-        let Some(app) = pane.dash.info.as_ref().map(|info| info.app.clone()) else {
-            return;
-        };
-        let size = SIZES[self.opts.size];
-        let label = workload.label(size);
-        let paths = workload.paths(size);
-        // As in the single view: a sync burst at one fastapi worker fills its tokens.
-        let one_worker = workload == Workload::SyncBurst && pane.model == Model::Fastapi;
-        pane.dash.apply(
-            Msg::Log(LogKind::Trigger, format!("{label} → sent")),
-            Instant::now(),
-            &clock(),
-        );
-        let (client, tx) = (self.client.clone(), results.clone());
-        tokio::spawn(async move {
-            let (kind, line) = fire(client, app, label, paths, one_worker).await;
-            let _ = tx.send((i, Msg::Log(kind, line))).await;
-        });
-    }
-}
-
-fn plan(on: bool, rate: f64) -> LoadPlan {
-    LoadPlan {
-        rate: if on { rate } else { 0.0 },
-        ..LoadPlan::default()
-    }
-}
-
-fn render(frame: &mut ratatui::Frame, panes: &[Pane], opts: &ViewOptions, now: Instant) {
+/// Draws several servers side by side, one column each, with one footer.
+pub fn render(frame: &mut ratatui::Frame, panes: &[Dashboard], opts: &ViewOptions, now: Instant) {
     let area = frame.area();
     if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
         let msg = format!(
@@ -253,11 +28,9 @@ fn render(frame: &mut ratatui::Frame, panes: &[Pane], opts: &ViewOptions, now: I
         return;
     }
     let [body, footer] = Layout::vertical([Constraint::Fill(1), Constraint::Length(1)]).areas(area);
-    let [left, right] =
-        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(body);
-    for (pane, area) in panes.iter().zip([left, right]) {
-        let shown = pane.frozen.as_ref().unwrap_or(&pane.dash);
-        view::render_pane(frame, area, shown, opts, now);
+    let columns = Layout::horizontal(vec![Constraint::Fill(1); panes.len().max(1)]).split(body);
+    for (pane, area) in panes.iter().zip(columns.iter()) {
+        view::render_pane(frame, *area, pane, opts, now);
     }
     view::render_footer(frame, footer, opts);
     if opts.help {
@@ -269,7 +42,9 @@ fn render(frame: &mut ratatui::Frame, panes: &[Pane], opts: &ViewOptions, now: I
 mod tests {
     use super::*;
     use crate::client::subscriber::TelemetryMsg;
-    use crate::tui::state::tests::{info, snapshot, worker};
+    use crate::protocol::Model;
+    use crate::test_support::{info, snapshot, worker};
+    use crate::tui::state::Msg;
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
 

@@ -8,6 +8,8 @@ use crate::client::load::LoadStats;
 use crate::client::subscriber::TelemetryMsg;
 use crate::diagnosis::{Diagnoser, Diagnosis};
 use crate::protocol::{Event, HostSnapshot, ServerInfo, Snapshot, WorkerSnapshot};
+pub use crate::session::fire::short_ms;
+pub use crate::session::{LogKind, Msg};
 
 /// Seconds of history kept for the charts.
 pub const WINDOW_S: f64 = 60.0;
@@ -28,19 +30,6 @@ pub enum Connection {
         /// When the connection was lost.
         since: Instant,
     },
-}
-
-/// How a log line should look.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogKind {
-    /// Something the operator did.
-    Trigger,
-    /// The outcome of a trigger.
-    Result,
-    /// The loop was held, a worker died, data was lost.
-    Warn,
-    /// Anything else.
-    Info,
 }
 
 /// One line of the event log.
@@ -65,6 +54,12 @@ pub struct WorkerView {
     pub lag: VecDeque<(f64, f64)>,
     /// (seconds, jobs queued).
     pub queued: VecDeque<(f64, f64)>,
+    /// (seconds, pool threads busy).
+    pub busy: VecDeque<(f64, f64)>,
+    /// (seconds, loop thread CPU, % of one core).
+    pub cpu_loop: VecDeque<(f64, f64)>,
+    /// (seconds, pool threads CPU, % of one core).
+    pub cpu_pool: VecDeque<(f64, f64)>,
 }
 
 impl WorkerView {
@@ -103,6 +98,10 @@ pub struct Traffic {
     pub worst_max_ms: f64,
     /// (when, p99, max) of each window of the last minute.
     pub history: VecDeque<(Instant, f64, f64)>,
+    /// Per worker: the largest latency of the last minute, ms.
+    pub worst_max_by_worker: BTreeMap<u32, f64>,
+    /// (when, worker, max) of each window of the last minute.
+    worker_history: VecDeque<(Instant, u32, f64)>,
 }
 
 /// Everything the dashboard shows.
@@ -131,24 +130,6 @@ pub struct Dashboard {
     /// What is wrong, one line per worker that has a problem.
     pub diagnosis: Vec<Diagnosis>,
     diagnoser: Diagnoser,
-}
-
-/// What changes the dashboard.
-#[derive(Clone, Debug)]
-pub enum Msg {
-    /// From the telemetry subscriber.
-    Telemetry(TelemetryMsg),
-    /// A window of load-generator figures.
-    Load(LoadStats),
-    /// The load plan changed.
-    LoadPlan {
-        /// On or off.
-        on: bool,
-        /// Requests per second.
-        rate: f64,
-    },
-    /// A line for the event log.
-    Log(LogKind, String),
 }
 
 impl Default for Dashboard {
@@ -229,7 +210,34 @@ impl Dashboard {
                 }
                 t.worst_p99_ms = t.history.iter().map(|h| h.1).fold(0.0, f64::max);
                 t.worst_max_ms = t.history.iter().map(|h| h.2).fold(0.0, f64::max);
+                for w in &stats.workers {
+                    t.worker_history.push_back((now, w.worker, w.max_ms));
+                }
+                while t.worker_history.front().is_some_and(|(at, _, _)| {
+                    now.saturating_duration_since(*at).as_secs_f64() > WINDOW_S
+                }) {
+                    t.worker_history.pop_front();
+                }
+                t.worst_max_by_worker.clear();
+                for (_, w, max) in &t.worker_history {
+                    let worst = t.worst_max_by_worker.entry(*w).or_default();
+                    *worst = worst.max(*max);
+                }
                 t.last = stats;
+            }
+            Msg::Reset { keep_log, info } => {
+                let log = std::mem::take(&mut self.log);
+                let traffic = std::mem::take(&mut self.traffic);
+                *self = Dashboard::default();
+                if keep_log {
+                    self.log = log;
+                    self.traffic = traffic;
+                }
+                if let Some(info) = info {
+                    self.period_ms = info.period_ms;
+                    self.info = Some(*info);
+                    self.connection = Connection::Live;
+                }
             }
             Msg::LoadPlan { on, rate } => {
                 self.traffic.on = on;
@@ -264,6 +272,9 @@ impl Dashboard {
                 received_at: now,
                 lag: VecDeque::new(),
                 queued: VecDeque::new(),
+                busy: VecDeque::new(),
+                cpu_loop: VecDeque::new(),
+                cpu_pool: VecDeque::new(),
             });
             let lag = if w.alive {
                 w.lag_ms.max.max(w.stalled_for_ms)
@@ -272,6 +283,9 @@ impl Dashboard {
             };
             push(&mut view.lag, t, lag);
             push(&mut view.queued, t, w.pool.queued as f64);
+            push(&mut view.busy, t, w.pool.busy as f64);
+            push(&mut view.cpu_loop, t, w.cpu.loop_thread);
+            push(&mut view.cpu_pool, t, w.cpu.pool_threads);
             view.latest = w;
             view.received_at = now;
         }
@@ -343,92 +357,17 @@ fn push(series: &mut VecDeque<(f64, f64)>, t: f64, v: f64) {
     }
 }
 
-/// `duration` as a short figure: `412 ms`, `1.3 s`.
-pub fn short_ms(ms: f64) -> String {
-    if ms >= 10_000.0 {
-        format!("{:.0} s", ms / 1000.0)
-    } else if ms >= 1000.0 {
-        format!("{:.1} s", ms / 1000.0)
-    } else if ms >= 10.0 {
-        format!("{ms:.0} ms")
-    } else {
-        format!("{ms:.1} ms")
-    }
-}
-
 /// How long ago `since` was, in whole seconds.
 pub fn seconds_since(since: Instant, now: Instant) -> u64 {
     now.saturating_duration_since(since).as_secs()
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::protocol::{
-        LagSummary, Model, PROTOCOL_VERSION, PoolSnapshot, Versions, WorkerInfo,
-    };
+    use crate::protocol::Model;
+    use crate::test_support::{info, snapshot, worker};
     use std::time::Duration;
-
-    pub(crate) fn info(model: Model, pid: u32) -> ServerInfo {
-        ServerInfo {
-            v: PROTOCOL_VERSION,
-            model,
-            app: "127.0.0.1:8000".into(),
-            telemetry: "127.0.0.1:9464".into(),
-            pid,
-            workers: vec![WorkerInfo { id: 0, pid }],
-            pool_size: 4,
-            period_ms: 100,
-            lag_resolution_ms: 1.0,
-            slow_poll_ms: 50.0,
-            versions: Versions {
-                loopscope: "0.1.0".into(),
-                protocol: 1,
-            },
-        }
-    }
-
-    pub(crate) fn worker(id: u32, lag_max: f64, stalled: f64, queued: u32) -> WorkerSnapshot {
-        WorkerSnapshot {
-            id,
-            pid: 4242 + id,
-            alive: true,
-            lag_ms: LagSummary {
-                p50: 0.2,
-                p99: lag_max.min(1.1),
-                max: lag_max,
-                samples: 50,
-            },
-            stalled_for_ms: stalled,
-            stalled_in: (stalled > 0.0).then(|| "GET /block?ms=500".to_string()),
-            loop_utilization: 0.38,
-            pool: PoolSnapshot {
-                size: 4,
-                threads: 4,
-                busy: queued.min(4),
-                queued,
-                wait_ms_max: 310.0,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
-
-    pub(crate) fn snapshot(seq: u64, workers: Vec<WorkerSnapshot>, events: Vec<Event>) -> Snapshot {
-        Snapshot {
-            v: PROTOCOL_VERSION,
-            seq,
-            t_ms: seq * 100,
-            model: Model::Node,
-            period_ms: 100,
-            workers,
-            host: HostSnapshot {
-                cpu: 63.0,
-                cores: 2,
-            },
-            events,
-        }
-    }
 
     fn snap_msg(s: Snapshot) -> Msg {
         Msg::Telemetry(TelemetryMsg::Snapshot(Box::new(s)))

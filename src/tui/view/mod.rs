@@ -6,16 +6,21 @@
 
 use std::time::Instant;
 
+mod charts;
+mod panels;
+
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
-use ratatui::symbols;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Axis, Block, Chart, Clear, Dataset, GraphType, Paragraph, Wrap};
+use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
 
-use super::input::{KEYS, SIZES};
-use super::state::{Connection, Dashboard, LogKind, WorkerView, seconds_since, short_ms};
+use super::input::{SIZES, keys};
+use super::state::{Connection, Dashboard};
 use crate::protocol::Model;
+pub use crate::session::ReplayStatus;
+use charts::{Strip, points, render_lag_chart, render_strips};
+use panels::{cpu_now, events_panel, now_panel, pool_now, traffic_panel};
 
 /// The smallest screen the dashboard draws on.
 pub const MIN_WIDTH: u16 = 80;
@@ -41,19 +46,6 @@ pub struct ViewOptions {
     pub replay: Option<ReplayStatus>,
     /// A scenario's caption, with its progress, e.g. `[2/4] …`.
     pub caption: Option<String>,
-}
-
-/// Where a replay is.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ReplayStatus {
-    /// Position, seconds from the recording's start.
-    pub at_s: f64,
-    /// Length of the recording, seconds.
-    pub total_s: f64,
-    /// Playback speed.
-    pub speed: u8,
-    /// Paused (or at the end).
-    pub paused: bool,
 }
 
 const WORKER_COLORS: [Color; 8] = [
@@ -112,9 +104,80 @@ impl Theme {
     fn bold(&self) -> Style {
         Style::new().add_modifier(Modifier::BOLD)
     }
+
+    /// Labels in a chart's gutter.
+    fn dim_label(&self) -> Style {
+        Style::new()
+    }
 }
 
-/// Every panel of one server in `area` (at least 80×20).
+/// Columns of the right-hand column of figures (Now, pool now, CPU now).
+const FIGURES_WIDTH: u16 = 43;
+
+/// Rows of the traffic panel: the totals, a row per worker the load reaches (up to
+/// four), borders.
+fn traffic_rows(d: &Dashboard) -> u16 {
+    let per_worker = match d.traffic.last.workers.len() {
+        0 | 1 => 0,
+        n => n.min(4) as u16,
+    };
+    5 + per_worker + 2
+}
+
+/// The pool strips: per worker, queued jobs and busy threads, as rows allow.
+fn pool_strips(d: &Dashboard, theme: &Theme, rows: usize) -> Vec<Strip> {
+    let both = rows >= d.workers.len() * 2;
+    let mut strips = Vec::new();
+    for (id, w) in &d.workers {
+        let size = w.latest.pool.size.max(1) as f64;
+        let peak = w.queued.iter().map(|(_, q)| *q).fold(0.0, f64::max);
+        strips.push(Strip {
+            label: format!("w{id} queue"),
+            series: points(&w.queued),
+            // Bars of the queue are on the scale of its own peak (at least the pool).
+            top: peak.max(size),
+            style: theme.worker(*id),
+        });
+        if both {
+            strips.push(Strip {
+                label: format!("w{id} busy"),
+                series: points(&w.busy),
+                top: size,
+                style: theme.worker(*id),
+            });
+        }
+    }
+    strips
+}
+
+/// The CPU strips: per worker, the loop thread (of one core) and the pool threads
+/// (of all cores), as rows allow.
+fn cpu_strips(d: &Dashboard, theme: &Theme, rows: usize) -> Vec<Strip> {
+    let both = rows >= d.workers.len() * 2;
+    let cores = d.host.cores.max(1) as f64;
+    let mut strips = Vec::new();
+    for (id, w) in &d.workers {
+        strips.push(Strip {
+            label: format!("w{id} loop"),
+            series: points(&w.cpu_loop),
+            top: 100.0,
+            style: theme.worker(*id),
+        });
+        if both {
+            strips.push(Strip {
+                label: format!("w{id} pool"),
+                series: points(&w.cpu_pool),
+                top: 100.0 * cores,
+                style: theme.worker(*id),
+            });
+        }
+    }
+    strips
+}
+
+/// Every panel of one server in `area` (at least 80×20): on the left the time
+/// charts on one axis (lag, pool, CPU), on the right the figures now, below the
+/// traffic and the event log.
 fn render_full(
     frame: &mut Frame,
     area: Rect,
@@ -124,31 +187,55 @@ fn render_full(
     now: Instant,
 ) {
     let workers = d.workers.len().max(1) as u16;
-    // Pool and CPU rows: a line per worker, the host, borders. The rest is shared
-    // 3:2 between the lag chart and the traffic/events row.
-    let middle = (workers + 3).min(area.height / 3);
-    let rest = area.height.saturating_sub(1 + middle);
-    let lag_rows = rest * 3 / 5;
-    let [header, lag, middle_row, bottom] = Layout::vertical([
+    let [header, main, bottom] = Layout::vertical([
         Constraint::Length(1),
-        Constraint::Length(lag_rows),
-        Constraint::Length(middle),
-        Constraint::Length(rest - lag_rows),
+        Constraint::Fill(1),
+        Constraint::Length(traffic_rows(d)),
     ])
     .areas(area);
-    // The Now table needs 36 columns; the chart takes the rest.
-    let [lag_chart, lag_now] =
-        Layout::horizontal([Constraint::Fill(1), Constraint::Length(38)]).areas(lag);
-    let [pool, cpu] = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
-        .areas(middle_row);
+    let [charts, figures] =
+        Layout::horizontal([Constraint::Fill(1), Constraint::Length(FIGURES_WIDTH)]).areas(main);
+    // The lag chart keeps at least 8 rows; the strips share the rest, up to two
+    // rows per strip and two strips per worker.
+    let spare = main.height.saturating_sub(8);
+    let strip_rows = (spare / 2).saturating_sub(2).min(workers * 4);
+    let [lag, pool, cpu] = Layout::vertical([
+        Constraint::Fill(1),
+        Constraint::Length(strip_rows + 2),
+        Constraint::Length(strip_rows + 2),
+    ])
+    .areas(charts);
+    let [now_area, pool_area, cpu_area] = Layout::vertical([
+        Constraint::Fill(1),
+        Constraint::Length(workers + 2),
+        Constraint::Length(workers + 3),
+    ])
+    .areas(figures);
     let [traffic, events] =
         Layout::horizontal([Constraint::Length(40), Constraint::Fill(1)]).areas(bottom);
     frame.render_widget(header_line(d, opts, theme, false), header);
-    render_lag_chart(frame, lag_chart, d, theme);
-    frame.render_widget(now_panel(d, theme, now), lag_now);
-    frame.render_widget(pool_panel(d, theme), pool);
-    frame.render_widget(cpu_panel(d, theme, cpu.width), cpu);
-    frame.render_widget(traffic_panel(d, theme), traffic);
+    render_lag_chart(frame, lag, d, theme);
+    let rows = strip_rows as usize;
+    render_strips(
+        frame,
+        pool,
+        " Pool: jobs queued, threads busy ".into(),
+        &pool_strips(d, theme, rows),
+        d.t_s,
+        theme,
+    );
+    render_strips(
+        frame,
+        cpu,
+        " CPU: loop (of 1 core), pool (of all) ".into(),
+        &cpu_strips(d, theme, rows),
+        d.t_s,
+        theme,
+    );
+    frame.render_widget(now_panel(d, theme, now), now_area);
+    frame.render_widget(pool_now(d, theme), pool_area);
+    frame.render_widget(cpu_now(d, theme), cpu_area);
+    frame.render_widget(traffic_panel(d, theme, traffic.height), traffic);
     frame.render_widget(events_panel(d, theme, events, now), events);
 }
 
@@ -167,15 +254,15 @@ pub fn render_pane(frame: &mut Frame, area: Rect, d: &Dashboard, opts: &ViewOpti
         Constraint::Length(workers + 4),
         Constraint::Length(workers + 2),
         Constraint::Length(workers + 3),
-        Constraint::Length(6),
+        Constraint::Length(traffic_rows(d)),
     ])
     .areas(area);
     frame.render_widget(header_line(d, opts, &theme, true), header);
     render_lag_chart(frame, lag, d, &theme);
     frame.render_widget(now_panel(d, &theme, now), now_area);
-    frame.render_widget(pool_panel(d, &theme), pool);
-    frame.render_widget(cpu_panel(d, &theme, cpu.width), cpu);
-    frame.render_widget(traffic_panel(d, &theme), traffic);
+    frame.render_widget(pool_now(d, &theme), pool);
+    frame.render_widget(cpu_now(d, &theme), cpu);
+    frame.render_widget(traffic_panel(d, &theme, traffic.height), traffic);
 }
 
 /// The key hints line (public for the comparison screen).
@@ -299,310 +386,6 @@ fn header_line<'a>(
     Paragraph::new(Line::from(spans))
 }
 
-/// A round upper bound for the lag axis.
-fn nice_ceiling(v: f64) -> f64 {
-    const STEPS: [f64; 3] = [1.0, 2.0, 5.0];
-    let mut scale = 1.0;
-    loop {
-        for s in STEPS {
-            if s * scale >= v {
-                return s * scale;
-            }
-        }
-        scale *= 10.0;
-    }
-}
-
-fn render_lag_chart(frame: &mut Frame, area: Rect, d: &Dashboard, theme: &Theme) {
-    // At least 5 ms: a loop whose lag stays under a millisecond should look flat.
-    let top = nice_ceiling(d.lag_peak_ms().max(5.0));
-    let data: Vec<(u32, Vec<(f64, f64)>)> = d
-        .workers
-        .iter()
-        .map(|(id, w)| (*id, w.lag.iter().copied().collect()))
-        .collect();
-    let datasets = data
-        .iter()
-        .map(|(id, points)| {
-            Dataset::default()
-                .name(format!("w{id}"))
-                .marker(symbols::Marker::Braille)
-                .graph_type(GraphType::Line)
-                .style(theme.worker(*id))
-                .data(points)
-        })
-        .collect();
-    let x0 = d.t_s - super::state::WINDOW_S;
-    let chart = Chart::new(datasets)
-        .block(Block::bordered().title(format!(
-            " Loop tick lag, ms (max per {} ms, last 60 s) ",
-            d.period_ms
-        )))
-        .x_axis(
-            Axis::default()
-                .bounds([x0, d.t_s.max(x0 + 1.0)])
-                .labels(["-60 s", "-30 s", "now"]),
-        )
-        .y_axis(Axis::default().bounds([0.0, top]).labels([
-            "0".to_string(),
-            format!("{}", top / 2.0),
-            format!("{top}"),
-        ]))
-        .hidden_legend_constraints((Constraint::Ratio(1, 3), Constraint::Ratio(1, 2)));
-    frame.render_widget(chart, area);
-}
-
-fn now_panel<'a>(d: &'a Dashboard, theme: &Theme, now: Instant) -> Paragraph<'a> {
-    let mut lines = vec![Line::styled(
-        format!(
-            "{:<5}{:>7}{:>7}{:>8}{:>7}",
-            "loop", "p50", "p99", "max", "util"
-        ),
-        theme.bold(),
-    )];
-    for (id, w) in &d.workers {
-        let l = &w.latest;
-        if !l.alive {
-            lines.push(Line::from(vec![
-                Span::styled(format!("w{id:<4}"), theme.worker(*id)),
-                Span::styled(" DOWN (respawning)", theme.alarm()),
-            ]));
-            continue;
-        }
-        // While a loop is stuck its timer cannot tick: show the stall as the max.
-        let stalled = w.stalled_for_ms(now, d.period_ms);
-        let (p50, p99) = if l.lag_ms.samples == 0 {
-            ("–".to_string(), "–".to_string())
-        } else {
-            (
-                format!("{:.1}", l.lag_ms.p50),
-                format!("{:.1}", l.lag_ms.p99),
-            )
-        };
-        lines.push(Line::from(vec![
-            Span::styled(format!("w{id:<4}"), theme.worker(*id)),
-            Span::raw(format!(
-                "{p50:>7}{p99:>7}{:>8}{:>6.0}%",
-                fmt_max(l.lag_ms.max.max(stalled)),
-                l.loop_utilization * 100.0
-            )),
-        ]));
-    }
-    for (id, w) in &d.workers {
-        lines.extend(stall_badge(*id, w, d.period_ms, theme, now));
-    }
-    for diag in &d.diagnosis {
-        lines.push(Line::styled(format!("▶ {}", diag.text), theme.warn()));
-    }
-    Paragraph::new(lines)
-        .block(Block::bordered().title(" Now "))
-        .wrap(Wrap { trim: false })
-}
-
-fn fmt_max(ms: f64) -> String {
-    if ms >= 100.0 {
-        format!("{ms:.0}")
-    } else {
-        format!("{ms:.1}")
-    }
-}
-
-/// "■ w0 STALLED 312 ms", and on the next line the request holding the loop.
-fn stall_badge(
-    id: u32,
-    w: &WorkerView,
-    period_ms: u64,
-    theme: &Theme,
-    now: Instant,
-) -> Vec<Line<'static>> {
-    let stalled = w.stalled_for_ms(now, period_ms);
-    if stalled <= 0.0 || !w.latest.alive {
-        return Vec::new();
-    }
-    let mut lines = vec![Line::from(Span::styled(
-        format!("■ w{id} STALLED {stalled:.0} ms"),
-        theme.alarm(),
-    ))];
-    if let Some(culprit) = &w.latest.stalled_in {
-        lines.push(Line::styled(format!("  in {culprit}"), theme.warn()));
-    }
-    lines
-}
-
-/// Eight levels of a bar, for inline sparklines.
-const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-
-fn sparkline(values: &[f64], width: usize) -> String {
-    let values = &values[values.len().saturating_sub(width)..];
-    let top = values.iter().copied().fold(0.0, f64::max);
-    values
-        .iter()
-        .map(|v| {
-            if top <= 0.0 {
-                BARS[0]
-            } else {
-                BARS[((v / top) * 7.0).round().clamp(0.0, 7.0) as usize]
-            }
-        })
-        .collect()
-}
-
-fn pool_panel<'a>(d: &'a Dashboard, theme: &Theme) -> Paragraph<'a> {
-    let mut lines = Vec::new();
-    for (id, w) in &d.workers {
-        let p = &w.latest.pool;
-        let queued: Vec<f64> = w.queued.iter().map(|(_, q)| *q).collect();
-        let longest = p.oldest_wait_ms.max(p.wait_ms_max);
-        let full = p.busy >= p.size && p.size > 0;
-        lines.push(Line::from(vec![
-            Span::styled(format!("w{id} "), theme.worker(*id)),
-            Span::styled(
-                format!("busy {:>2}/{:<2}", p.busy, p.size),
-                if full { theme.warn() } else { Style::new() },
-            ),
-            Span::raw(format!(" queued {:>3}", p.queued)),
-            Span::raw(format!(" longest {:>7} ", short_ms(longest))),
-            Span::styled(sparkline(&queued, 30), theme.worker(*id)),
-        ]));
-    }
-    Paragraph::new(lines)
-        .block(Block::bordered().title(" Thread pool: busy, queued, longest wait "))
-}
-
-fn bar(percent: f64, width: usize) -> String {
-    let filled = ((percent / 100.0) * width as f64)
-        .round()
-        .clamp(0.0, width as f64) as usize;
-    format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
-}
-
-fn cpu_panel<'a>(d: &'a Dashboard, theme: &Theme, width: u16) -> Paragraph<'a> {
-    // "w0 loop ███ 100% pool ███ 100% proc 100%": 36 columns besides the bars.
-    let bar_w = (width.saturating_sub(2 + 36) / 2).clamp(3, 20) as usize;
-    // One thread uses at most one core; the pool's threads together, all of them.
-    let cores = d.host.cores.max(1) as f64;
-    let mut lines = Vec::new();
-    for (id, w) in &d.workers {
-        let c = &w.latest.cpu;
-        lines.push(Line::from(vec![
-            Span::styled(format!("w{id} "), theme.worker(*id)),
-            Span::raw("loop "),
-            Span::styled(bar(c.loop_thread, bar_w), theme.worker(*id)),
-            Span::raw(format!("{:>4.0}% pool ", c.loop_thread)),
-            Span::styled(bar(c.pool_threads / cores, bar_w), theme.worker(*id)),
-            Span::raw(format!("{:>4.0}% proc{:>4.0}%", c.pool_threads, c.process)),
-        ]));
-    }
-    lines.push(Line::from(vec![
-        Span::raw("host      "),
-        Span::raw(bar(d.host.cpu / cores, bar_w)),
-        Span::raw(format!(
-            " {:>3.0}% of {} cores",
-            d.host.cpu / cores,
-            d.host.cores
-        )),
-    ]));
-    Paragraph::new(lines).block(
-        Block::bordered().title(" CPU, % of one core (bars: loop of 1, pool and host of all) "),
-    )
-}
-
-fn traffic_panel<'a>(d: &'a Dashboard, theme: &Theme) -> Paragraph<'a> {
-    let t = &d.traffic;
-    let l = &t.last;
-    let server_in_flight: u64 = d
-        .workers
-        .values()
-        .map(|w| w.latest.requests.in_flight)
-        .sum();
-    let server_rate: f64 = d.workers.values().map(|w| w.latest.requests.per_s).sum();
-    let lines = vec![
-        Line::from(vec![
-            Span::styled(
-                if t.on {
-                    format!("{:.0} req/s sent", t.rate)
-                } else {
-                    "load off (l)".to_string()
-                },
-                theme.bold(),
-            ),
-            Span::raw(format!("  ok {}/s", l.ok)),
-        ]),
-        Line::from(vec![
-            Span::raw("p50 "),
-            Span::styled(short_ms(l.p50_ms), theme.bold()),
-            Span::raw("  p99 "),
-            Span::styled(short_ms(l.p99_ms), theme.bold()),
-            Span::raw("  max "),
-            Span::styled(short_ms(l.max_ms), theme.bold()),
-        ]),
-        Line::from(vec![
-            Span::styled(
-                format!("errors {}  timeouts {}", t.errors, t.timeouts),
-                if t.errors + t.timeouts > 0 {
-                    theme.warn()
-                } else {
-                    Style::new()
-                },
-            ),
-            Span::raw(format!("  in flight {}", l.in_flight)),
-        ]),
-        Line::from(vec![
-            Span::raw("60 s worst: p99 "),
-            Span::styled(short_ms(t.worst_p99_ms), theme.bold()),
-            Span::raw(" max "),
-            Span::styled(short_ms(t.worst_max_ms), theme.bold()),
-        ]),
-        Line::raw(format!(
-            "server: {server_rate:.0} req/s, {server_in_flight} in flight"
-        )),
-    ];
-    Paragraph::new(lines).block(Block::bordered().title(" Traffic (latency from intended send) "))
-}
-
-fn events_panel<'a>(d: &'a Dashboard, theme: &Theme, area: Rect, now: Instant) -> Paragraph<'a> {
-    // Newest at the bottom; long lines wrap, so count rows, not entries.
-    let rows = area.height.saturating_sub(2) as usize;
-    let width = area.width.saturating_sub(2).max(1) as usize;
-    let mut used = 0;
-    let mut shown = Vec::new();
-    for e in d.log.iter().rev() {
-        let len = e.at.chars().count() + 1 + e.text.chars().count();
-        let need = len.div_ceil(width).max(1);
-        if used + need > rows {
-            break;
-        }
-        used += need;
-        shown.push(e);
-    }
-    let lines: Vec<Line> = shown
-        .into_iter()
-        .rev()
-        .map(|e| {
-            let style = match e.kind {
-                LogKind::Warn => theme.warn(),
-                LogKind::Trigger => theme.bold(),
-                LogKind::Result | LogKind::Info => Style::new(),
-            };
-            Line::from(vec![
-                Span::styled(format!("{} ", e.at), theme.dim()),
-                Span::styled(e.text.clone(), style),
-            ])
-        })
-        .collect();
-    let title = match &d.connection {
-        Connection::Lost { reason, since } => format!(
-            " Events · DISCONNECTED {} s: {} ",
-            seconds_since(*since, now),
-            reason
-        ),
-        _ => " Events ".to_string(),
-    };
-    Paragraph::new(lines)
-        .block(Block::bordered().title(title))
-        .wrap(Wrap { trim: false })
-}
-
 fn footer_line(opts: &ViewOptions, width: u16, theme: &Theme) -> Paragraph<'static> {
     let size = SIZES[opts.size.min(SIZES.len() - 1)];
     // Most important first: what does not fit is still in the help (?).
@@ -650,14 +433,15 @@ fn footer_line(opts: &ViewOptions, width: u16, theme: &Theme) -> Paragraph<'stat
 
 fn render_help(frame: &mut Frame, area: Rect, theme: &Theme) {
     let width = 64.min(area.width);
-    let height = (KEYS.len() as u16 + 4).min(area.height);
+    let keys = keys();
+    let height = (keys.len() as u16 + 4).min(area.height);
     let popup = Rect {
         x: area.x + (area.width - width) / 2,
         y: area.y + (area.height - height) / 2,
         width,
         height,
     };
-    let mut lines: Vec<Line> = KEYS
+    let mut lines: Vec<Line> = keys
         .iter()
         .map(|(k, what)| {
             Line::from(vec![
@@ -679,8 +463,8 @@ mod tests {
     use super::*;
     use crate::client::subscriber::TelemetryMsg;
     use crate::protocol::Model;
+    use crate::test_support::{info, snapshot, worker};
     use crate::tui::state::Msg;
-    use crate::tui::state::tests::{info, snapshot, worker};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
 
@@ -765,7 +549,8 @@ mod tests {
             "412",
             "■ w0 STALLED 312 ms",
             "  in GET /block?ms=500",
-            "▶ w0: the loop was blocked 412 ms:",
+            // While the stall lasts, the diagnosis names the request holding the loop.
+            "▶ w0: GET /block?ms=500 is holding the",
             "busy  4/4  queued   8 longest  310 ms",
             "m model",
             "CPU, % of one core",
@@ -832,8 +617,8 @@ mod tests {
             "{c}"
         );
         assert!(c.contains("j json"), "{c}");
-        for (k, _) in KEYS {
-            assert!(s.contains(k), "help lacks {k}\n{s}");
+        for (k, _) in keys() {
+            assert!(s.contains(&k), "help lacks {k}\n{s}");
         }
         d.apply(
             Msg::Telemetry(TelemetryMsg::Disconnected {
@@ -849,16 +634,161 @@ mod tests {
         assert!(s.contains("telemetry lost: connection refused"), "{s}");
     }
 
+    /// The rows of `s` between the border columns of the panel titled `title`.
+    fn panel_rows<'a>(s: &'a str, title: &str) -> Vec<&'a str> {
+        let lines: Vec<&str> = s.lines().collect();
+        let top = lines
+            .iter()
+            .position(|l| l.contains(title))
+            .unwrap_or_else(|| panic!("no panel {title:?} in\n{s}"));
+        lines[top + 1..]
+            .iter()
+            .take_while(|l| !l.starts_with('└'))
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn the_pool_queue_shows_its_newest_sample_at_the_right_edge() {
+        let now = Instant::now();
+        // 19 lines with nothing queued, then 20 jobs queued in the newest one.
+        let d = dashboard(
+            Model::Fastapi,
+            vec![worker(0, 0.8, 0.0, 20), worker(1, 0.8, 0.0, 0)],
+            now,
+        );
+        for seq in 1..20 {
+            assert_eq!(d.workers[&0].queued[seq - 1].1, 20.0, "fixture");
+        }
+        let mut d = d;
+        // The same worker, quiet for 50 s of lines, then queued.
+        let mut quiet = worker(0, 0.8, 0.0, 0);
+        quiet.pool.busy = 0;
+        for seq in 21..=520 {
+            let ws = vec![quiet.clone(), worker(1, 0.8, 0.0, 0)];
+            d.apply(
+                Msg::Telemetry(TelemetryMsg::Snapshot(Box::new(snapshot(seq, ws, vec![])))),
+                now,
+                "12:00:04",
+            );
+        }
+        let ws = vec![worker(0, 0.8, 0.0, 20), worker(1, 0.8, 0.0, 0)];
+        d.apply(
+            Msg::Telemetry(TelemetryMsg::Snapshot(Box::new(snapshot(521, ws, vec![])))),
+            now,
+            "12:00:05",
+        );
+        let s = screen(&d, &opts(), 100, 30, now);
+        let rows = panel_rows(&s, " Pool: jobs queued, threads busy ");
+        // The strip panel ends at its title line's corner.
+        let title_line = s
+            .lines()
+            .find(|l| l.contains(" Pool: jobs queued"))
+            .unwrap();
+        let right = title_line.chars().position(|c| c == '┐').unwrap();
+        let strip = |name: &str| -> String {
+            rows.iter()
+                .find(|r| r.contains(name))
+                .unwrap_or_else(|| panic!("no {name} strip in\n{s}"))
+                .chars()
+                .take(right + 1)
+                .collect()
+        };
+        let queue = strip("w0 queue");
+        let cells: Vec<char> = queue.chars().collect();
+        // The last column before the border is the newest moment: the queue of 20.
+        assert_eq!(cells[cells.len() - 2], '█', "{queue}\n{s}");
+        assert_eq!(cells[cells.len() - 3], '·', "{queue}\n{s}");
+        // Older samples (the first 2 s, before the quiet minute) have left the window
+        // or sit far left; the row is never stale at its right end.
+        let w1 = strip("w1 queue");
+        assert!(!w1.contains('█'), "{w1}");
+        // The lag chart's plot starts in the same column as the strips, after the
+        // gutter, and ends at the same border.
+        let lag_axis = s.lines().find(|l| l.contains("│        └")).unwrap();
+        let axis_col = lag_axis.chars().position(|c| c == '└').unwrap();
+        assert_eq!(axis_col + 1, 1 + charts::GUTTER as usize, "\n{s}");
+        let lag_title = s.lines().find(|l| l.contains(" Loop tick lag")).unwrap();
+        assert_eq!(lag_title.chars().position(|c| c == '┐'), Some(right));
+    }
+
+    #[test]
+    fn no_title_is_cut_at_100x30() {
+        let now = Instant::now();
+        for model in [Model::Node, Model::Fastapi] {
+            let workers = match model {
+                Model::Node => vec![worker(0, 412.0, 312.0, 8)],
+                _ => vec![worker(0, 412.0, 312.0, 8), worker(1, 0.8, 0.0, 0)],
+            };
+            let d = dashboard(model, workers, now);
+            let s = screen(&d, &opts(), 100, 30, now);
+            for title in [
+                " Loop tick lag, ms (max per 100 ms) ",
+                " Now ",
+                " Pool: jobs queued, threads busy ",
+                " CPU: loop (of 1 core), pool (of all) ",
+                " Thread pool now ",
+                " CPU, % of one core ",
+                " Traffic: latency from intended send ",
+                " Events ",
+            ] {
+                // Whole, and followed by the border, never by the corner.
+                assert!(s.contains(&format!("{title}─")), "{title:?} cut in\n{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_traffic_panel_has_a_row_per_worker() {
+        use crate::client::load::{LoadStats, WorkerLoadStats};
+        let now = Instant::now();
+        let mut d = dashboard(
+            Model::Fastapi,
+            vec![worker(0, 480.0, 0.0, 0), worker(1, 0.9, 0.0, 0)],
+            now,
+        );
+        let per = |worker: u32, max_ms: f64| WorkerLoadStats {
+            worker,
+            ok: 25,
+            p50_ms: if worker == 0 { 250.0 } else { 0.8 },
+            p99_ms: max_ms,
+            max_ms,
+            ..Default::default()
+        };
+        d.apply(
+            Msg::Load(LoadStats {
+                ok: 50,
+                p50_ms: 1.2,
+                p99_ms: 503.0,
+                max_ms: 507.0,
+                workers: vec![per(0, 507.0), per(1, 2.1)],
+                ..Default::default()
+            }),
+            now,
+            "12:00:04",
+        );
+        let s = screen(&d, &opts(), 100, 30, now);
+        let rows = panel_rows(&s, " Traffic: latency from intended send ");
+        let row = |name: &str| {
+            rows.iter()
+                .find(|r| r.starts_with(&format!("│{name} ")))
+                .unwrap_or_else(|| panic!("no {name} row in\n{s}"))
+                .split('│')
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(row("all"), vec!["all", "1.2", "503", "507", "507"]);
+        assert_eq!(row("w0"), vec!["w0", "250", "507", "507", "507"]);
+        assert_eq!(row("w1"), vec!["w1", "0.8", "2.1", "2.1", "2.1"]);
+    }
+
     #[test]
     fn a_large_terminal_uses_the_space() {
         let now = Instant::now();
         let d = dashboard(Model::Node, vec![worker(0, 1.0, 0.0, 0)], now);
         let s = screen(&d, &opts(), 160, 45, now);
         assert!(s.lines().count() == 45 && s.contains("m model") && s.contains("? help"));
-        assert_eq!(nice_ceiling(412.0), 500.0);
-        assert_eq!(nice_ceiling(0.7), 1.0);
-        assert_eq!(nice_ceiling(5.0), 5.0);
-        assert_eq!(sparkline(&[0.0, 4.0, 8.0], 10), "▁▅█");
-        assert_eq!(bar(50.0, 4), "██░░");
     }
 }

@@ -1,0 +1,679 @@
+//! The session: the terminal-free core under every front end. It owns N targets (demo
+//! servers it started, servers it attached to, or a recording), their telemetry
+//! subscribers, the background load, the scenario player, the recorder and workload
+//! firing, and hands out [`Update`]s. A front end (dashboard, compare, replay,
+//! headless) only turns keys into [`Command`]s and renders or prints the updates; it
+//! owns no process and opens no socket.
+//!
+//! Everything runs on the caller's tokio runtime and nothing here blocks it: a model
+//! switch starts the new server and completes when its address line arrives.
+
+pub mod demo_child;
+pub mod fire;
+pub mod replay;
+mod target;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::client::http::{self, HttpClient};
+use crate::client::load::{LoadPlan, LoadStats};
+use crate::client::subscriber::TelemetryMsg;
+use crate::protocol::{Model, ServerInfo};
+use crate::record::{Recorder, Recording};
+use crate::scenario::{Action as ScenarioAction, Player, Scenario};
+use crate::workload::{Request, Size, Workload};
+
+pub use demo_child::{DemoChild, Launcher};
+pub use replay::ReplayStatus;
+use target::Target;
+
+/// How often the load generator's figures are taken.
+const LOAD_WINDOW: Duration = Duration::from_secs(1);
+/// How often due scenario steps and replay lines are looked for (only while there
+/// is a scenario or a replay: an idle session does not wake up for nothing).
+const STEP_TICK: Duration = Duration::from_millis(25);
+
+/// What a session watches.
+#[derive(Clone, Debug)]
+pub enum TargetSpec {
+    /// Start `loopscope demo` as a child and attach to it.
+    Demo {
+        /// Model to start with.
+        model: Model,
+        /// Workers (fastapi).
+        workers: u32,
+    },
+    /// Attach to a server started by hand, at this telemetry address.
+    Attach {
+        /// `HOST:PORT` of the telemetry port.
+        telemetry: String,
+    },
+    /// Play a recording.
+    Replay {
+        /// The file it came from (for the log).
+        file: PathBuf,
+        /// What it holds.
+        recording: Box<Recording>,
+    },
+}
+
+/// How a session starts.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// What to watch: several targets are the normal case (compare is two demos).
+    pub targets: Vec<TargetSpec>,
+    /// Background load, requests per second (per target).
+    pub rate: f64,
+    /// Start with the background load on.
+    pub load: bool,
+    /// Where the demo children's stderr goes.
+    pub log_file: PathBuf,
+    /// Record every snapshot here (one target only).
+    pub record: Option<PathBuf>,
+    /// Steps to play once the first target is connected.
+    pub scenario: Option<Scenario>,
+}
+
+/// How a log line should look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogKind {
+    /// Something the operator did.
+    Trigger,
+    /// The outcome of a trigger.
+    Result,
+    /// The loop was held, a worker died, data was lost.
+    Warn,
+    /// Anything else.
+    Info,
+}
+
+/// What changes what a front end knows of one target.
+#[derive(Clone, Debug)]
+pub enum Msg {
+    /// From the telemetry subscriber (or a replay).
+    Telemetry(TelemetryMsg),
+    /// A window of load-generator figures.
+    Load(LoadStats),
+    /// The load plan changed.
+    LoadPlan {
+        /// On or off.
+        on: bool,
+        /// Requests per second.
+        rate: f64,
+    },
+    /// A line for the event log.
+    Log(LogKind, String),
+    /// Start the history over: a new server after a model switch (the log and the
+    /// traffic stay), or a replay's seek (everything goes; `info` is the server).
+    Reset {
+        /// Keep the event log and the traffic figures.
+        keep_log: bool,
+        /// The server described, when known.
+        info: Option<Box<ServerInfo>>,
+    },
+}
+
+/// What the session hands a front end.
+#[derive(Clone, Debug)]
+pub enum Update {
+    /// Something about target `target`.
+    Target {
+        /// Index into the configured targets.
+        target: usize,
+        /// What happened.
+        msg: Msg,
+    },
+    /// A scenario caption, with its progress: `[2/4] …`.
+    Caption(String),
+    /// Where a replay is now.
+    Replay(ReplayStatus),
+    /// A new server finished starting after a model switch; `took` is how long the
+    /// switch kept the target dark (headless runs do not count it).
+    Restarted {
+        /// Which target.
+        target: usize,
+        /// From the switch to the new server's address line.
+        took: Duration,
+    },
+}
+
+/// What a front end asks the session to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Fire a workload at every target that serves requests.
+    Fire(Workload, Size),
+    /// Background load on or off, at this rate.
+    SetLoad {
+        /// On or off.
+        on: bool,
+        /// Requests per second.
+        rate: f64,
+    },
+    /// Restart the (single) demo target in the next model.
+    SwitchModel,
+    /// Scenario: run the next step now.
+    NextStep,
+    /// Scenario: steps run by themselves, or only on [`Command::NextStep`].
+    ToggleAuto,
+    /// Replay: pause or play.
+    ReplayPause,
+    /// Replay: jump by this many milliseconds.
+    Seek(i64),
+    /// Replay: play at this speed.
+    Speed(u8),
+}
+
+/// The wall clock as `HH:MM:SS`, for log lines.
+pub fn clock() -> String {
+    // SAFETY: localtime_r writes into the tm we own.
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return "--:--:--".into();
+        }
+        format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    }
+}
+
+/// The terminal-free core; see the module docs.
+pub struct Session {
+    targets: Vec<Target>,
+    launch: Launcher,
+    log_file: PathBuf,
+    client: HttpClient,
+    rate: f64,
+    load_on: bool,
+    scenario: Option<Scenario>,
+    player: Option<Player>,
+    recorder: Option<Recorder>,
+    record_path: Option<PathBuf>,
+    replay: Option<replay::Replay>,
+    /// Replay: the clock holds (the help is open).
+    hold: bool,
+    pending: VecDeque<Update>,
+    started: bool,
+    /// Telemetry of every target, tagged (target, generation).
+    telemetry_tx: mpsc::Sender<(usize, u64, TelemetryMsg)>,
+    telemetry_rx: mpsc::Receiver<(usize, u64, TelemetryMsg)>,
+    /// Messages the session could not take from its subscribers.
+    dropped: Arc<AtomicU64>,
+    results_tx: mpsc::Sender<(usize, LogKind, String)>,
+    results_rx: mpsc::Receiver<(usize, LogKind, String)>,
+    /// Address lines of demo servers starting after a switch: (target, generation, line).
+    started_tx: mpsc::Sender<(usize, u64, String)>,
+    started_rx: mpsc::Receiver<(usize, u64, String)>,
+    load_window: tokio::time::Interval,
+    step_tick: tokio::time::Interval,
+}
+
+impl Session {
+    /// Starts the demo children (waiting ≤ 20 s each for their address, before any
+    /// terminal switches, so that start-up errors print plainly). Call it inside the
+    /// runtime that will drive it (`Runtime::enter`); subscriptions begin with the
+    /// first [`Session::next`].
+    pub fn new(config: SessionConfig) -> anyhow::Result<Session> {
+        Self::with_launcher(config, DemoChild::spawn)
+    }
+
+    /// As [`Session::new`], starting demo servers with `launch`.
+    pub fn with_launcher(config: SessionConfig, launch: Launcher) -> anyhow::Result<Session> {
+        if config.record.is_some() && config.targets.len() > 1 {
+            anyhow::bail!("--record takes one server");
+        }
+        let mut targets = Vec::new();
+        let mut replay = None;
+        for spec in config.targets {
+            targets.push(match spec {
+                TargetSpec::Demo { model, workers } => {
+                    Target::demo(DemoChild::start(launch, model, workers, &config.log_file)?)
+                }
+                TargetSpec::Attach { telemetry } => Target::attach(telemetry),
+                TargetSpec::Replay { file, recording } => {
+                    replay = Some(replay::Replay::new(*recording, &file, Instant::now()));
+                    Target::replay()
+                }
+            });
+        }
+        let (telemetry_tx, telemetry_rx) = mpsc::channel(512);
+        let (results_tx, results_rx) = mpsc::channel(256);
+        let (started_tx, started_rx) = mpsc::channel(4);
+        let mut load_window = tokio_interval(LOAD_WINDOW);
+        load_window.reset();
+        Ok(Session {
+            targets,
+            launch,
+            log_file: config.log_file,
+            client: http::client(),
+            rate: config.rate,
+            load_on: config.load,
+            scenario: config.scenario,
+            player: None,
+            recorder: None,
+            record_path: config.record,
+            replay,
+            hold: false,
+            pending: VecDeque::new(),
+            started: false,
+            telemetry_tx,
+            telemetry_rx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            results_tx,
+            results_rx,
+            started_tx,
+            started_rx,
+            load_window,
+            step_tick: tokio_interval(STEP_TICK),
+        })
+    }
+
+    /// How many targets.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// True when the session watches nothing.
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// True when the one target is a demo this session started (its model can switch).
+    pub fn can_switch(&self) -> bool {
+        self.targets.len() == 1 && self.targets[0].is_demo()
+    }
+
+    /// True when playing a recording.
+    pub fn is_replay(&self) -> bool {
+        self.replay.is_some()
+    }
+
+    /// The background load: (on, requests per second).
+    pub fn load(&self) -> (bool, f64) {
+        (self.load_on, self.rate)
+    }
+
+    /// Telemetry messages lost because the session fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Replay: hold the clock (while the help is open).
+    pub fn hold(&mut self, hold: bool) {
+        self.hold = hold;
+    }
+
+    /// The next update. Cancel-safe: it can be raced against keys in a `select!`.
+    pub async fn next(&mut self) -> Update {
+        if !self.started {
+            self.start();
+        }
+        loop {
+            if let Some(u) = self.pending.pop_front() {
+                return u;
+            }
+            let ticking = self.replay.is_some() || self.player.is_some();
+            let loading = self.targets.iter().any(Target::has_load);
+            tokio::select! {
+                biased;
+                Some((i, generation, msg)) = self.telemetry_rx.recv() => {
+                    if self.targets[i].generation == generation {
+                        self.on_telemetry(i, msg);
+                    }
+                }
+                Some((i, kind, text)) = self.results_rx.recv() => {
+                    self.push(i, Msg::Log(kind, text));
+                }
+                Some((i, generation, line)) = self.started_rx.recv() => {
+                    self.finish_switch(i, generation, &line);
+                }
+                _ = self.load_window.tick(), if loading => {
+                    for i in 0..self.targets.len() {
+                        if let Some(stats) = self.targets[i].take_load() {
+                            self.push(i, Msg::Load(stats));
+                        }
+                    }
+                }
+                _ = self.step_tick.tick(), if ticking => {
+                    self.advance_replay();
+                    self.play_scenario(false);
+                }
+            }
+        }
+    }
+
+    /// Does what a front end asks; the outcome comes as updates.
+    pub fn perform(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Fire(workload, size) => {
+                if self.replay.is_some() {
+                    self.note_all(LogKind::Warn, "a replay has no server to send workloads to");
+                    return;
+                }
+                for i in 0..self.targets.len() {
+                    let model = self.targets[i].info.as_ref().map(|info| info.model);
+                    self.fire(i, Request::for_key(workload, size, model));
+                }
+            }
+            Command::SetLoad { on, rate } => {
+                self.load_on = on;
+                self.rate = rate;
+                self.update_load();
+            }
+            Command::SwitchModel => {
+                if self.can_switch() {
+                    let next = match self.targets[0].model() {
+                        Some(Model::Node) => Model::Fastapi,
+                        _ => Model::Node,
+                    };
+                    let workers = self.targets[0].workers().max(2);
+                    self.switch_model(0, next, workers);
+                }
+            }
+            Command::NextStep => self.play_scenario(true),
+            Command::ToggleAuto => {
+                if let Some(p) = &mut self.player {
+                    p.auto = !p.auto;
+                    let text = if p.auto {
+                        "scenario: steps run by themselves"
+                    } else {
+                        "scenario: steps run on n"
+                    };
+                    self.note_all(LogKind::Info, text);
+                }
+            }
+            Command::ReplayPause => {
+                if let Some(r) = &mut self.replay {
+                    let msgs = r.toggle_pause(now);
+                    self.push_replay(msgs);
+                }
+            }
+            Command::Seek(delta_ms) => {
+                if let Some(r) = &mut self.replay {
+                    let msgs = r.seek(delta_ms, now);
+                    self.push_replay(msgs);
+                }
+            }
+            Command::Speed(speed) => {
+                if let Some(r) = &mut self.replay {
+                    r.set_speed(speed);
+                    let status = r.status();
+                    self.pending.push_back(Update::Replay(status));
+                }
+            }
+        }
+    }
+
+    fn start(&mut self) {
+        self.started = true;
+        if let Some(path) = self.record_path.clone() {
+            match Recorder::create(&path) {
+                Ok(r) => {
+                    self.recorder = Some(r);
+                    self.note_all(LogKind::Info, format!("recording to {}", path.display()));
+                }
+                Err(e) => self.note_all(
+                    LogKind::Warn,
+                    format!("cannot record to {}: {e}", path.display()),
+                ),
+            }
+        }
+        for i in 0..self.targets.len() {
+            if let Some(text) = self.targets[i].started_text() {
+                self.push(i, Msg::Log(LogKind::Info, text));
+            }
+            self.subscribe(i);
+        }
+        if let Some(r) = &mut self.replay {
+            let msgs = r.seek(0, Instant::now());
+            self.push_replay(msgs);
+        }
+    }
+
+    fn subscribe(&mut self, i: usize) {
+        let tx = self.telemetry_tx.clone();
+        let dropped = Arc::clone(&self.dropped);
+        self.targets[i].subscribe(i, tx, dropped);
+    }
+
+    fn push(&mut self, target: usize, msg: Msg) {
+        self.pending.push_back(Update::Target { target, msg });
+    }
+
+    /// A line for every target's log (what concerns the whole session).
+    fn note_all(&mut self, kind: LogKind, text: impl Into<String>) {
+        let text = text.into();
+        for i in 0..self.targets.len() {
+            self.push(i, Msg::Log(kind, text.clone()));
+        }
+    }
+
+    fn push_replay(&mut self, msgs: Vec<Msg>) {
+        for msg in msgs {
+            self.push(0, msg);
+        }
+        if let Some(r) = &self.replay {
+            self.pending.push_back(Update::Replay(r.status()));
+        }
+    }
+
+    fn advance_replay(&mut self) {
+        if let Some(r) = &mut self.replay {
+            let msgs = r.advance(Instant::now(), self.hold);
+            self.push_replay(msgs);
+        }
+    }
+
+    fn on_telemetry(&mut self, i: usize, msg: TelemetryMsg) {
+        if let TelemetryMsg::Connected(info) = &msg {
+            self.targets[i].info = Some((**info).clone());
+            let plan = self.plan();
+            self.targets[i].ensure_load(&self.client, plan);
+            if self.player.is_none() {
+                if let Some(s) = &self.scenario {
+                    self.player = Some(Player::new(s, Instant::now()));
+                    let text = format!("scenario: {} ({} steps)", s.name, s.steps.len());
+                    self.note_all(LogKind::Info, text);
+                }
+            }
+        }
+        self.record(&msg);
+        self.push(i, Msg::Telemetry(msg));
+    }
+
+    fn record(&mut self, msg: &TelemetryMsg) {
+        let Some(rec) = &mut self.recorder else {
+            return;
+        };
+        let written = match msg {
+            TelemetryMsg::Connected(info) => rec.info(info),
+            TelemetryMsg::Snapshot(s) => rec.snapshot(s),
+            TelemetryMsg::Disconnected { .. } => Ok(()),
+        };
+        if let Err(e) = written {
+            self.recorder = None;
+            self.note_all(LogKind::Warn, format!("recording stopped: {e}"));
+        }
+    }
+
+    fn plan(&self) -> LoadPlan {
+        LoadPlan {
+            rate: if self.load_on { self.rate } else { 0.0 },
+            ..LoadPlan::default()
+        }
+    }
+
+    fn update_load(&mut self) {
+        let plan = self.plan();
+        for i in 0..self.targets.len() {
+            self.targets[i].set_plan(&plan);
+            let msg = Msg::LoadPlan {
+                on: self.load_on,
+                rate: self.rate,
+            };
+            self.push(i, msg);
+        }
+    }
+
+    /// Sends `request` to target `i`; the outcome comes back as a log line.
+    fn fire(&mut self, i: usize, mut request: Request) {
+        let Some(info) = &self.targets[i].info else {
+            self.push(
+                i,
+                Msg::Log(
+                    LogKind::Warn,
+                    "not connected yet: nothing to send the workload to".into(),
+                ),
+            );
+            return;
+        };
+        request = request.aimed_at(info.model);
+        let app = info.app.clone();
+        self.push(
+            i,
+            Msg::Log(LogKind::Trigger, format!("{} → sent", request.label())),
+        );
+        let (client, tx) = (self.client.clone(), self.results_tx.clone());
+        tokio::spawn(async move {
+            let (kind, line) = fire::fire(client, app, request).await;
+            let _ = tx.send((i, kind, line)).await;
+        });
+    }
+
+    /// Stops target `i`'s demo and starts `model`; the switch completes in
+    /// [`Session::finish_switch`] when the new server prints its address, so the
+    /// session keeps running meanwhile.
+    fn switch_model(&mut self, i: usize, model: Model, workers: u32) {
+        if self.targets[i].starting.is_some() {
+            return;
+        }
+        self.push(
+            i,
+            Msg::Log(LogKind::Trigger, format!("switching to the {model} model…")),
+        );
+        // The old server goes first, so its CPU does not blur the new one's start.
+        let generation = self.targets[i].stop();
+        let tx = self.started_tx.clone();
+        let on_line = Box::new(move |line| {
+            let _ = tx.blocking_send((i, generation, line));
+        });
+        match (self.launch)(model, workers, &self.log_file, on_line) {
+            Ok(child) => self.targets[i].starting = Some((child, Instant::now())),
+            Err(e) => self.push(
+                i,
+                Msg::Log(
+                    LogKind::Warn,
+                    format!("cannot start the {model} demo: {e:#}"),
+                ),
+            ),
+        }
+    }
+
+    fn finish_switch(&mut self, i: usize, generation: u64, line: &str) {
+        if self.targets[i].generation != generation {
+            return;
+        }
+        let Some((mut child, since)) = self.targets[i].starting.take() else {
+            return;
+        };
+        match demo_child::parse_address(line, &self.log_file) {
+            Ok(address) => {
+                child.address = address;
+                self.targets[i].set_child(child);
+                self.push(
+                    i,
+                    Msg::Reset {
+                        keep_log: true,
+                        info: None,
+                    },
+                );
+                if let Some(text) = self.targets[i].started_text() {
+                    self.push(i, Msg::Log(LogKind::Info, text));
+                }
+                self.pending.push_back(Update::Restarted {
+                    target: i,
+                    took: since.elapsed(),
+                });
+                self.subscribe(i);
+            }
+            Err(e) => {
+                let model = child.model;
+                self.push(
+                    i,
+                    Msg::Log(
+                        LogKind::Warn,
+                        format!("cannot start the {model} demo: {e:#}"),
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Runs the scenario steps that are due (or, with `forced`, the next one now).
+    fn play_scenario(&mut self, forced: bool) {
+        // Steps wait while a server starts: their requests need it.
+        if self
+            .targets
+            .iter()
+            .any(|t| t.starting.is_some() || t.info.is_none())
+        {
+            return;
+        }
+        loop {
+            let Some(p) = &mut self.player else { return };
+            let now = Instant::now();
+            let step = if forced { p.step_now(now) } else { p.due(now) };
+            let Some(step) = step else { return };
+            let (done, all) = p.progress();
+            for action in step.actions {
+                match action {
+                    ScenarioAction::Caption(text) => {
+                        self.pending
+                            .push_back(Update::Caption(format!("[{done}/{all}] {text}")));
+                        self.note_all(LogKind::Info, format!("▷ {text}"));
+                    }
+                    ScenarioAction::Load(rate) => {
+                        self.load_on = rate > 0.0;
+                        if rate > 0.0 {
+                            self.rate = rate;
+                        }
+                        self.update_load();
+                    }
+                    ScenarioAction::Trigger(request) => {
+                        for i in 0..self.targets.len() {
+                            self.fire(i, request.clone());
+                        }
+                    }
+                    ScenarioAction::Model { model, workers } => {
+                        if !self.can_switch() {
+                            let text = format!(
+                                "scenario: attached to a server, cannot switch it to {model}"
+                            );
+                            self.note_all(LogKind::Warn, text);
+                        } else if Some(model) != self.targets[0].model() {
+                            self.switch_model(0, model, workers);
+                        }
+                    }
+                }
+            }
+            if forced {
+                return;
+            }
+        }
+    }
+}
+
+fn tokio_interval(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval(period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    i
+}
+
+#[cfg(test)]
+mod tests;

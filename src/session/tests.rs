@@ -1,0 +1,431 @@
+//! The session core on fake targets: small in-process telemetry servers and a demo
+//! launcher that starts no process. No terminal, no child process.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::routing::get;
+
+use super::*;
+use crate::protocol::Snapshot;
+use crate::test_support::{info, snapshot, worker};
+
+/// A fake server: `/info`, an endless `/telemetry` (a line every 20 ms, for at most
+/// 30 s), and the workloads `/hello` and `/block` (which only count their calls).
+struct Fake {
+    addr: String,
+    blocks: Arc<AtomicU32>,
+}
+
+#[derive(Clone)]
+struct FakeState {
+    model: Model,
+    addr: String,
+    blocks: Arc<AtomicU32>,
+}
+
+async fn fake(model: Model) -> Fake {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let blocks = Arc::new(AtomicU32::new(0));
+    let state = FakeState {
+        model,
+        addr: addr.clone(),
+        blocks: Arc::clone(&blocks),
+    };
+    let app = Router::new()
+        .route(
+            "/info",
+            get(|State(s): State<FakeState>| async move {
+                let mut i = info(s.model, 7);
+                i.app = s.addr.clone();
+                i.telemetry = s.addr;
+                axum::Json(i)
+            }),
+        )
+        .route(
+            "/telemetry",
+            get(|State(s): State<FakeState>| async move {
+                let lines = futures_util::stream::unfold(1u64, move |seq| async move {
+                    if seq > 1500 {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let mut snap: Snapshot = snapshot(seq, vec![worker(0, 1.0, 0.0, 0)], vec![]);
+                    snap.model = s.model;
+                    let mut line = serde_json::to_vec(&snap).unwrap();
+                    line.push(b'\n');
+                    Some((Ok::<_, std::io::Error>(line), seq + 1))
+                });
+                Body::from_stream(lines)
+            }),
+        )
+        .route("/hello", get(|| async { "{\"worker\":0}" }))
+        .route(
+            "/block",
+            get(|State(s): State<FakeState>| async move {
+                s.blocks.fetch_add(1, Ordering::Relaxed);
+                r#"{"workload":"block","model":"node","worker":0,"pid":7,"ran_on":"loop","took_ms":1.0}"#
+            }),
+        )
+        .with_state(state);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Fake { addr, blocks }
+}
+
+fn config(targets: Vec<TargetSpec>) -> SessionConfig {
+    SessionConfig {
+        targets,
+        rate: 10.0,
+        load: false,
+        log_file: std::env::temp_dir().join("loopscope-session-test.log"),
+        record: None,
+        scenario: None,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Updates until `done` says so (at most 10 s), returning them all.
+async fn until(session: &mut Session, mut done: impl FnMut(&Update) -> bool) -> Vec<Update> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let u = tokio::time::timeout_at(deadline, session.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; saw {seen:#?}"));
+        let stop = done(&u);
+        seen.push(u);
+        if stop {
+            return seen;
+        }
+    }
+}
+
+fn snapshot_of(u: &Update) -> Option<(usize, Model)> {
+    match u {
+        Update::Target {
+            target,
+            msg: Msg::Telemetry(TelemetryMsg::Snapshot(s)),
+        } => Some((*target, s.model)),
+        _ => None,
+    }
+}
+
+fn log_of(u: &Update) -> Option<(usize, &str)> {
+    match u {
+        Update::Target {
+            target,
+            msg: Msg::Log(_, text),
+        } => Some((*target, text.as_str())),
+        _ => None,
+    }
+}
+
+#[test]
+fn several_targets_each_get_their_own_updates() {
+    let rt = runtime();
+    let _rt = rt.enter();
+    rt.block_on(async {
+        let (a, b) = (fake(Model::Node).await, fake(Model::Fastapi).await);
+        let mut session = Session::new(config(vec![
+            TargetSpec::Attach { telemetry: a.addr },
+            TargetSpec::Attach { telemetry: b.addr },
+        ]))
+        .unwrap();
+        assert_eq!(session.len(), 2);
+        assert!(
+            !session.can_switch(),
+            "attached servers are not ours to switch"
+        );
+        let mut seen = [0u32; 2];
+        until(&mut session, |u| {
+            if let Some((target, model)) = snapshot_of(u) {
+                // Target 0 is the node server, target 1 the fastapi one.
+                assert_eq!(model, [Model::Node, Model::Fastapi][target]);
+                seen[target] += 1;
+            }
+            seen.iter().all(|n| *n >= 5)
+        })
+        .await;
+        // A workload fired goes to every target, and each says it was sent.
+        session.perform(Command::Fire(Workload::Block, crate::workload::SIZES[0]));
+        let mut sent = [false; 2];
+        until(&mut session, |u| {
+            if let Some((t, text)) = log_of(u) {
+                if text == "block 100 ms → sent" {
+                    sent[t] = true;
+                }
+            }
+            sent == [true, true]
+        })
+        .await;
+        let mut answered = [false; 2];
+        until(&mut session, |u| {
+            if let Some((t, text)) = log_of(u) {
+                answered[t] |= text.starts_with("block 100 ms → w0 (pid 7)");
+            }
+            answered == [true, true]
+        })
+        .await;
+    });
+}
+
+static FAKE_DEMO: OnceLock<Mutex<String>> = OnceLock::new();
+
+/// Starts no process: after 1 s for fastapi (at once for node) it says the demo
+/// listens at the fake server's address.
+fn fake_launcher(
+    model: Model,
+    workers: u32,
+    _log: &std::path::Path,
+    on_line: Box<dyn FnOnce(String) + Send>,
+) -> anyhow::Result<DemoChild> {
+    let addr = FAKE_DEMO.get().unwrap().lock().unwrap().clone();
+    std::thread::spawn(move || {
+        if model == Model::Fastapi {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        on_line(format!(
+            r#"{{"app":"{addr}","telemetry":"{addr}","pid":4242}}"#
+        ));
+    });
+    Ok(DemoChild::stand_in(model, workers))
+}
+
+#[test]
+fn a_model_switch_never_blocks_the_session() {
+    // It counts the runtime's ticks: not beside other timing tests.
+    let _timing = crate::test_support::timing_lock();
+    let rt = runtime();
+    let _rt = rt.enter();
+    rt.block_on(async {
+        let server = fake(Model::Node).await;
+        FAKE_DEMO.get_or_init(|| Mutex::new(server.addr.clone()));
+        // The launcher's thread needs the runtime's server running: start the session
+        // from a blocking thread, as a driver does before its loop.
+        let cfg = config(vec![TargetSpec::Demo {
+            model: Model::Node,
+            workers: 1,
+        }]);
+        let mut session =
+            tokio::task::spawn_blocking(move || Session::with_launcher(cfg, fake_launcher))
+                .await
+                .unwrap()
+                .unwrap();
+        assert!(session.can_switch());
+        until(&mut session, |u| snapshot_of(u).is_some()).await;
+
+        // The runtime keeps running while the next server starts: count its ticks.
+        let ticks = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&ticks);
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let asked = Instant::now();
+        session.perform(Command::SwitchModel);
+        assert!(
+            asked.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            asked.elapsed()
+        );
+        let seen = until(&mut session, |u| matches!(u, Update::Restarted { .. })).await;
+        ticker.abort();
+        let took = match seen.last() {
+            Some(Update::Restarted { took, .. }) => *took,
+            _ => unreachable!(),
+        };
+        assert!(took >= Duration::from_millis(900), "{took:?}");
+        assert!(
+            ticks.load(Ordering::Relaxed) >= 30,
+            "the runtime was blocked during the switch: {} ticks",
+            ticks.load(Ordering::Relaxed)
+        );
+        assert!(
+            seen.iter()
+                .any(|u| log_of(u) == Some((0, "switching to the fastapi model…")))
+        );
+        assert!(seen.iter().any(|u| matches!(
+            u,
+            Update::Target {
+                msg: Msg::Reset { keep_log: true, .. },
+                ..
+            }
+        )));
+        // The new server's lines flow again.
+        until(&mut session, |u| snapshot_of(u).is_some()).await;
+    });
+}
+
+#[test]
+fn a_scenario_step_sets_the_load_captions_and_fires() {
+    let rt = runtime();
+    let _rt = rt.enter();
+    rt.block_on(async {
+        let server = fake(Model::Node).await;
+        let scenario = crate::scenario::Scenario::parse(
+            r#"
+            name = "test"
+            [[step]]
+            caption = "quiet"
+            load = 20
+            [[step]]
+            after = "200ms"
+            trigger = "block"
+            ms = 300
+            caption = "blocked"
+            "#,
+        )
+        .unwrap();
+        let mut cfg = config(vec![TargetSpec::Attach {
+            telemetry: server.addr.clone(),
+        }]);
+        cfg.scenario = Some(scenario);
+        let mut session = Session::new(cfg).unwrap();
+        let seen = until(
+            &mut session,
+            |u| matches!(u, Update::Caption(c) if c == "[2/2] blocked"),
+        )
+        .await;
+        assert!(
+            seen.iter()
+                .any(|u| matches!(u, Update::Caption(c) if c == "[1/2] quiet"))
+        );
+        assert!(seen.iter().any(|u| matches!(
+            u,
+            Update::Target { msg: Msg::LoadPlan { on: true, rate }, .. } if *rate == 20.0
+        )));
+        assert!(
+            seen.iter()
+                .any(|u| log_of(u) == Some((0, "block 300 ms → sent")))
+        );
+        until(&mut session, |u| {
+            log_of(u).is_some_and(|(_, t)| t.starts_with("block 300 ms → w0"))
+        })
+        .await;
+        assert_eq!(server.blocks.load(Ordering::Relaxed), 1);
+        assert_eq!(session.load(), (true, 20.0));
+        // The background load reached the server and its figures come back.
+        until(
+            &mut session,
+            |u| matches!(u, Update::Target { msg: Msg::Load(s), .. } if s.ok > 0),
+        )
+        .await;
+    });
+}
+
+#[test]
+fn a_recording_holds_the_server_and_its_snapshots() {
+    let rt = runtime();
+    let _rt = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.ndjson");
+    rt.block_on(async {
+        let server = fake(Model::Node).await;
+        let mut cfg = config(vec![TargetSpec::Attach {
+            telemetry: server.addr.clone(),
+        }]);
+        cfg.record = Some(path.clone());
+        let mut session = Session::new(cfg).unwrap();
+        let mut n = 0;
+        until(&mut session, |u| {
+            n += snapshot_of(u).is_some() as u32;
+            n == 10
+        })
+        .await;
+    });
+    let rec = Recording::load(&path).unwrap();
+    assert_eq!(rec.damage, None);
+    assert_eq!(rec.infos.len(), 1);
+    assert_eq!(rec.infos[0].1.pid, 7);
+    assert!(rec.snapshots.len() >= 10, "{}", rec.snapshots.len());
+    // Two targets cannot share one recording.
+    let mut cfg = config(vec![
+        TargetSpec::Attach {
+            telemetry: "127.0.0.1:1".into(),
+        },
+        TargetSpec::Attach {
+            telemetry: "127.0.0.1:2".into(),
+        },
+    ]);
+    cfg.record = Some(path);
+    assert!(Session::new(cfg).is_err());
+}
+
+#[test]
+fn a_replay_feeds_its_lines_and_seeks() {
+    let rt = runtime();
+    let _rt = rt.enter();
+    rt.block_on(async {
+        let rec = Recording {
+            infos: vec![(0, info(Model::Node, 7))],
+            snapshots: (1..=30)
+                .map(|seq| snapshot(seq, vec![worker(0, 1.0, 0.0, 0)], vec![]))
+                .collect(),
+            damage: None,
+        };
+        let mut session = Session::new(config(vec![TargetSpec::Replay {
+            file: "x.ndjson".into(),
+            recording: Box::new(rec),
+        }]))
+        .unwrap();
+        assert!(session.is_replay() && !session.can_switch());
+        let seen = until(&mut session, |u| snapshot_of(u).is_some()).await;
+        assert!(matches!(
+            seen[0],
+            Update::Target {
+                msg: Msg::Reset {
+                    keep_log: false,
+                    info: Some(_)
+                },
+                ..
+            }
+        ));
+        session.perform(Command::Seek(2000));
+        let seen = until(
+            &mut session,
+            |u| matches!(u, Update::Replay(r) if r.at_s >= 2.0),
+        )
+        .await;
+        // The seek starts over and feeds every line up to 2.1 s.
+        let after_reset = seen
+            .iter()
+            .rposition(|u| {
+                matches!(
+                    u,
+                    Update::Target {
+                        msg: Msg::Reset { .. },
+                        ..
+                    }
+                )
+            })
+            .unwrap();
+        assert_eq!(
+            seen[after_reset..].iter().filter_map(snapshot_of).count(),
+            21
+        );
+        session.perform(Command::Speed(4));
+        until(
+            &mut session,
+            |u| matches!(u, Update::Replay(r) if r.speed == 4),
+        )
+        .await;
+        session.perform(Command::Fire(Workload::Json, crate::workload::SIZES[0]));
+        until(&mut session, |u| {
+            log_of(u) == Some((0, "a replay has no server to send workloads to"))
+        })
+        .await;
+    });
+}

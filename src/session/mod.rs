@@ -347,6 +347,12 @@ impl Session {
         }
     }
 
+    /// An update that is ready now, without waiting (e.g. what a command produced),
+    /// so that a front end can show the effect of a key at once.
+    pub fn ready(&mut self) -> Option<Update> {
+        self.pending.pop_front()
+    }
+
     /// Does what a front end asks; the outcome comes as updates.
     pub fn perform(&mut self, command: Command) {
         let now = Instant::now();

@@ -125,6 +125,9 @@ impl Replay {
         }
         if self.next == self.rec.snapshots.len() && !self.paused {
             self.paused = true;
+            // The clock stops at the last line, so that a seek back counts from there.
+            let last = self.rec.snapshots.last().map_or(0, |s| s.t_ms) as f64;
+            self.clock_ms = self.clock_ms.min(last);
             out.push(Msg::Log(
                 LogKind::Info,
                 "end of the recording (← to go back)".into(),
@@ -229,5 +232,31 @@ mod tests {
         // 6.1 s - 5 s = 1.1 s: the lines at 0.1 .. 1.1 s.
         assert_eq!(snapshots(&back), 11);
         assert_eq!(r.status().at_s, 1.0);
+    }
+}
+#[cfg(test)]
+mod seek_at_end {
+    use super::*;
+    use crate::test_support::{info, snapshot, worker};
+    use std::time::Duration;
+
+    #[test]
+    fn back_from_the_end_returns_to_the_start_and_plays() {
+        let t0 = Instant::now();
+        let rec = Recording {
+            infos: vec![(0, info(crate::protocol::Model::Node, 7))],
+            snapshots: (1..=25)
+                .map(|seq| snapshot(seq, vec![worker(0, 1.0, 0.0, 0)], vec![]))
+                .collect(),
+            damage: None,
+        };
+        let mut r = Replay::new(rec, Path::new("x"), t0);
+        r.set_speed(4);
+        r.advance(t0 + Duration::from_secs(5), false);
+        assert!(r.status().paused);
+        let msgs = r.seek(-5000, t0 + Duration::from_secs(6));
+        assert_eq!(r.status().at_s, 0.0, "{:?}", r.status());
+        assert!(!r.status().paused);
+        assert!(!msgs.is_empty());
     }
 }

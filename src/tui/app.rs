@@ -160,7 +160,12 @@ impl Driver {
                         TermEvent::Resize(..) => {}
                         _ => continue,
                     }
-                    dirty = true;
+                    // A key shows its effect at once, not at the next frame.
+                    while let Some(update) = self.session.ready() {
+                        self.apply(update);
+                    }
+                    self.draw(terminal)?;
+                    dirty = false;
                 }
                 update = self.session.next() => {
                     self.apply(update);

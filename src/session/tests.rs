@@ -12,7 +12,9 @@ use axum::routing::get;
 
 use super::*;
 use crate::protocol::Snapshot;
+use crate::record::Recording;
 use crate::test_support::{info, snapshot, worker};
+use crate::workload::Workload;
 
 /// A fake server: `/info`, an endless `/telemetry` (a line every 20 ms, for at most
 /// 30 s), and the workloads `/hello` and `/block` (which only count their calls).

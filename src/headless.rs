@@ -124,6 +124,7 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
                         eprintln!("{text}");
                     }
                 }
+                Msg::ServerDown(reason) => eprintln!("loopscope: {reason}"),
                 Msg::Load(_) | Msg::LoadPlan { .. } | Msg::Reset { .. } => {}
             }
         }

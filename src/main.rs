@@ -84,7 +84,12 @@ enum Command {
     /// Show the dashboard of a server started by hand, given its telemetry address.
     Attach {
         /// Telemetry address, HOST:PORT.
+        #[arg(value_parser = parse_addr)]
         addr: String,
+        /// The server's app address, HOST:PORT: background load and workload keys go
+        /// there. Without it loopscope only reads telemetry.
+        #[arg(long, value_parser = parse_addr)]
+        app: Option<String>,
     },
     /// Play a recording (made with --record) in the dashboard: space pauses,
     /// ← → seek 5 s, 1 2 4 set the speed.
@@ -92,6 +97,27 @@ enum Command {
         /// The recording.
         file: PathBuf,
     },
+}
+
+/// Checks a `HOST:PORT` address, saying what is wrong with it.
+fn parse_addr(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.contains("://") {
+        return Err(format!(
+            "{s:?}: give HOST:PORT without a scheme, e.g. 127.0.0.1:9464"
+        ));
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?}: give HOST:PORT, e.g. 127.0.0.1:9464"));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(format!("{s:?}: the host is missing or malformed"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(s.to_string()),
+        _ => Err(format!("{s:?}: the port must be a number from 1 to 65535")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -143,7 +169,10 @@ fn main() -> anyhow::Result<()> {
     }
     let target = match cli.command {
         Some(Command::Demo(args)) => return demo::run(args),
-        Some(Command::Attach { addr }) => TargetSpec::Attach { telemetry: addr },
+        Some(Command::Attach { addr, app }) => TargetSpec::Attach {
+            telemetry: addr,
+            app,
+        },
         Some(Command::Replay { file }) => return app::replay(&file, log_file),
         // A scenario says which model it starts in.
         None => match &scenario {
@@ -188,4 +217,33 @@ fn main() -> anyhow::Result<()> {
         record: d.record.clone(),
         scenario,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_addr;
+
+    #[test]
+    fn addresses_are_checked_with_a_clear_message() {
+        assert_eq!(parse_addr("127.0.0.1:9464"), Ok("127.0.0.1:9464".into()));
+        assert_eq!(parse_addr("localhost:1"), Ok("localhost:1".into()));
+        assert_eq!(parse_addr("[::1]:9464"), Ok("[::1]:9464".into()));
+        assert!(
+            parse_addr("http://127.0.0.1:1")
+                .unwrap_err()
+                .contains("without a scheme")
+        );
+        assert!(
+            parse_addr("127.0.0.1:99999")
+                .unwrap_err()
+                .contains("1 to 65535")
+        );
+        assert!(
+            parse_addr("127.0.0.1:0")
+                .unwrap_err()
+                .contains("1 to 65535")
+        );
+        assert!(parse_addr("127.0.0.1").unwrap_err().contains("HOST:PORT"));
+        assert!(parse_addr(":9464").unwrap_err().contains("host"));
+    }
 }

@@ -81,6 +81,12 @@ pub struct WorkerSnapshot {
     /// The request whose poll holds the loop during a stall, when one does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stalled_in: Option<String>,
+    /// Set when whoever serves the telemetry has had no report from this worker for
+    /// this long (its whole process is stopped, swapped out or wedged, so it cannot
+    /// say so itself); the other figures are then its last report's. Absent while
+    /// the worker reports. Added in protocol 1 as an optional field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent_for_ms: Option<f64>,
     /// Busy fraction of the loop thread over the period, 0..=1.
     pub loop_utilization: f64,
     /// The thread pool of this worker.

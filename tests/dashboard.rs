@@ -198,6 +198,64 @@ fn sigterm_restores_the_terminal_and_stops_the_demo() {
 }
 
 #[test]
+fn an_external_sigint_or_sigquit_restores_the_terminal() {
+    let _serial = serial();
+    for sig in [libc::SIGINT, libc::SIGQUIT] {
+        let mut ui = Dashboard::start(&["--model", "node", "--no-load"]);
+        ui.wait_for(Duration::from_secs(30), "live lag panel", |s| {
+            s.contains("● live")
+        });
+        // SAFETY: kill(2) on the pid of the child we started.
+        assert_eq!(unsafe { libc::kill(ui.pid() as i32, sig) }, 0);
+        assert!(ui.wait_exit().success(), "signal {sig}");
+        let end = Instant::now() + Duration::from_secs(2);
+        loop {
+            let screen = ui.screen.lock().unwrap();
+            let s = screen.screen();
+            if !s.alternate_screen() && !s.hide_cursor() {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "signal {sig} left the terminal in the alternate screen or the cursor hidden"
+            );
+            drop(screen);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_killed_demo_child_is_reaped_reported_and_restarted() {
+    let _serial = serial();
+    let mut ui = Dashboard::start(&["--model", "node", "--no-load"]);
+    ui.wait_for(Duration::from_secs(30), "live lag panel", |s| {
+        s.contains("● live") && s.contains("w0")
+    });
+    let demo = children(ui.pid());
+    assert_eq!(demo.len(), 1, "{demo:?}");
+    // SAFETY: kill(2) on the pid of the demo our dashboard started.
+    assert_eq!(unsafe { libc::kill(demo[0] as i32, libc::SIGKILL) }, 0);
+    ui.wait_for(Duration::from_secs(5), "the death, said at once", |s| {
+        s.contains(&format!("(pid {}) killed by signal 9", demo[0])) && s.contains("NOT REPORTING")
+    });
+    // Reaped: no zombie left behind.
+    let end = Instant::now() + Duration::from_secs(2);
+    while std::path::Path::new(&format!("/proc/{}", demo[0])).exists() {
+        assert!(Instant::now() < end, "the dead demo was not reaped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ui.wait_for(Duration::from_secs(30), "a new demo, live", |s| {
+        s.contains("restarting the node demo") && s.contains("● live")
+    });
+    let again = children(ui.pid());
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_ne!(again, demo);
+    ui.press("q");
+    assert!(ui.wait_exit().success());
+}
+
+#[test]
 fn the_dashboard_reconnects_when_the_server_comes_back() {
     let _serial = serial();
     let demo = Demo::start(&["--model", "node"]);

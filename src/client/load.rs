@@ -27,6 +27,8 @@ pub struct LoadPlan {
     pub max_in_flight: usize,
     /// A request slower than this is abandoned and counted as a timeout.
     pub timeout: Duration,
+    /// How many workers the server has: the load is spread over all of them.
+    pub workers: u32,
 }
 
 impl Default for LoadPlan {
@@ -36,6 +38,7 @@ impl Default for LoadPlan {
             path: "/hello".into(),
             max_in_flight: 256,
             timeout: Duration::from_secs(2),
+            workers: 1,
         }
     }
 }

@@ -138,6 +138,7 @@ impl Sampler {
                 lag_ms: self.probe.take_lag(),
                 stalled_for_ms: stalled.map_or(0.0, |d| round3(d.as_secs_f64() * 1000.0)),
                 stalled_in: stalled.and_then(|_| self.probe.request_in_poll()),
+                silent_for_ms: None,
                 loop_utilization: round3(utilization),
                 pool,
                 cpu: self.cpu.sample(),

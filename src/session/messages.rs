@@ -26,6 +26,9 @@ pub enum TargetSpec {
     Attach {
         /// `HOST:PORT` of the telemetry port.
         telemetry: String,
+        /// Where background load and workloads go, when the user named it; without
+        /// it only telemetry is read (a server's own claim is shown, never used).
+        app: Option<String>,
     },
     /// Play a recording.
     Replay {
@@ -82,6 +85,8 @@ pub enum Msg {
     },
     /// A line for the event log.
     Log(LogKind, String),
+    /// The server stopped (a demo child died): its figures are no longer current.
+    ServerDown(String),
     /// Start the history over: a new server after a model switch (the log and the
     /// traffic stay), or a replay's seek (everything goes; `info` is the server).
     Reset {

@@ -40,6 +40,20 @@ const LOAD_WINDOW: Duration = Duration::from_secs(1);
 /// How often due scenario steps and replay lines are looked for (only while there
 /// is a scenario or a replay: an idle session does not wake up for nothing).
 const STEP_TICK: Duration = Duration::from_millis(25);
+/// How often demo children are checked for an exit (a `waitpid` that never blocks).
+const SUPERVISE_TICK: Duration = Duration::from_millis(200);
+/// A demo child that dies sooner than this after starting died "quickly".
+const QUICK_DEATH: Duration = Duration::from_secs(10);
+/// After this many quick deaths in a row, the session stops restarting it.
+const MAX_QUICK_DEATHS: usize = 3;
+
+/// The wait before restarting a demo child that died, after `quick` quick deaths in
+/// a row: 0.5 s, doubling, at most 4 s.
+pub fn restart_delay(quick: usize) -> Duration {
+    Duration::from_millis(500)
+        .saturating_mul(1 << quick.min(16))
+        .min(Duration::from_secs(4))
+}
 
 /// The terminal-free core; see the module docs.
 pub struct Session {
@@ -70,6 +84,7 @@ pub struct Session {
     started_rx: mpsc::Receiver<(usize, u64, String)>,
     load_window: tokio::time::Interval,
     step_tick: tokio::time::Interval,
+    supervise_tick: tokio::time::Interval,
 }
 
 impl Session {
@@ -93,7 +108,7 @@ impl Session {
                 TargetSpec::Demo { model, workers } => {
                     Target::demo(DemoChild::start(launch, model, workers, &config.log_file)?)
                 }
-                TargetSpec::Attach { telemetry } => Target::attach(telemetry),
+                TargetSpec::Attach { telemetry, app } => Target::attach(telemetry, app),
                 TargetSpec::Replay { file, recording } => {
                     replay = Some(replay::Replay::new(*recording, &file, Instant::now()));
                     Target::replay()
@@ -129,6 +144,7 @@ impl Session {
             started_rx,
             load_window,
             step_tick: tokio_interval(STEP_TICK),
+            supervise_tick: tokio_interval(SUPERVISE_TICK),
         })
     }
 
@@ -178,6 +194,7 @@ impl Session {
             }
             let ticking = self.replay.is_some() || self.player.is_some();
             let loading = self.targets.iter().any(Target::has_load);
+            let supervising = self.targets.iter().any(Target::is_demo);
             tokio::select! {
                 biased;
                 Some((i, generation, msg)) = self.telemetry_rx.recv() => {
@@ -202,6 +219,7 @@ impl Session {
                     self.advance_replay();
                     self.play_scenario(false);
                 }
+                _ = self.supervise_tick.tick(), if supervising => self.supervise(),
             }
         }
     }
@@ -337,7 +355,12 @@ impl Session {
 
     fn on_telemetry(&mut self, i: usize, msg: TelemetryMsg) {
         if let TelemetryMsg::Connected(info) = &msg {
+            let first = self.targets[i].info.is_none();
             self.targets[i].info = Some((**info).clone());
+            if first && self.targets[i].app.is_none() && self.replay.is_none() {
+                let text = no_app_hint(&info.app);
+                self.push(i, Msg::Log(LogKind::Info, text));
+            }
             let plan = self.plan();
             self.targets[i].ensure_load(&self.client, plan);
             if self.player.is_none() {
@@ -398,8 +421,12 @@ impl Session {
             );
             return;
         };
+        let Some(app) = self.targets[i].app.clone() else {
+            let text = no_app_hint(&info.app);
+            self.push(i, Msg::Log(LogKind::Warn, text));
+            return;
+        };
         request = request.aimed_at(info.model);
-        let app = info.app.clone();
         self.push(
             i,
             Msg::Log(LogKind::Trigger, format!("{} → sent", request.label())),
@@ -415,13 +442,22 @@ impl Session {
     /// [`Session::finish_switch`] when the new server prints its address, so the
     /// session keeps running meanwhile.
     fn switch_model(&mut self, i: usize, model: Model, workers: u32) {
+        self.start_demo(
+            i,
+            model,
+            workers,
+            format!("switching to the {model} model…"),
+        );
+    }
+
+    /// Starts a demo server of `model` in target `i` in place of the old one (if
+    /// any), saying `why` in the log.
+    fn start_demo(&mut self, i: usize, model: Model, workers: u32, why: String) {
         if self.targets[i].starting.is_some() {
             return;
         }
-        self.push(
-            i,
-            Msg::Log(LogKind::Trigger, format!("switching to the {model} model…")),
-        );
+        self.targets[i].restart_at = None;
+        self.push(i, Msg::Log(LogKind::Trigger, why));
         // The old server goes first, so its CPU does not blur the new one's start.
         let generation = self.targets[i].stop();
         let tx = self.started_tx.clone();
@@ -480,6 +516,46 @@ impl Session {
         }
     }
 
+    /// Reaps demo children that died, says how, and restarts them (with a growing
+    /// delay; not after repeated quick deaths).
+    fn supervise(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.targets.len() {
+            if let Some((due, model, workers)) = self.targets[i].restart_at {
+                if now >= due {
+                    let why = format!("restarting the {model} demo…");
+                    self.start_demo(i, model, workers, why);
+                }
+                continue;
+            }
+            let started = self.targets[i].started_at;
+            let Some((model, workers, pid, how)) = self.targets[i].reap() else {
+                continue;
+            };
+            self.targets[i].stop();
+            let next = after_death(&mut self.targets[i].quick_deaths, started, now);
+            self.push(
+                i,
+                Msg::ServerDown(format!("the {model} demo (pid {pid}) {how}")),
+            );
+            match next {
+                Some(delay) => {
+                    self.targets[i].restart_at = Some((now + delay, model, workers));
+                    let text = format!("restarting it in {:.1} s", delay.as_secs_f64());
+                    self.push(i, Msg::Log(LogKind::Info, text));
+                }
+                None => {
+                    let text = format!(
+                        "the {model} demo died {MAX_QUICK_DEATHS} times within {} s of starting: not restarting it (see {}; m starts one)",
+                        QUICK_DEATH.as_secs(),
+                        self.log_file.display()
+                    );
+                    self.push(i, Msg::Log(LogKind::Warn, text));
+                }
+            }
+        }
+    }
+
     /// Runs the scenario steps that are due (or, with `forced`, the next one now).
     fn play_scenario(&mut self, forced: bool) {
         // Steps wait while a server starts: their requests need it.
@@ -532,6 +608,32 @@ impl Session {
             }
         }
     }
+}
+
+/// After a demo child that started at `started` died at `now`: the delay before
+/// restarting it, or `None` to give up after [`MAX_QUICK_DEATHS`] quick deaths in a
+/// row. `quick_deaths` keeps the count between deaths.
+fn after_death(
+    quick_deaths: &mut Vec<Instant>,
+    started: Option<Instant>,
+    now: Instant,
+) -> Option<Duration> {
+    match started {
+        Some(s) if now.saturating_duration_since(s) < QUICK_DEATH => quick_deaths.push(s),
+        _ => quick_deaths.clear(),
+    }
+    if quick_deaths.len() >= MAX_QUICK_DEATHS {
+        quick_deaths.clear();
+        return None;
+    }
+    Some(restart_delay(quick_deaths.len()))
+}
+
+/// What to say when a workload or load has no app address to go to.
+fn no_app_hint(claimed: &str) -> String {
+    format!(
+        "telemetry only: pass --app HOST:PORT to send load and workloads (the server says its app is at {claimed})"
+    )
 }
 
 fn tokio_interval(period: Duration) -> tokio::time::Interval {

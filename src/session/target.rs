@@ -28,8 +28,17 @@ pub(super) struct Target {
     pub info: Option<ServerInfo>,
     /// Bumped when the server is replaced: messages of an older one are ignored.
     pub generation: u64,
-    /// A demo being started by a model switch, and since when.
+    /// A demo being started by a model switch or a restart, and since when.
     pub starting: Option<(DemoChild, Instant)>,
+    /// Where load and workloads go: the address a demo child printed, or the one the
+    /// user named for an attached server (never what a server's `/info` claims).
+    pub app: Option<String>,
+    /// When the running demo child started.
+    pub started_at: Option<Instant>,
+    /// Start times of demo children that died soon after starting, newest last.
+    pub quick_deaths: Vec<Instant>,
+    /// A restart planned after a death: when, and the model and workers to start.
+    pub restart_at: Option<(Instant, Model, u32)>,
     subscriber: Option<tokio::task::JoinHandle<()>>,
     /// The background load and the app address it goes to.
     load: Option<(LoadGenerator, String)>,
@@ -44,27 +53,43 @@ impl Drop for Target {
 }
 
 impl Target {
-    fn new(kind: Kind) -> Self {
+    fn new(kind: Kind, app: Option<String>) -> Self {
         Self {
             kind,
             info: None,
             generation: 0,
             starting: None,
+            app,
+            started_at: None,
+            quick_deaths: Vec::new(),
+            restart_at: None,
             subscriber: None,
             load: None,
         }
     }
 
     pub fn demo(child: DemoChild) -> Self {
-        Self::new(Kind::Demo(Some(child)))
+        let mut t = Self::new(Kind::Demo(None), None);
+        t.set_child(child);
+        t
     }
 
-    pub fn attach(telemetry: String) -> Self {
-        Self::new(Kind::Attach(telemetry))
+    pub fn attach(telemetry: String, app: Option<String>) -> Self {
+        Self::new(Kind::Attach(telemetry), app)
     }
 
     pub fn replay() -> Self {
-        Self::new(Kind::Replay)
+        Self::new(Kind::Replay, None)
+    }
+
+    /// The demo child's end, once it died (reaped, and the target left without one).
+    pub fn reap(&mut self) -> Option<(Model, u32, u32, String)> {
+        let Kind::Demo(slot) = &mut self.kind else {
+            return None;
+        };
+        let how = slot.as_mut()?.try_wait()?;
+        let child = slot.take()?;
+        Some((child.model, child.workers, child.pid(), how))
     }
 
     pub fn is_demo(&self) -> bool {
@@ -131,14 +156,19 @@ impl Target {
         }
     }
 
-    /// Starts the background load once the server said where its app listens.
+    /// Starts the background load once connected, if the target has an app
+    /// address to send it to.
     pub fn ensure_load(&mut self, client: &HttpClient, plan: LoadPlan) {
-        let Some(info) = &self.info else { return };
-        if self.load.as_ref().is_some_and(|(_, app)| *app == info.app) {
+        let (Some(_), Some(app)) = (&self.info, &self.app) else {
+            return;
+        };
+        if self.load.as_ref().is_some_and(|(_, a)| a == app) {
             return;
         }
-        let load = LoadGenerator::start(client.clone(), info.app.clone(), plan);
-        self.load = Some((load, info.app.clone()));
+        let workers = self.info.as_ref().map_or(1, |i| i.workers.len().max(1)) as u32;
+        let plan = LoadPlan { workers, ..plan };
+        let load = LoadGenerator::start(client.clone(), app.clone(), plan);
+        self.load = Some((load, app.clone()));
     }
 
     pub fn set_plan(&self, plan: &LoadPlan) {
@@ -165,13 +195,16 @@ impl Target {
         self.info = None;
         if let Kind::Demo(child) = &mut self.kind {
             *child = None;
+            self.app = None;
         }
         self.generation += 1;
         self.generation
     }
 
-    /// The new server of a switch.
+    /// The new server of a switch or a restart.
     pub fn set_child(&mut self, child: DemoChild) {
+        self.app = Some(child.address.app.clone());
+        self.started_at = Some(Instant::now());
         self.kind = Kind::Demo(Some(child));
     }
 }

@@ -21,30 +21,42 @@ use crate::workload::Workload;
 struct Fake {
     addr: String,
     blocks: Arc<AtomicU32>,
+    hellos: Arc<AtomicU32>,
 }
 
 #[derive(Clone)]
 struct FakeState {
     model: Model,
+    /// What `/info` says the app address is.
+    claims: String,
     addr: String,
     blocks: Arc<AtomicU32>,
+    hellos: Arc<AtomicU32>,
 }
 
 async fn fake(model: Model) -> Fake {
+    fake_claiming(model, None).await
+}
+
+/// A fake whose `/info` names `claims` as its app (itself by default).
+async fn fake_claiming(model: Model, claims: Option<String>) -> Fake {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let blocks = Arc::new(AtomicU32::new(0));
+    let hellos = Arc::new(AtomicU32::new(0));
     let state = FakeState {
         model,
+        claims: claims.unwrap_or_else(|| addr.clone()),
         addr: addr.clone(),
         blocks: Arc::clone(&blocks),
+        hellos: Arc::clone(&hellos),
     };
     let app = Router::new()
         .route(
             "/info",
             get(|State(s): State<FakeState>| async move {
                 let mut i = info(s.model, 7);
-                i.app = s.addr.clone();
+                i.app = s.claims;
                 i.telemetry = s.addr;
                 axum::Json(i)
             }),
@@ -66,7 +78,13 @@ async fn fake(model: Model) -> Fake {
                 Body::from_stream(lines)
             }),
         )
-        .route("/hello", get(|| async { "{\"worker\":0}" }))
+        .route(
+            "/hello",
+            get(|State(s): State<FakeState>| async move {
+                s.hellos.fetch_add(1, Ordering::Relaxed);
+                "{\"worker\":0}"
+            }),
+        )
         .route(
             "/block",
             get(|State(s): State<FakeState>| async move {
@@ -76,7 +94,11 @@ async fn fake(model: Model) -> Fake {
         )
         .with_state(state);
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Fake { addr, blocks }
+    Fake {
+        addr,
+        blocks,
+        hellos,
+    }
 }
 
 fn config(targets: Vec<TargetSpec>) -> SessionConfig {
@@ -140,8 +162,14 @@ fn several_targets_each_get_their_own_updates() {
     rt.block_on(async {
         let (a, b) = (fake(Model::Node).await, fake(Model::Fastapi).await);
         let mut session = Session::new(config(vec![
-            TargetSpec::Attach { telemetry: a.addr },
-            TargetSpec::Attach { telemetry: b.addr },
+            TargetSpec::Attach {
+                telemetry: a.addr.clone(),
+                app: Some(a.addr),
+            },
+            TargetSpec::Attach {
+                telemetry: b.addr.clone(),
+                app: Some(b.addr),
+            },
         ]))
         .unwrap();
         assert_eq!(session.len(), 2);
@@ -293,6 +321,7 @@ fn a_scenario_step_sets_the_load_captions_and_fires() {
         .unwrap();
         let mut cfg = config(vec![TargetSpec::Attach {
             telemetry: server.addr.clone(),
+            app: Some(server.addr.clone()),
         }]);
         cfg.scenario = Some(scenario);
         let mut session = Session::new(cfg).unwrap();
@@ -329,6 +358,96 @@ fn a_scenario_step_sets_the_load_captions_and_fires() {
 }
 
 #[test]
+fn an_attached_server_gets_no_load_or_workload_unless_its_app_is_named() {
+    let rt = runtime();
+    let _rt = rt.enter();
+    rt.block_on(async {
+        // A telemetry server that claims another server's address as its app.
+        let victim = fake(Model::Node).await;
+        let liar = fake_claiming(Model::Node, Some(victim.addr.clone())).await;
+        let mut cfg = config(vec![TargetSpec::Attach {
+            telemetry: liar.addr.clone(),
+            app: None,
+        }]);
+        cfg.load = true;
+        cfg.rate = 200.0;
+        let mut session = Session::new(cfg).unwrap();
+        let seen = until(&mut session, |u| snapshot_of(u).is_some()).await;
+        let hint = format!(
+            "telemetry only: pass --app HOST:PORT to send load and workloads (the server says its app is at {})",
+            victim.addr
+        );
+        assert!(seen.iter().any(|u| log_of(u) == Some((0, hint.as_str()))), "{seen:#?}");
+        session.perform(Command::Fire(Workload::Block, crate::workload::SIZES[0]));
+        session.perform(Command::Fire(Workload::Sync, crate::workload::SIZES[0]));
+        let mut n = 0;
+        until(&mut session, |u| {
+            n += snapshot_of(u).is_some() as u32;
+            n == 25
+        })
+        .await;
+        assert_eq!(victim.hellos.load(Ordering::Relaxed), 0, "load went to the claimed app");
+        assert_eq!(victim.blocks.load(Ordering::Relaxed), 0, "a workload went to the claimed app");
+        assert_eq!(liar.hellos.load(Ordering::Relaxed), 0);
+
+        // Named by the user: load and workloads go to exactly that address.
+        let mut cfg = config(vec![TargetSpec::Attach {
+            telemetry: liar.addr.clone(),
+            app: Some(liar.addr.clone()),
+        }]);
+        cfg.load = true;
+        cfg.rate = 200.0;
+        let mut session = Session::new(cfg).unwrap();
+        until(&mut session, |u| snapshot_of(u).is_some()).await;
+        session.perform(Command::Fire(Workload::Block, crate::workload::SIZES[0]));
+        until(&mut session, |u| {
+            log_of(u).is_some_and(|(_, t)| t.starts_with("block 100 ms → w0"))
+        })
+        .await;
+        until(&mut session, |u| {
+            matches!(u, Update::Target { msg: Msg::Load(s), .. } if s.ok > 0)
+        })
+        .await;
+        assert_eq!(liar.blocks.load(Ordering::Relaxed), 1);
+        assert!(liar.hellos.load(Ordering::Relaxed) > 0);
+        assert_eq!(victim.hellos.load(Ordering::Relaxed), 0);
+    });
+}
+
+#[test]
+fn restarts_back_off_and_stop_after_quick_deaths() {
+    let t0 = Instant::now();
+    let mut quick = Vec::new();
+    // A death after a long life restarts at once-ish and forgets earlier deaths.
+    assert_eq!(
+        after_death(&mut quick, Some(t0), t0 + Duration::from_secs(60)),
+        Some(Duration::from_millis(500))
+    );
+    // Quick deaths: 1 s, 2 s, then the session gives up.
+    let s1 = t0 + Duration::from_secs(61);
+    assert_eq!(
+        after_death(&mut quick, Some(s1), s1 + Duration::from_secs(1)),
+        Some(Duration::from_secs(1))
+    );
+    let s2 = s1 + Duration::from_secs(3);
+    assert_eq!(
+        after_death(&mut quick, Some(s2), s2 + Duration::from_secs(1)),
+        Some(Duration::from_secs(2))
+    );
+    let s3 = s2 + Duration::from_secs(4);
+    assert_eq!(
+        after_death(&mut quick, Some(s3), s3 + Duration::from_secs(1)),
+        None
+    );
+    assert!(quick.is_empty(), "m starts afresh");
+    assert_eq!(restart_delay(0), Duration::from_millis(500));
+    assert_eq!(restart_delay(1), Duration::from_secs(1));
+    assert_eq!(restart_delay(2), Duration::from_secs(2));
+    assert_eq!(restart_delay(3), Duration::from_secs(4));
+    assert_eq!(restart_delay(60), Duration::from_secs(4));
+}
+
+#[test]
 fn a_recording_holds_the_server_and_its_snapshots() {
     let rt = runtime();
     let _rt = rt.enter();
@@ -338,6 +457,7 @@ fn a_recording_holds_the_server_and_its_snapshots() {
         let server = fake(Model::Node).await;
         let mut cfg = config(vec![TargetSpec::Attach {
             telemetry: server.addr.clone(),
+            app: None,
         }]);
         cfg.record = Some(path.clone());
         let mut session = Session::new(cfg).unwrap();
@@ -357,9 +477,11 @@ fn a_recording_holds_the_server_and_its_snapshots() {
     let mut cfg = config(vec![
         TargetSpec::Attach {
             telemetry: "127.0.0.1:1".into(),
+            app: None,
         },
         TargetSpec::Attach {
             telemetry: "127.0.0.1:2".into(),
+            app: None,
         },
     ]);
     cfg.record = Some(path);

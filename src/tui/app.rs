@@ -129,10 +129,13 @@ impl Driver {
 
     async fn run(mut self, terminal: &mut DefaultTerminal) -> anyhow::Result<()> {
         let mut keys_rx = spawn_input_thread()?;
-        // Killed politely (SIGTERM, SIGHUP: the terminal closing): leave as on `q`, so
-        // the terminal is restored and the demo stopped.
+        // Killed politely (SIGTERM, SIGHUP: the terminal closing, SIGINT, SIGQUIT):
+        // leave as on `q`, so the terminal is restored and the demo stopped.
         let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+        // An external SIGINT or SIGQUIT (in raw mode ^C is a key, not a signal).
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        let mut quit = signal(SignalKind::quit()).context("cannot watch SIGQUIT")?;
         let mut frame = tokio::time::interval(Duration::from_millis(1000 / FPS));
         frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         // Something changed since the last frame; a live stall counts up between lines,
@@ -173,6 +176,8 @@ impl Driver {
                 }
                 _ = terminate.recv() => return Ok(()),
                 _ = hangup.recv() => return Ok(()),
+                _ = interrupt.recv() => return Ok(()),
+                _ = quit.recv() => return Ok(()),
                 _ = frame.tick() => {
                     let stalled = self.dashboards.iter().any(|d| {
                         d.workers.values().any(|w| w.latest.stalled_for_ms > 0.0)

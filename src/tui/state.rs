@@ -13,6 +13,8 @@ pub use crate::session::{LogKind, Msg};
 
 /// Seconds of history kept for the charts.
 pub const WINDOW_S: f64 = 60.0;
+/// A jump in `seq` larger than this is not lost lines but another stream.
+const MAX_GAP: u64 = 100_000;
 /// Lines kept in the event log.
 pub const LOG_LINES: usize = 200;
 
@@ -225,6 +227,10 @@ impl Dashboard {
                 }
                 t.last = stats;
             }
+            Msg::ServerDown(reason) => {
+                self.log(clock, LogKind::Warn, reason.clone());
+                self.connection = Connection::Lost { reason, since: now };
+            }
             Msg::Reset { keep_log, info } => {
                 let log = std::mem::take(&mut self.log);
                 let traffic = std::mem::take(&mut self.traffic);
@@ -251,10 +257,12 @@ impl Dashboard {
         self.diagnoser.observe(&snap);
         self.diagnosis = self.diagnoser.diagnose();
         // A new server (restarted, or another model) starts its clock again.
-        if snap.seq < self.last_seq {
+        let gap = snap.seq.saturating_sub(self.last_seq);
+        if snap.seq < self.last_seq || gap > MAX_GAP {
+            // A new server, or a sequence that jumped beyond belief: start over.
             self.workers.clear();
-        } else if self.last_seq != 0 && snap.seq > self.last_seq + 1 {
-            self.missed_lines += snap.seq - self.last_seq - 1;
+        } else if self.last_seq != 0 && gap > 1 {
+            self.missed_lines = self.missed_lines.saturating_add(gap - 1);
         }
         self.last_seq = snap.seq;
         self.connection = Connection::Live;

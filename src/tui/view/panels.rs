@@ -19,6 +19,22 @@ pub(super) fn now_panel<'a>(d: &'a Dashboard, theme: &Theme, now: Instant) -> Pa
         ),
         theme.bold(),
     )];
+    // A server that stopped reporting: its last figures are not news any more.
+    if let Connection::Lost { since, .. } = &d.connection {
+        lines.push(Line::styled(
+            format!("■ NOT REPORTING for {} s", seconds_since(*since, now)),
+            theme.alarm(),
+        ));
+        for id in d.workers.keys() {
+            lines.push(Line::from(vec![
+                Span::styled(format!("w{id:<4}"), theme.worker(*id)),
+                Span::styled("  – no figures –", theme.dim()),
+            ]));
+        }
+        return Paragraph::new(lines)
+            .block(Block::bordered().title(" Now "))
+            .wrap(Wrap { trim: false });
+    }
     for (id, w) in &d.workers {
         let l = &w.latest;
         if !l.alive {
@@ -28,27 +44,36 @@ pub(super) fn now_panel<'a>(d: &'a Dashboard, theme: &Theme, now: Instant) -> Pa
             ]));
             continue;
         }
+        if let Some(silent) = l.silent_for_ms {
+            lines.push(Line::from(vec![
+                Span::styled(format!("w{id:<4}"), theme.worker(*id)),
+                Span::styled(
+                    format!(" NOT REPORTING {}", short_ms(silent)),
+                    theme.alarm(),
+                ),
+            ]));
+            continue;
+        }
         // While a loop is stuck its timer cannot tick: show the stall as the max.
         let stalled = w.stalled_for_ms(now, d.period_ms);
         let (p50, p99) = if l.lag_ms.samples == 0 {
             ("–".to_string(), "–".to_string())
         } else {
-            (
-                format!("{:.1}", l.lag_ms.p50),
-                format!("{:.1}", l.lag_ms.p99),
-            )
+            (fmt_max(l.lag_ms.p50), fmt_max(l.lag_ms.p99))
         };
         lines.push(Line::from(vec![
             Span::styled(format!("w{id:<4}"), theme.worker(*id)),
             Span::raw(format!(
-                "{p50:>7}{p99:>7}{:>8}{:>6.0}%",
+                "{p50:>7}{p99:>7}{:>8}{:>6}%",
                 fmt_max(l.lag_ms.max.max(stalled)),
-                l.loop_utilization * 100.0
+                percent(l.loop_utilization * 100.0)
             )),
         ]));
     }
     for (id, w) in &d.workers {
-        lines.extend(stall_badge(*id, w, d.period_ms, theme, now));
+        if w.latest.silent_for_ms.is_none() {
+            lines.extend(stall_badge(*id, w, d.period_ms, theme, now));
+        }
     }
     for diag in &d.diagnosis {
         lines.push(Line::styled(format!("▶ {}", diag.text), theme.warn()));
@@ -59,7 +84,11 @@ pub(super) fn now_panel<'a>(d: &'a Dashboard, theme: &Theme, now: Instant) -> Pa
 }
 
 fn fmt_max(ms: f64) -> String {
-    if ms >= 100.0 {
+    if !ms.is_finite() || ms < 0.0 {
+        "–".to_string()
+    } else if ms >= 1_000_000.0 {
+        ">1e6".to_string()
+    } else if ms >= 100.0 {
         format!("{ms:.0}")
     } else {
         format!("{ms:.1}")
@@ -135,7 +164,10 @@ pub(super) fn cpu_now<'a>(d: &'a Dashboard, theme: &Theme) -> Paragraph<'a> {
 /// A percentage as a short whole number; out-of-range figures say so instead of
 /// printing hundreds of digits.
 pub(super) fn percent(v: f64) -> String {
-    if !v.is_finite() || v < 0.0 {
+    if v == 0.0 {
+        // Also -0.0, which would print as "-0".
+        "0".to_string()
+    } else if !v.is_finite() || v < 0.0 {
         "–".to_string()
     } else if v >= 10_000.0 {
         ">9999".to_string()

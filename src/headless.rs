@@ -113,6 +113,10 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
                         stdout.flush()?;
                     }
                 }
+                Msg::Telemetry(TelemetryMsg::Skipped { lines, reason }) => match lines {
+                    0 => eprintln!("loopscope: telemetry: {reason}"),
+                    n => eprintln!("loopscope: telemetry: {reason} ({n} lines skipped)"),
+                },
                 Msg::Telemetry(TelemetryMsg::Disconnected { reason, .. }) => {
                     eprintln!("loopscope: telemetry lost: {reason}");
                 }

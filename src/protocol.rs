@@ -311,6 +311,96 @@ pub struct AddressLine {
     pub pid: u32,
 }
 
+/// Most workers a reader keeps from one snapshot or server description.
+pub const MAX_WORKERS: usize = 256;
+/// Most events a reader keeps from one snapshot.
+pub const MAX_EVENTS: usize = 64;
+/// Most endpoints a reader keeps per worker.
+pub const MAX_ENDPOINTS: usize = 64;
+/// Longest string a reader keeps (a request target, a name), in characters.
+pub const MAX_STRING: usize = 200;
+
+/// Cuts `s` to [`MAX_STRING`] characters; true if it was cut.
+fn cut(s: &mut String) -> bool {
+    if s.char_indices().nth(MAX_STRING).is_none() {
+        return false;
+    }
+    match s.char_indices().nth(MAX_STRING - 1) {
+        Some((at, _)) => {
+            s.truncate(at);
+            s.push('…');
+            true
+        }
+        None => false,
+    }
+}
+
+/// Keeps at most `max` items; true if some were dropped.
+fn cap<T>(v: &mut Vec<T>, max: usize) -> bool {
+    let over = v.len() > max;
+    v.truncate(max);
+    over
+}
+
+impl Snapshot {
+    /// Brings a snapshot from the network within the reader's limits (workers,
+    /// events, endpoints, string lengths, finite figures) and says what was cut, so
+    /// that a hostile or broken server cannot exhaust the reader.
+    pub fn bound(&mut self) -> Vec<String> {
+        let mut cuts = Vec::new();
+        if cap(&mut self.workers, MAX_WORKERS) {
+            cuts.push(format!("workers beyond {MAX_WORKERS}"));
+        }
+        if cap(&mut self.events, MAX_EVENTS) {
+            cuts.push(format!("events beyond {MAX_EVENTS}"));
+        }
+        let mut long = false;
+        let mut endpoints = false;
+        for w in &mut self.workers {
+            if let Some(s) = &mut w.stalled_in {
+                long |= cut(s);
+            }
+            endpoints |= cap(&mut w.requests.endpoints, MAX_ENDPOINTS);
+            for e in &mut w.requests.endpoints {
+                long |= cut(&mut e.endpoint);
+            }
+        }
+        for e in &mut self.events {
+            match e {
+                Event::SlowPoll { endpoint, uri, .. } => {
+                    long |= cut(endpoint);
+                    long |= cut(uri);
+                }
+                Event::WorkerExited { status, .. } => long |= cut(status),
+                _ => {}
+            }
+        }
+        if endpoints {
+            cuts.push(format!("endpoints beyond {MAX_ENDPOINTS} per worker"));
+        }
+        if long {
+            cuts.push(format!("strings beyond {MAX_STRING} characters"));
+        }
+        cuts
+    }
+}
+
+impl ServerInfo {
+    /// As [`Snapshot::bound`], for a server description.
+    pub fn bound(&mut self) -> Vec<String> {
+        let mut cuts = Vec::new();
+        if cap(&mut self.workers, MAX_WORKERS) {
+            cuts.push(format!("workers beyond {MAX_WORKERS}"));
+        }
+        let mut long = cut(&mut self.app) | cut(&mut self.telemetry);
+        long |= cut(&mut self.versions.loopscope);
+        if long {
+            cuts.push(format!("strings beyond {MAX_STRING} characters"));
+        }
+        cuts
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,5 +457,45 @@ mod tests {
         let line = serde_json::to_string(&snap).unwrap();
         assert!(line.contains(r#""kind":"worker_restarted""#));
         assert_eq!(serde_json::from_str::<Snapshot>(&line).unwrap(), snap);
+    }
+
+    #[test]
+    fn bounding_cuts_what_a_hostile_server_sends() {
+        let long = "x".repeat(1_000_000);
+        let mut snap = Snapshot {
+            v: PROTOCOL_VERSION,
+            seq: 1,
+            t_ms: 1,
+            model: Model::Node,
+            period_ms: 100,
+            workers: (0..10_000)
+                .map(|id| WorkerSnapshot {
+                    id,
+                    stalled_in: Some(long.clone()),
+                    ..Default::default()
+                })
+                .take(300)
+                .collect(),
+            host: HostSnapshot::default(),
+            events: (0..100)
+                .map(|_| Event::SlowPoll {
+                    worker: 0,
+                    endpoint: long.clone(),
+                    uri: long.clone(),
+                    ms: 1.0,
+                    t_ms: 0,
+                })
+                .collect(),
+        };
+        let cuts = snap.bound();
+        assert_eq!(snap.workers.len(), MAX_WORKERS);
+        assert_eq!(snap.events.len(), MAX_EVENTS);
+        assert_eq!(
+            snap.workers[0].stalled_in.as_ref().unwrap().chars().count(),
+            MAX_STRING
+        );
+        assert_eq!(cuts.len(), 3, "{cuts:?}");
+        let mut fine = snap.clone();
+        assert!(fine.bound().is_empty(), "bounding twice cuts nothing more");
     }
 }

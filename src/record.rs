@@ -10,12 +10,15 @@
 //! order.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{ServerInfo, Snapshot};
+
+/// The longest line a recording may hold.
+pub const MAX_LINE: usize = 4 << 20;
 
 /// The first line of a recording.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -88,28 +91,47 @@ enum Line {
 }
 
 impl Recording {
-    /// Reads `path` up to the first damaged line.
+    /// Reads `path` up to the first damaged line (or the first longer than
+    /// [`MAX_LINE`]: a recording is never read whole into one buffer).
     pub fn load(path: &Path) -> std::io::Result<Self> {
-        let file = File::open(path)?;
+        let mut file = BufReader::new(File::open(path)?);
         let mut rec = Recording::default();
         let mut offset = 0u64;
-        for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
-            let line = line?;
+        let mut line = Vec::new();
+        for i in 0.. {
+            line.clear();
+            let n = (&mut file)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)?;
+            if n == 0 {
+                break;
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            } else if line.len() > MAX_LINE {
+                rec.damage = Some(Damage {
+                    line: i + 1,
+                    error: format!("the line is longer than {} MiB", MAX_LINE >> 20),
+                });
+                break;
+            }
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             match serde_json::from_slice::<Line>(&line) {
                 Ok(Line::Header(h)) => rec.infos.push((rec.snapshots.len(), h.info)),
                 Ok(Line::Snapshot(mut s)) => {
+                    // What a hostile server sent is bounded here as on the wire.
+                    s.bound();
                     // A server's clock restarting: continue the timeline after the
                     // previous line, one period on.
                     if let Some(prev) = rec.snapshots.last() {
-                        let shifted = s.t_ms + offset;
+                        let shifted = s.t_ms.saturating_add(offset);
                         if shifted <= prev.t_ms {
-                            offset = prev.t_ms + s.period_ms.max(1) - s.t_ms;
+                            offset = (prev.t_ms + s.period_ms.max(1)).saturating_sub(s.t_ms);
                         }
                     }
-                    s.t_ms += offset;
+                    s.t_ms = s.t_ms.saturating_add(offset);
                     rec.snapshots.push(*s);
                 }
                 Err(e) => {
@@ -193,6 +215,16 @@ mod tests {
             .map(|s| s.t_ms)
             .collect();
         assert_eq!(t, vec![5000, 5100, 5200, 5300]);
+
+        // An endless line (e.g. /dev/zero) stops at the limit, naming its line.
+        let first = snapshot(1, vec![worker(0, 1.0, 0.0, 0)], vec![]);
+        let mut endless = serde_json::to_string(&first).unwrap() + "\n";
+        endless.push_str(&"0".repeat(MAX_LINE + 10));
+        std::fs::write(&path, &endless).unwrap();
+        let rec = Recording::load(&path).unwrap();
+        let damage = rec.damage.unwrap();
+        assert_eq!(damage.line, 2);
+        assert_eq!(damage.error, "the line is longer than 4 MiB");
 
         // Garbage in the middle: replayed up to it.
         let mut lines: Vec<&str> = text.lines().collect();

@@ -1,12 +1,13 @@
 //! A small HTTP/1.1 client over hyper: one-shot GETs and the NDJSON telemetry stream.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::lines::{LineSplitter, Piece};
 use crate::protocol::Snapshot;
 
 /// A pooled HTTP/1.1 client for plain `http://` addresses.
@@ -35,7 +36,23 @@ pub enum ClientError {
         /// What serde said.
         source: serde_json::Error,
     },
+    /// A telemetry line longer than [`MAX_LINE`] was dropped.
+    #[error("a telemetry line of {0} bytes was dropped (the limit is {MAX_LINE})")]
+    TooLong(usize),
+    /// A body longer than the limit for its kind.
+    #[error("{0} answered more than {1} bytes")]
+    TooBig(String, usize),
 }
+
+impl ClientError {
+    /// True for a bad line that was skipped: the stream itself goes on.
+    pub fn is_skipped_line(&self) -> bool {
+        matches!(self, ClientError::Decode { .. } | ClientError::TooLong(_))
+    }
+}
+
+/// The longest telemetry line read (a snapshot of 64 workers is about 60 KB).
+pub const MAX_LINE: usize = 1 << 20;
 
 /// A complete response.
 #[derive(Clone, Debug)]
@@ -89,10 +106,31 @@ pub async fn get(client: &HttpClient, addr: &str, path: &str) -> Result<HttpResp
     Ok(HttpResponse { status, body })
 }
 
+/// `GET http://{addr}{path}`, reading at most `max` bytes of body.
+pub async fn get_limited(
+    client: &HttpClient,
+    addr: &str,
+    path: &str,
+    max: usize,
+) -> Result<HttpResponse, ClientError> {
+    let uri = uri(addr, path)?;
+    let resp = client
+        .get(uri.clone())
+        .await
+        .map_err(|e| ClientError::Request(uri.to_string(), e))?;
+    let status = resp.status().as_u16();
+    let body = http_body_util::Limited::new(resp.into_body(), max)
+        .collect()
+        .await
+        .map_err(|_| ClientError::TooBig(uri.to_string(), max))?
+        .to_bytes();
+    Ok(HttpResponse { status, body })
+}
+
 /// The `/telemetry` stream of a server, one snapshot at a time.
 pub struct TelemetryStream {
     body: Incoming,
-    buf: BytesMut,
+    lines: LineSplitter,
 }
 
 impl TelemetryStream {
@@ -108,32 +146,37 @@ impl TelemetryStream {
         }
         Ok(Self {
             body: resp.into_body(),
-            buf: BytesMut::new(),
+            lines: LineSplitter::new(MAX_LINE),
         })
     }
 
-    /// The next snapshot; `None` when the server ended the stream.
+    /// The next snapshot; `None` when the server ended the stream. A line that is
+    /// not a snapshot, or too long, is an error for which
+    /// [`ClientError::is_skipped_line`] holds: the stream can be read on.
     pub async fn next(&mut self) -> Result<Option<Snapshot>, ClientError> {
         loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let line = self.buf.split_to(pos + 1);
-                let line = &line[..pos];
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                return serde_json::from_slice(line).map(Some).map_err(|source| {
-                    ClientError::Decode {
-                        line: String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned(),
-                        source,
+            match self.lines.next_piece() {
+                Some(Piece::TooLong(n)) => return Err(ClientError::TooLong(n)),
+                Some(Piece::Line(line)) => {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
                     }
-                });
+                    return serde_json::from_slice(&line).map(Some).map_err(|source| {
+                        ClientError::Decode {
+                            line: String::from_utf8_lossy(&line[..line.len().min(200)])
+                                .into_owned(),
+                            source,
+                        }
+                    });
+                }
+                None => {}
             }
             match self.body.frame().await {
                 Some(frame) => {
                     if let Ok(mut data) = frame?.into_data() {
                         while data.has_remaining() {
                             let chunk = data.chunk();
-                            self.buf.extend_from_slice(chunk);
+                            self.lines.push(chunk);
                             let n = chunk.len();
                             data.advance(n);
                         }

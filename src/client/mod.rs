@@ -2,5 +2,6 @@
 //! and the open-loop load generator.
 
 pub mod http;
+pub mod lines;
 pub mod load;
 pub mod subscriber;

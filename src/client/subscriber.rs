@@ -19,6 +19,15 @@ pub enum TelemetryMsg {
     Connected(Box<ServerInfo>),
     /// A snapshot line.
     Snapshot(Box<Snapshot>),
+    /// Lines or parts of lines were skipped: malformed, too long, or beyond the
+    /// reader's limits (see [`crate::protocol::Snapshot::bound`]). Sent at most once
+    /// a second, with the count since the previous one.
+    Skipped {
+        /// Lines skipped whole.
+        lines: u64,
+        /// What happened last, in words.
+        reason: String,
+    },
     /// The connection failed or ended; the next attempt comes after `retry_in`.
     Disconnected {
         /// What went wrong.
@@ -109,12 +118,16 @@ async fn session(
     send: &impl Fn(TelemetryMsg),
     backoff: &mut Backoff,
 ) -> Result<(), String> {
-    let info = tokio::time::timeout(SILENCE, http::get(client, addr, "/info"))
+    let info = tokio::time::timeout(SILENCE, http::get_limited(client, addr, "/info", MAX_INFO))
         .await
         .map_err(|_| format!("{addr} did not answer"))?
         .map_err(|e| e.to_string())?;
-    let info: ServerInfo = serde_json::from_slice(&info.body)
+    let mut info: ServerInfo = serde_json::from_slice(&info.body)
         .map_err(|e| format!("{addr}/info is not a loopscope server: {e}"))?;
+    let mut skipped = SkipCounter::default();
+    for cut in info.bound() {
+        skipped.note(0, format!("/info: dropped {cut}"), send);
+    }
     let mut stream = tokio::time::timeout(SILENCE, TelemetryStream::connect(client, addr))
         .await
         .map_err(|_| format!("{addr} did not answer"))?
@@ -123,12 +136,53 @@ async fn session(
     loop {
         match tokio::time::timeout(SILENCE, stream.next()).await {
             Err(_) => return Err(format!("no telemetry for {} s", SILENCE.as_secs())),
+            // One bad line is skipped and counted; the stream goes on.
+            Ok(Err(e)) if e.is_skipped_line() => skipped.note(1, e.to_string(), send),
             Ok(Err(e)) => return Err(e.to_string()),
             Ok(Ok(None)) => return Ok(()),
-            Ok(Ok(Some(snapshot))) => {
+            Ok(Ok(Some(mut snapshot))) => {
                 backoff.reset();
+                for cut in snapshot.bound() {
+                    skipped.note(0, format!("dropped {cut}"), send);
+                }
                 send(TelemetryMsg::Snapshot(Box::new(snapshot)));
             }
+        }
+        skipped.flush(send);
+    }
+}
+
+/// The largest `/info` body read.
+const MAX_INFO: usize = 1 << 20;
+
+/// Counts skipped lines and cuts, and reports them at most once a second.
+#[derive(Default)]
+struct SkipCounter {
+    lines: u64,
+    /// Distinct reasons since the last report (a few).
+    reasons: Vec<String>,
+    last_sent: Option<tokio::time::Instant>,
+}
+
+impl SkipCounter {
+    fn note(&mut self, lines: u64, reason: String, send: &impl Fn(TelemetryMsg)) {
+        self.lines += lines;
+        if self.reasons.len() < 4 && !self.reasons.contains(&reason) {
+            self.reasons.push(reason);
+        }
+        self.flush(send);
+    }
+
+    fn flush(&mut self, send: &impl Fn(TelemetryMsg)) {
+        let due = self
+            .last_sent
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due && !self.reasons.is_empty() {
+            send(TelemetryMsg::Skipped {
+                lines: std::mem::take(&mut self.lines),
+                reason: std::mem::take(&mut self.reasons).join("; "),
+            });
+            self.last_sent = Some(tokio::time::Instant::now());
         }
     }
 }

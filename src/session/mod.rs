@@ -382,7 +382,7 @@ impl Session {
         let written = match msg {
             TelemetryMsg::Connected(info) => rec.info(info),
             TelemetryMsg::Snapshot(s) => rec.snapshot(s),
-            TelemetryMsg::Disconnected { .. } => Ok(()),
+            TelemetryMsg::Disconnected { .. } | TelemetryMsg::Skipped { .. } => Ok(()),
         };
         if let Err(e) = written {
             self.recorder = None;

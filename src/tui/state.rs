@@ -125,6 +125,8 @@ pub struct Dashboard {
     pub last_seq: u64,
     /// Lines the stream skipped (gaps in `seq`).
     pub missed_lines: u64,
+    /// Lines the reader skipped as malformed or too long.
+    pub skipped_lines: u64,
     /// The event log, newest last.
     pub log: VecDeque<LogEntry>,
     /// Client-side traffic.
@@ -145,6 +147,7 @@ impl Default for Dashboard {
             period_ms: 100,
             last_seq: 0,
             missed_lines: 0,
+            skipped_lines: 0,
             log: VecDeque::new(),
             traffic: Traffic::default(),
             diagnosis: Vec::new(),
@@ -187,6 +190,14 @@ impl Dashboard {
                 self.connection = Connection::Live;
             }
             Msg::Telemetry(TelemetryMsg::Snapshot(snap)) => self.ingest(*snap, now, clock),
+            Msg::Telemetry(TelemetryMsg::Skipped { lines, reason }) => {
+                self.skipped_lines = self.skipped_lines.saturating_add(lines);
+                let text = match lines {
+                    0 => format!("telemetry: {reason}"),
+                    n => format!("telemetry: {reason} ({n} lines skipped)"),
+                };
+                self.log(clock, LogKind::Warn, text);
+            }
             Msg::Telemetry(TelemetryMsg::Disconnected { reason, retry_in }) => {
                 if !matches!(self.connection, Connection::Lost { .. }) {
                     self.log(

@@ -317,6 +317,16 @@ pub fn render(frame: &mut Frame, d: &Dashboard, opts: &ViewOptions, now: Instant
     }
 }
 
+/// A count, short: `18`, `12k`, `4M`, `>1G`.
+fn count(n: u64) -> String {
+    match n {
+        0..10_000 => n.to_string(),
+        10_000..10_000_000 => format!("{}k", n / 1000),
+        10_000_000..1_000_000_000 => format!("{}M", n / 1_000_000),
+        _ => ">1G".to_string(),
+    }
+}
+
 /// The top line. `compact` (a column of compare mode) keeps what tells two servers
 /// apart and their state: model, processes, pool, connection, PAUSED.
 fn header_line<'a>(
@@ -363,9 +373,13 @@ fn header_line<'a>(
     if opts.paused {
         parts.push(Span::styled("PAUSED", theme.alarm()));
     }
-    if !compact && (d.missed_lines > 0 || opts.dropped_msgs > 0) {
+    let lost = d
+        .missed_lines
+        .saturating_add(opts.dropped_msgs)
+        .saturating_add(d.skipped_lines);
+    if !compact && lost > 0 {
         parts.push(Span::styled(
-            format!("lost {} lines", d.missed_lines + opts.dropped_msgs),
+            format!("lost {} lines", count(lost)),
             theme.warn(),
         ));
     }

@@ -7,9 +7,17 @@
 //!
 //! Load: a `current_thread` runtime submits bursts of 64 jobs that each spin 20 µs
 //! and awaits them, for 1 s per round; a sampler thread calls `snapshot()` every
-//! 1 ms; the pool's threads are busy. Timed: the first poll of `run`'s future, which
+//! 1 ms; the pool's threads are busy. Setups: an Eager 4-thread pool (node), a Lazy
+//! 40-thread one (fastapi), the Eager one with empty jobs (pool threads always at
+//! the queue), and the Eager one with every thread on one CPU. Timed: the first poll of `run`'s future, which
 //! is where `submit` runs (it also creates the oneshot and boxes the job, the same
 //! work for both pools). Rounds alternate old and new on the same machine.
+//!
+//! Wall time inside `submit` also counts the loop thread being descheduled, which
+//! on 2 cores with busy pool threads happens to both pools. So each submit is also
+//! classed by the loop thread's context switches (`getrusage(RUSAGE_THREAD)`, read
+//! outside the timed span): a *voluntary* switch means the thread blocked (a
+//! contended mutex's futex wait), an *involuntary* one that it was preempted.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -281,8 +289,46 @@ const BURST: usize = 64;
 const JOB_US: u64 = 20;
 const ROUND: Duration = Duration::from_secs(1);
 
-/// One round on a fresh pool; returns submit times in ns.
-fn round<P: BenchPool>(size: u32, kind: PoolKind) -> Histogram<u64> {
+/// Context switches of the calling thread so far: (voluntary, involuntary).
+fn switches() -> (i64, i64) {
+    // SAFETY: getrusage writes into the struct we own.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut u);
+        (u.ru_nvcsw as i64, u.ru_nivcsw as i64)
+    }
+}
+
+/// Submit times of one round, and how many submits blocked or were preempted.
+struct Stats {
+    ns: Histogram<u64>,
+    /// Submits during which the loop thread was not preempted: the submit path's own
+    /// cost, lock waits included.
+    unpreempted_ns: Histogram<u64>,
+    blocked: u64,
+    preempted: u64,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Self {
+            ns: Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap(),
+            unpreempted_ns: Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap(),
+            blocked: 0,
+            preempted: 0,
+        }
+    }
+
+    fn add(&mut self, other: &Stats) {
+        self.ns.add(&other.ns).unwrap();
+        self.unpreempted_ns.add(&other.unpreempted_ns).unwrap();
+        self.blocked += other.blocked;
+        self.preempted += other.preempted;
+    }
+}
+
+/// One round on a fresh pool.
+fn round<P: BenchPool>(size: u32, kind: PoolKind, job_us: u64) -> Stats {
     let pool = P::new("bench-pool", size, kind);
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -300,22 +346,32 @@ fn round<P: BenchPool>(size: u32, kind: PoolKind) -> Histogram<u64> {
             })
             .unwrap()
     };
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+    let mut stats = Stats::new();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let loop_pool = pool.clone();
-    let hist_ref = &mut hist;
+    let stats_ref = &mut stats;
     rt.block_on(async move {
         let end = Instant::now() + ROUND;
         let mut pending: Vec<Pin<Box<dyn Future<Output = bool>>>> = Vec::with_capacity(BURST);
         while Instant::now() < end {
             for _ in 0..BURST {
-                let mut job: Pin<Box<dyn Future<Output = bool>>> = Box::pin(loop_pool.spin(JOB_US));
+                let mut job: Pin<Box<dyn Future<Output = bool>>> = Box::pin(loop_pool.spin(job_us));
+                let (vol0, invol0) = switches();
                 let t0 = Instant::now();
                 let first = std::future::poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx))).await;
-                hist_ref.saturating_record(t0.elapsed().as_nanos() as u64);
+                let took = t0.elapsed();
+                let (vol1, invol1) = switches();
+                stats_ref.ns.saturating_record(took.as_nanos() as u64);
+                if invol1 == invol0 {
+                    stats_ref
+                        .unpreempted_ns
+                        .saturating_record(took.as_nanos() as u64);
+                }
+                stats_ref.blocked += u64::from(vol1 > vol0);
+                stats_ref.preempted += u64::from(invol1 > invol0);
                 match first {
                     Poll::Ready(ok) => assert!(ok),
                     Poll::Pending => pending.push(job),
@@ -331,21 +387,60 @@ fn round<P: BenchPool>(size: u32, kind: PoolKind) -> Histogram<u64> {
     stop.store(true, Ordering::Relaxed);
     assert!(sampler.join().unwrap() > 0);
     pool.shutdown();
-    hist
+    stats
+}
+
+/// The CPUs this thread may run on.
+fn affinity() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Restricts the calling thread (and threads it starts later) to `cpus`.
+fn set_affinity(cpus: &[usize]) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            r,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
 
-fn line(label: &str, h: &Histogram<u64>) {
+fn line(label: &str, s: &Stats) {
+    let (h, u) = (&s.ns, &s.unpreempted_ns);
     println!(
-        "  {label:<28} n={:>7}  p50 {:>7.2} µs  p99 {:>8.2} µs  p99.9 {:>8.2} µs  max {:>9.1} µs",
+        "  {label:<26} n={:>6}  p50 {:>5.2}  p99 {:>6.2}  p99.9 {:>6.1}  max {:>6.0} µs  \
+         | blocked {:>3}  preempted {:>5} | not preempted: p99 {:>5.2}  p99.9 {:>5.1}  max {:>5.0} µs",
         h.len(),
         us(h.value_at_quantile(0.5)),
         us(h.value_at_quantile(0.99)),
         us(h.value_at_quantile(0.999)),
         us(h.max()),
+        s.blocked,
+        s.preempted,
+        us(u.value_at_quantile(0.99)),
+        us(u.value_at_quantile(0.999)),
+        us(u.max()),
     );
 }
 
@@ -355,29 +450,44 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .find_map(|a| a.parse().ok())
         .unwrap_or(6);
-    for (label, size, kind) in [
-        ("node: Eager, 4 threads", 4, PoolKind::Eager),
-        ("fastapi: Lazy, 40 threads", 40, PoolKind::Lazy),
+    let all_cpus = affinity();
+    for (label, size, kind, job_us, one_cpu) in [
+        ("node: Eager, 4 threads", 4, PoolKind::Eager, JOB_US, false),
+        (
+            "fastapi: Lazy, 40 threads",
+            40,
+            PoolKind::Lazy,
+            JOB_US,
+            false,
+        ),
+        // Empty jobs: the pool threads go back to the queue at once, so the old
+        // pool's mutex is contended all the time.
+        ("node, empty jobs", 4, PoolKind::Eager, 0, false),
+        // Loop, pool and sampler share a core: a pool thread preempted while it
+        // holds the old pool's mutex would make the loop wait for its next slice.
+        ("node, one core for all", 4, PoolKind::Eager, JOB_US, true),
     ] {
+        // Threads inherit the affinity of the thread that starts them.
+        set_affinity(if one_cpu { &[1] } else { &all_cpus });
         println!(
-            "{label}: bursts of {BURST} jobs of {JOB_US} µs, snapshot() every 1 ms, {rounds} rounds of {} s each",
+            "{label}: bursts of {BURST} jobs of {job_us} µs, snapshot() every 1 ms, {rounds} rounds of {} s each",
             ROUND.as_secs_f64()
         );
-        let mut all_old = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
-        let mut all_new = all_old.clone();
+        let mut all_old = Stats::new();
+        let mut all_new = Stats::new();
         for r in 0..rounds {
             // Alternate which goes first, so drift in the machine's load hits both.
             let (o, n) = if r % 2 == 0 {
-                let o = round::<old::Pool>(size, kind);
-                (o, round::<Pool>(size, kind))
+                let o = round::<old::Pool>(size, kind, job_us);
+                (o, round::<Pool>(size, kind, job_us))
             } else {
-                let n = round::<Pool>(size, kind);
-                (round::<old::Pool>(size, kind), n)
+                let n = round::<Pool>(size, kind, job_us);
+                (round::<old::Pool>(size, kind, job_us), n)
             };
             line(&format!("round {r} old (mutex)"), &o);
             line(&format!("round {r} new (lock-free)"), &n);
-            all_old.add(&o).unwrap();
-            all_new.add(&n).unwrap();
+            all_old.add(&o);
+            all_new.add(&n);
         }
         line("all rounds old (mutex)", &all_old);
         line("all rounds new (lock-free)", &all_new);

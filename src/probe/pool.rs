@@ -24,7 +24,8 @@ use crate::protocol::PoolSnapshot;
 pub enum PoolKind {
     /// Every thread starts with the pool.
     Eager,
-    /// Threads start when a job finds no idle one, up to the size.
+    /// Threads start when a job finds no idle one, up to the size. A thread still
+    /// watching the queue after its last job (a few µs) is not idle yet.
     Lazy,
 }
 

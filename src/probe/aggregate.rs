@@ -225,7 +225,8 @@ impl Publisher {
         }
     }
 
-    /// Publishes a snapshot now.
+    /// Publishes a snapshot now. Its host CPU covers the time since the previous
+    /// one, the same period as the workers' reports it merges.
     pub fn publish(&mut self) {
         self.last_publish = Instant::now();
         let host = HostSnapshot {
@@ -341,5 +342,52 @@ mod tests {
                 new_pid: 12
             }]
         );
+    }
+
+    /// A thread spins for 300 ms; the snapshot whose period covers 250 ms of it
+    /// shows it in host CPU (it used to be measured over a different, longer window).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn host_cpu_covers_the_snapshot_period() {
+        use crate::protocol::{ServerInfo, Versions};
+        let _serial = crate::test_support::timing_lock();
+        let info = ServerInfo {
+            v: PROTOCOL_VERSION,
+            model: Model::Node,
+            app: "127.0.0.1:0".into(),
+            telemetry: "127.0.0.1:0".into(),
+            pid: std::process::id(),
+            workers: vec![],
+            pool_size: 4,
+            period_ms: 100,
+            lag_resolution_ms: 1.0,
+            slow_poll_ms: 50.0,
+            versions: Versions {
+                loopscope: "test".into(),
+                protocol: PROTOCOL_VERSION,
+            },
+        };
+        let hub = Arc::new(TelemetryHub::new(info, Instant::now()));
+        let mut publisher = Publisher::new(
+            Aggregator::new(Model::Node, Duration::from_millis(100)),
+            Arc::clone(&hub),
+        );
+        let spinner = std::thread::spawn(|| {
+            let end = Instant::now() + Duration::from_millis(300);
+            let mut x = 0u64;
+            while Instant::now() < end {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            x
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        publisher.publish();
+        std::thread::sleep(Duration::from_millis(250));
+        publisher.publish();
+        spinner.join().unwrap();
+        let host = hub.latest().expect("a snapshot").host.clone();
+        // A full core when idle; a loaded 2-core machine still gives it half.
+        assert!(host.cpu >= 50.0, "{host:?}");
+        assert!(host.cpu <= 100.0 * host.cores as f64 + 0.1, "{host:?}");
     }
 }

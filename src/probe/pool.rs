@@ -9,10 +9,12 @@
 //! A job's result comes back through a oneshot that the loop awaits, so a completion
 //! waits for the loop exactly as a libuv callback does.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
+
+use crossbeam_queue::SegQueue;
 
 use super::histogram::{LatencyHistogram, round3};
 use crate::protocol::PoolSnapshot;
@@ -22,11 +24,19 @@ use crate::protocol::PoolSnapshot;
 pub enum PoolKind {
     /// Every thread starts with the pool.
     Eager,
-    /// Threads start when a job finds no idle one, up to the size.
+    /// Threads start when a job finds no idle one, up to the size. A thread still
+    /// watching the queue after its last job (a few µs) is not idle yet.
     Lazy,
 }
 
 /// A fixed-size pool of named threads. Cheap to clone.
+///
+/// The submitting side ([`Pool::run`], called on the event loop) takes no lock:
+/// the queue is a lock-free MPMC queue, the gauge is atomic counters, and an idle
+/// thread is woken with `unpark` (a futex on Linux). The pool threads and
+/// [`Pool::snapshot`] share one mutex, the wait histogram, which the loop never
+/// touches. In a [`PoolKind::Lazy`] pool the submitting thread may start a pool
+/// thread (a `clone` syscall, no lock of the pool's), at most `size` times.
 #[derive(Clone)]
 pub struct Pool {
     inner: Arc<Inner>,
@@ -35,19 +45,42 @@ pub struct Pool {
 struct Inner {
     name: String,
     size: u32,
-    state: Mutex<State>,
-    work_ready: Condvar,
-    busy: AtomicU32,
+    kind: PoolKind,
+    queue: SegQueue<Job>,
+    /// Jobs submitted so far; a job's sequence number is the count before it.
+    submitted: AtomicU64,
+    /// Jobs taken off the queue: started, or dropped after a shutdown.
+    taken: AtomicU64,
+    /// Enqueue time by sequence number, for the oldest queued job's wait.
+    enqueued_at: EnqueueRing,
+    /// One per thread the pool may start, indexed by the thread's number.
+    slots: Box<[Slot]>,
+    /// Slots handed out to threads (claimed by compare-and-swap, up to `size`).
+    claimed: AtomicU32,
+    /// Threads started.
     threads: AtomicU32,
+    /// Threads not yet exited (a shutdown ends them).
+    live: AtomicU32,
+    /// Threads asleep or about to sleep: submit looks for one to wake only then.
+    idle: AtomicU32,
+    busy: AtomicU32,
     completed: AtomicU64,
+    shutdown: AtomicBool,
+    /// Origin of the ring's timestamps.
+    epoch: Instant,
+    /// Taken by the pool threads and the sampler, never by the submitting thread.
     waits: Mutex<LatencyHistogram>,
 }
 
-struct State {
-    queue: VecDeque<Job>,
-    idle: usize,
-    threads: u32,
-    shutdown: bool,
+/// How many times an idle pool thread looks at the queue (a `pause` apart, a few
+/// microseconds in all) before it sleeps.
+const SPIN_BEFORE_SLEEP: u32 = 200;
+
+/// A pool thread's parking place.
+struct Slot {
+    thread: OnceLock<Thread>,
+    /// Set by the thread before it parks; cleared by whoever wakes it.
+    sleeping: AtomicBool,
 }
 
 /// Runs the work and returns how to deliver its result, so that the gauge counts
@@ -57,6 +90,61 @@ type Work = Box<dyn FnOnce(Duration) -> Box<dyn FnOnce() + Send> + Send>;
 struct Job {
     enqueued: Instant,
     run: Work,
+}
+
+/// Enqueue times of the latest [`EnqueueRing::LEN`] jobs by sequence number, so the
+/// sampler can read the oldest queued job's without a lock: jobs leave the queue in
+/// submission order, so the oldest queued one is number `taken`.
+///
+/// A slot packs the job's lap around the ring (20 bits, plus one so that a slot
+/// never written matches no job) with its enqueue time in µs since the pool's
+/// epoch (44 bits, 203 days, compared with wrapping arithmetic) into one atomic
+/// word: a reader sees a whole entry and can tell whether it is the job it wants.
+/// With more than `LEN` jobs queued, the oldest entries are overwritten and the
+/// figure becomes a lower bound: the wait of the job `LEN` places from the back.
+struct EnqueueRing {
+    slots: Box<[AtomicU64]>,
+}
+
+impl EnqueueRing {
+    const LEN: u64 = 4096;
+    const TIME_BITS: u32 = 44;
+    const TIME_MASK: u64 = (1 << Self::TIME_BITS) - 1;
+    const LAP_MASK: u64 = (1 << (64 - Self::TIME_BITS)) - 1;
+
+    fn new() -> Self {
+        Self {
+            slots: (0..Self::LEN).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn tag(seq: u64) -> u64 {
+        (seq / Self::LEN + 1) & Self::LAP_MASK
+    }
+
+    fn record(&self, seq: u64, micros: u64) {
+        let entry = (Self::tag(seq) << Self::TIME_BITS) | (micros & Self::TIME_MASK);
+        self.slots[(seq % Self::LEN) as usize].store(entry, Ordering::Relaxed);
+    }
+
+    /// Job `seq`'s enqueue time, if its entry is in the ring.
+    fn get(&self, seq: u64) -> Option<u64> {
+        let entry = self.slots[(seq % Self::LEN) as usize].load(Ordering::Relaxed);
+        (entry >> Self::TIME_BITS == Self::tag(seq)).then_some(entry & Self::TIME_MASK)
+    }
+
+    /// The enqueue time of the oldest job in `taken..submitted` still in the ring.
+    /// A job whose submitter has not written its entry yet is skipped.
+    fn oldest(&self, taken: u64, submitted: u64) -> Option<u64> {
+        (taken.max(submitted.saturating_sub(Self::LEN))..submitted).find_map(|seq| self.get(seq))
+    }
+
+    /// Microseconds from `then` to `now`, both read from this ring's clock.
+    fn elapsed_us(then: u64, now: u64) -> u64 {
+        let d = now.wrapping_sub(then) & Self::TIME_MASK;
+        // An entry written after `now` was read is "just now".
+        if d > Self::TIME_MASK / 2 { 0 } else { d }
+    }
 }
 
 /// What a finished job hands back.
@@ -83,23 +171,31 @@ impl Pool {
             inner: Arc::new(Inner {
                 name: name.to_string(),
                 size,
-                state: Mutex::new(State {
-                    queue: VecDeque::new(),
-                    idle: 0,
-                    threads: 0,
-                    shutdown: false,
-                }),
-                work_ready: Condvar::new(),
-                busy: AtomicU32::new(0),
+                kind,
+                queue: SegQueue::new(),
+                submitted: AtomicU64::new(0),
+                taken: AtomicU64::new(0),
+                enqueued_at: EnqueueRing::new(),
+                slots: (0..size)
+                    .map(|_| Slot {
+                        thread: OnceLock::new(),
+                        sleeping: AtomicBool::new(false),
+                    })
+                    .collect(),
+                claimed: AtomicU32::new(0),
                 threads: AtomicU32::new(0),
+                live: AtomicU32::new(0),
+                idle: AtomicU32::new(0),
+                busy: AtomicU32::new(0),
                 completed: AtomicU64::new(0),
+                shutdown: AtomicBool::new(false),
+                epoch: Instant::now(),
                 waits: Mutex::new(LatencyHistogram::new()),
             }),
         };
         if kind == PoolKind::Eager {
-            let mut state = pool.inner.lock();
             for _ in 0..size {
-                pool.start_thread(&mut state);
+                pool.start_thread();
             }
         }
         pool
@@ -111,7 +207,7 @@ impl Pool {
     }
 
     /// Runs `f` on a pool thread; resolves when it finished and the caller's loop
-    /// polled the completion.
+    /// polled the completion. Takes no lock on the calling thread.
     pub async fn run<F, R>(&self, f: F) -> Result<PoolJob<R>, PoolClosed>
     where
         F: FnOnce() -> R + Send + 'static,
@@ -133,49 +229,82 @@ impl Pool {
         rx.await.map_err(|_| PoolClosed)
     }
 
+    /// Queues a job and wakes or starts a thread for it. Lock-free: atomics, the
+    /// queue's push, and at most one `unpark` or (Lazy) one thread start.
     fn submit(&self, run: Work) {
-        let mut state = self.inner.lock();
-        state.queue.push_back(Job {
-            enqueued: Instant::now(),
-            run,
-        });
-        // An idle thread will take it unless more jobs wait than threads idle.
-        if state.queue.len() > state.idle && state.threads < self.inner.size {
-            self.start_thread(&mut state);
+        let inner = &*self.inner;
+        if inner.shutdown.load(Ordering::SeqCst) {
+            // Dropping the job drops its sender: the caller sees PoolClosed.
+            return;
         }
-        drop(state);
-        self.inner.work_ready.notify_one();
+        let enqueued = Instant::now();
+        let seq = inner.submitted.fetch_add(1, Ordering::SeqCst);
+        inner.enqueued_at.record(seq, inner.micros(enqueued));
+        inner.queue.push(Job { enqueued, run });
+        // Pairs with the fence of a thread going to sleep: either it sees this job
+        // or this sees it asleep (or idle, about to be).
+        fence(Ordering::SeqCst);
+        if !inner.wake_one() && inner.kind == PoolKind::Lazy {
+            // No idle thread: start one, unless all `size` run.
+            self.start_thread();
+        }
+        // Pairs with the last thread leaving after a shutdown: either it drops this
+        // job or this sees it gone and drops it, so no caller waits forever.
+        if inner.shutdown.load(Ordering::SeqCst) && inner.live.load(Ordering::SeqCst) == 0 {
+            inner.drain();
+        }
     }
 
-    fn start_thread(&self, state: &mut State) {
-        let n = state.threads;
-        let inner = Arc::clone(&self.inner);
+    /// Claims a slot and starts its thread; false when all `size` are claimed.
+    fn start_thread(&self) -> bool {
+        let inner = &self.inner;
+        let mut n = inner.claimed.load(Ordering::SeqCst);
+        loop {
+            if n >= inner.size {
+                return false;
+            }
+            match inner
+                .claimed
+                .compare_exchange_weak(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => break,
+                Err(current) => n = current,
+            }
+        }
+        inner.live.fetch_add(1, Ordering::SeqCst);
+        let worker = Arc::clone(inner);
         let spawned = std::thread::Builder::new()
-            .name(format!("{}-{n}", self.inner.name))
-            .spawn(move || inner.work());
+            .name(format!("{}-{n}", inner.name))
+            .spawn(move || worker.work(n as usize));
         if spawned.is_ok() {
-            state.threads += 1;
-            self.inner.threads.store(state.threads, Ordering::Relaxed);
+            inner.threads.fetch_add(1, Ordering::SeqCst);
+            true
+        } else {
+            inner.live.fetch_sub(1, Ordering::SeqCst);
+            // Give the slot back if no later one was claimed meanwhile.
+            let _ = inner
+                .claimed
+                .compare_exchange(n + 1, n, Ordering::SeqCst, Ordering::SeqCst);
+            false
         }
     }
 
     /// The gauge now: busy and queued right now, waits since the previous call.
     pub fn snapshot(&self) -> PoolSnapshot {
-        let now = Instant::now();
-        let (queued, oldest) = {
-            let state = self.inner.lock();
-            let oldest = state
-                .queue
-                .front()
-                .map(|j| now.saturating_duration_since(j.enqueued));
-            (state.queue.len() as u32, oldest)
+        let inner = &*self.inner;
+        // `taken` first: it never passes `submitted`, so queued never underflows.
+        let taken = inner.taken.load(Ordering::SeqCst);
+        let submitted = inner.submitted.load(Ordering::SeqCst);
+        let queued = submitted.saturating_sub(taken);
+        let oldest = if queued == 0 {
+            None
+        } else {
+            inner.enqueued_at.oldest(taken, submitted)
         };
+        let now = inner.micros(Instant::now());
+        let oldest_ms = oldest.map_or(0.0, |t| EnqueueRing::elapsed_us(t, now) as f64 / 1000.0);
         let (p50, p99, max) = {
-            let mut waits = self
-                .inner
-                .waits
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut waits = inner.waits.lock().unwrap_or_else(PoisonError::into_inner);
             let r = (
                 waits.quantile_ms(0.5),
                 waits.quantile_ms(0.99),
@@ -184,68 +313,147 @@ impl Pool {
             waits.reset();
             r
         };
-        let oldest_ms = oldest.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         PoolSnapshot {
-            size: self.inner.size,
-            threads: self.inner.threads.load(Ordering::Relaxed),
-            busy: self.inner.busy.load(Ordering::Relaxed),
-            queued,
+            size: inner.size,
+            threads: inner.threads.load(Ordering::Relaxed),
+            busy: inner.busy.load(Ordering::Relaxed),
+            queued: queued.min(u32::MAX as u64) as u32,
             oldest_wait_ms: round3(oldest_ms),
             // A job still waiting has waited at least this long: count it too.
             wait_ms_max: round3(max.max(oldest_ms)),
             wait_ms_p50: round3(p50),
             wait_ms_p99: round3(p99),
-            completed: self.inner.completed.load(Ordering::Relaxed),
+            completed: inner.completed.load(Ordering::Relaxed),
             completed_per_s: 0.0,
         }
     }
 
-    /// Stops the threads once the queue is empty.
+    /// Stops the threads once the queue is empty. Jobs submitted afterwards are
+    /// dropped: their callers see [`PoolClosed`].
     pub fn shutdown(&self) {
-        self.inner.lock().shutdown = true;
-        self.inner.work_ready.notify_all();
+        let inner = &*self.inner;
+        inner.shutdown.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        for slot in inner.claimed_slots() {
+            inner.wake(slot);
+        }
     }
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn micros(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_micros() as u64
     }
 
-    fn work(&self) {
+    fn claimed_slots(&self) -> &[Slot] {
+        let n = (self.claimed.load(Ordering::SeqCst) as usize).min(self.slots.len());
+        &self.slots[..n]
+    }
+
+    /// Wakes one sleeping thread, if any; true if it did.
+    fn wake_one(&self) -> bool {
+        if self.idle.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        self.claimed_slots().iter().any(|slot| self.wake(slot))
+    }
+
+    /// Wakes the slot's thread if it sleeps; true if this call woke it.
+    fn wake(&self, slot: &Slot) -> bool {
+        if !slot.sleeping.load(Ordering::SeqCst)
+            || slot
+                .sleeping
+                .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return false;
+        }
+        self.idle.fetch_sub(1, Ordering::SeqCst);
+        if let Some(thread) = slot.thread.get() {
+            thread.unpark();
+        }
+        true
+    }
+
+    fn take(&self) -> Option<Job> {
+        let job = self.queue.pop()?;
+        self.taken.fetch_add(1, Ordering::SeqCst);
+        Some(job)
+    }
+
+    /// Drops every queued job (after a shutdown, once no thread is left).
+    fn drain(&self) {
+        while self.take().is_some() {}
+    }
+
+    fn work(&self, n: usize) {
+        let slot = &self.slots[n];
+        let _ = slot.thread.set(std::thread::current());
         loop {
-            let job = {
-                let mut state = self.lock();
-                loop {
-                    if let Some(job) = state.queue.pop_front() {
-                        break job;
-                    }
-                    if state.shutdown {
-                        return;
-                    }
-                    state.idle += 1;
-                    state = self
-                        .work_ready
-                        .wait(state)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    state.idle -= 1;
-                }
-            };
-            self.busy.fetch_add(1, Ordering::Relaxed);
-            let queued = job.enqueued.elapsed();
-            self.waits
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .record(queued);
-            // A panicking job drops its sender, so its caller sees PoolClosed; the
-            // thread lives on.
-            let deliver =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.run)(queued)));
-            self.busy.fetch_sub(1, Ordering::Relaxed);
-            self.completed.fetch_add(1, Ordering::Relaxed);
-            if let Ok(deliver) = deliver {
-                deliver();
+            if let Some(job) = self.take() {
+                self.execute(job);
+                continue;
             }
+            // A burst's next job usually comes within microseconds: look a little
+            // longer before sleeping, so that its submit needs no wake-up syscall.
+            if self.spin_for_work() {
+                continue;
+            }
+            if self.shutdown.load(Ordering::SeqCst) {
+                if self.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    // The last one out drops what a racing submit queued.
+                    fence(Ordering::SeqCst);
+                    self.drain();
+                }
+                return;
+            }
+            // Announce the sleep, then look again: a submit that ran before the
+            // announcement is seen here, one after it sees this thread asleep.
+            self.idle.fetch_add(1, Ordering::SeqCst);
+            slot.sleeping.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if !self.queue.is_empty() || self.shutdown.load(Ordering::SeqCst) {
+                // Withdraw, unless a waker took this thread already (its unpark
+                // then leaves a token that the next park consumes).
+                if slot.sleeping.swap(false, Ordering::SeqCst) {
+                    self.idle.fetch_sub(1, Ordering::SeqCst);
+                }
+                continue;
+            }
+            while slot.sleeping.load(Ordering::SeqCst) {
+                std::thread::park();
+            }
+        }
+    }
+
+    /// Watches the queue for up to [`SPIN_BEFORE_SLEEP`] spins; true if a job came.
+    fn spin_for_work(&self) -> bool {
+        for _ in 0..SPIN_BEFORE_SLEEP {
+            if !self.queue.is_empty() {
+                return true;
+            }
+            if self.shutdown.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+        false
+    }
+
+    fn execute(&self, job: Job) {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        let queued = job.enqueued.elapsed();
+        self.waits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(queued);
+        // A panicking job drops its sender, so its caller sees PoolClosed; the
+        // thread lives on.
+        let deliver = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.run)(queued)));
+        self.busy.fetch_sub(1, Ordering::Relaxed);
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(deliver) = deliver {
+            deliver();
         }
     }
 }
@@ -328,6 +536,189 @@ mod tests {
         // 10 jobs on 3 threads: somebody waited at least one 20 ms turn.
         assert!(s.wait_ms_max >= 15.0, "{s:?}");
         pool.shutdown();
+    }
+
+    /// Waits (bounded) until `done` holds.
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A job for `submit` that counts itself done.
+    fn counting(done: &Arc<AtomicU64>) -> Work {
+        let done = Arc::clone(done);
+        Box::new(move |_| {
+            done.fetch_add(1, Ordering::SeqCst);
+            Box::new(|| {})
+        })
+    }
+
+    #[test]
+    fn the_ring_tells_its_entries_apart_across_laps() {
+        let ring = EnqueueRing::new();
+        assert_eq!(ring.get(0), None, "a slot never written matches no job");
+        ring.record(7, 1234);
+        assert_eq!(ring.get(7), Some(1234));
+        assert_eq!(ring.get(7 + EnqueueRing::LEN), None);
+        ring.record(7 + EnqueueRing::LEN, 5678);
+        assert_eq!(ring.get(7), None, "overwritten by the next lap");
+        assert_eq!(ring.get(7 + EnqueueRing::LEN), Some(5678));
+        // The oldest of 5..10 in the ring: 5 and 6 were never written.
+        ring.record(8, 2000);
+        assert_eq!(ring.oldest(5, 10), Some(2000));
+        // Beyond the ring's length only the last LEN jobs are looked at.
+        let n = 3 * EnqueueRing::LEN;
+        for seq in 0..n {
+            ring.record(seq, seq);
+        }
+        assert_eq!(ring.oldest(0, n), Some(n - EnqueueRing::LEN));
+        assert_eq!(ring.oldest(n - 10, n), Some(n - 10));
+        // Times wrap at 44 bits; one written after `now` was read counts as 0.
+        assert_eq!(EnqueueRing::elapsed_us(EnqueueRing::TIME_MASK, 5), 6);
+        assert_eq!(EnqueueRing::elapsed_us(100, 40), 0);
+        assert_eq!(EnqueueRing::elapsed_us(40, 100), 60);
+    }
+
+    #[test]
+    fn queued_and_the_oldest_wait_with_thousands_of_jobs_queued() {
+        let _serial = crate::test_support::timing_lock();
+        let pool = Pool::new("t-deep", 1, PoolKind::Eager);
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        pool.submit(Box::new(move |_| {
+            let _ = release_rx.recv_timeout(Duration::from_secs(20));
+            Box::new(|| {})
+        }));
+        wait_until("the blocker to start", || pool.snapshot().busy == 1);
+        let done = Arc::new(AtomicU64::new(0));
+        let first = Instant::now();
+        pool.submit(counting(&done));
+        std::thread::sleep(Duration::from_millis(60));
+        for _ in 0..3000 {
+            pool.submit(counting(&done));
+        }
+        let s = pool.snapshot();
+        let waited_ms = first.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!((s.busy, s.queued), (1, 3001), "{s:?}");
+        // The oldest is the first job queued, 60 ms before the others.
+        assert!(
+            (60.0..=waited_ms).contains(&s.oldest_wait_ms),
+            "{s:?} after {waited_ms} ms"
+        );
+        assert!(s.wait_ms_max >= s.oldest_wait_ms);
+        // More queued than the ring holds: the count is exact, the oldest wait a
+        // lower bound (that of the job LEN places from the back).
+        for _ in 0..EnqueueRing::LEN {
+            pool.submit(counting(&done));
+        }
+        let s = pool.snapshot();
+        let waited_ms = first.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(s.queued as u64, 3001 + EnqueueRing::LEN, "{s:?}");
+        assert!(s.oldest_wait_ms <= waited_ms, "{s:?}");
+        release_tx.send(()).unwrap();
+        let total = 3001 + EnqueueRing::LEN;
+        wait_until("every job", || done.load(Ordering::SeqCst) == total);
+        wait_until("an idle pool", || pool.snapshot().busy == 0);
+        let s = pool.snapshot();
+        assert_eq!(
+            (s.queued, s.oldest_wait_ms, s.completed),
+            (0, 0.0, total + 1)
+        );
+        pool.shutdown();
+    }
+
+    /// Eight loops submit at once while a sampler reads the gauge: every job runs
+    /// once, the gauge stays within bounds, no thread past the size starts.
+    #[test]
+    fn many_submitters_at_once() {
+        for kind in [PoolKind::Lazy, PoolKind::Eager] {
+            let pool = Pool::new("t-many", 4, kind);
+            let stop = Arc::new(AtomicBool::new(false));
+            let sampler = {
+                let (pool, stop) = (pool.clone(), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut reads = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let s = pool.snapshot();
+                        assert!(s.busy <= 4 && s.threads <= 4, "{s:?}");
+                        assert!(s.queued <= 8 * 500, "{s:?}");
+                        reads += 1;
+                    }
+                    reads
+                })
+            };
+            let (tx, rx) = std::sync::mpsc::channel();
+            for t in 0..8u64 {
+                let (pool, tx) = (pool.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    let sum = rt().block_on(async {
+                        let jobs: Vec<_> = (0..500u64)
+                            .map(|i| {
+                                let pool = pool.clone();
+                                tokio::spawn(async move { pool.run(move || t * 1000 + i).await })
+                            })
+                            .collect();
+                        let mut sum = 0;
+                        for j in jobs {
+                            sum += j.await.unwrap().unwrap().value;
+                        }
+                        sum
+                    });
+                    tx.send((t, sum)).unwrap();
+                });
+            }
+            for _ in 0..8 {
+                let (t, sum) = rx
+                    .recv_timeout(Duration::from_secs(30))
+                    .expect("a submitter finished");
+                assert_eq!(sum, (0..500).map(|i| t * 1000 + i).sum::<u64>());
+            }
+            stop.store(true, Ordering::SeqCst);
+            assert!(sampler.join().unwrap() > 0);
+            let s = pool.snapshot();
+            assert_eq!((s.busy, s.queued, s.completed), (0, 0, 4000), "{s:?}");
+            assert!((1..=4).contains(&s.threads), "{s:?}");
+            pool.shutdown();
+        }
+    }
+
+    /// One job at a time, each awaited: the threads fall asleep between jobs, so
+    /// every submit races a thread going to sleep. A lost wake-up would hang.
+    #[test]
+    fn no_wake_up_is_lost_when_threads_go_to_sleep() {
+        for kind in [PoolKind::Eager, PoolKind::Lazy] {
+            let pool = Pool::new("t-wake", 2, kind);
+            let rt = rt();
+            rt.block_on(async {
+                for i in 0..20_000u32 {
+                    let out = tokio::time::timeout(Duration::from_secs(10), pool.run(move || i))
+                        .await
+                        .expect("the job ran")
+                        .unwrap();
+                    assert_eq!(out.value, i);
+                }
+            });
+            assert_eq!(pool.snapshot().completed, 20_000);
+            pool.shutdown();
+        }
+    }
+
+    #[test]
+    fn after_shutdown_threads_exit_and_jobs_report_closed() {
+        let pool = Pool::new("t-shut", 2, PoolKind::Eager);
+        let rt = rt();
+        assert_eq!(rt.block_on(pool.run(|| 3)).unwrap().value, 3);
+        pool.shutdown();
+        wait_until("the threads to exit", || {
+            pool.inner.live.load(Ordering::SeqCst) == 0
+        });
+        assert!(rt.block_on(pool.run(|| 4)).is_err());
+        let lazy = Pool::new("t-shut-lazy", 2, PoolKind::Lazy);
+        lazy.shutdown();
+        assert!(rt.block_on(lazy.run(|| 5)).is_err());
+        assert_eq!(lazy.snapshot().threads, 0);
     }
 
     #[test]

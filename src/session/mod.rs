@@ -11,7 +11,9 @@
 pub mod demo_child;
 pub mod fire;
 mod messages;
+mod play;
 pub mod replay;
+mod supervise;
 mod target;
 
 use std::collections::VecDeque;
@@ -27,12 +29,13 @@ use crate::client::load::LoadPlan;
 use crate::client::subscriber::TelemetryMsg;
 use crate::protocol::Model;
 use crate::record::Recorder;
-use crate::scenario::{Action as ScenarioAction, Player, Scenario};
+use crate::scenario::{Player, Scenario};
 use crate::workload::Request;
 
 pub use demo_child::{DemoChild, Launcher};
 pub use messages::{Command, LogKind, Msg, SessionConfig, TargetSpec, Update, clock};
 pub use replay::ReplayStatus;
+pub use supervise::restart_delay;
 use target::Target;
 
 /// How often the load generator's figures are taken.
@@ -42,19 +45,6 @@ const LOAD_WINDOW: Duration = Duration::from_secs(1);
 const STEP_TICK: Duration = Duration::from_millis(25);
 /// How often demo children are checked for an exit (a `waitpid` that never blocks).
 const SUPERVISE_TICK: Duration = Duration::from_millis(200);
-/// A demo child that dies sooner than this after starting died "quickly".
-const QUICK_DEATH: Duration = Duration::from_secs(10);
-/// After this many quick deaths in a row, the session stops restarting it.
-const MAX_QUICK_DEATHS: usize = 3;
-
-/// The wait before restarting a demo child that died, after `quick` quick deaths in
-/// a row: 0.5 s, doubling, at most 4 s.
-pub fn restart_delay(quick: usize) -> Duration {
-    Duration::from_millis(500)
-        .saturating_mul(1 << quick.min(16))
-        .min(Duration::from_secs(4))
-}
-
 /// The terminal-free core; see the module docs.
 pub struct Session {
     targets: Vec<Target>,
@@ -437,196 +427,6 @@ impl Session {
             let _ = tx.send((i, kind, line)).await;
         });
     }
-
-    /// Stops target `i`'s demo and starts `model`; the switch completes in
-    /// [`Session::finish_switch`] when the new server prints its address, so the
-    /// session keeps running meanwhile.
-    fn switch_model(&mut self, i: usize, model: Model, workers: u32) {
-        self.start_demo(
-            i,
-            model,
-            workers,
-            format!("switching to the {model} model…"),
-        );
-    }
-
-    /// Starts a demo server of `model` in target `i` in place of the old one (if
-    /// any), saying `why` in the log.
-    fn start_demo(&mut self, i: usize, model: Model, workers: u32, why: String) {
-        if self.targets[i].starting.is_some() {
-            return;
-        }
-        self.targets[i].restart_at = None;
-        self.push(i, Msg::Log(LogKind::Trigger, why));
-        // The old server goes first, so its CPU does not blur the new one's start.
-        let generation = self.targets[i].stop();
-        let tx = self.started_tx.clone();
-        let on_line = Box::new(move |line| {
-            let _ = tx.blocking_send((i, generation, line));
-        });
-        match (self.launch)(model, workers, &self.log_file, on_line) {
-            Ok(child) => self.targets[i].starting = Some((child, Instant::now())),
-            Err(e) => self.push(
-                i,
-                Msg::Log(
-                    LogKind::Warn,
-                    format!("cannot start the {model} demo: {e:#}"),
-                ),
-            ),
-        }
-    }
-
-    fn finish_switch(&mut self, i: usize, generation: u64, line: &str) {
-        if self.targets[i].generation != generation {
-            return;
-        }
-        let Some((mut child, since)) = self.targets[i].starting.take() else {
-            return;
-        };
-        match demo_child::parse_address(line, &self.log_file) {
-            Ok(address) => {
-                child.address = address;
-                self.targets[i].set_child(child);
-                self.push(
-                    i,
-                    Msg::Reset {
-                        keep_log: true,
-                        info: None,
-                    },
-                );
-                if let Some(text) = self.targets[i].started_text() {
-                    self.push(i, Msg::Log(LogKind::Info, text));
-                }
-                self.pending.push_back(Update::Restarted {
-                    target: i,
-                    took: since.elapsed(),
-                });
-                self.subscribe(i);
-            }
-            Err(e) => {
-                let model = child.model;
-                self.push(
-                    i,
-                    Msg::Log(
-                        LogKind::Warn,
-                        format!("cannot start the {model} demo: {e:#}"),
-                    ),
-                );
-            }
-        }
-    }
-
-    /// Reaps demo children that died, says how, and restarts them (with a growing
-    /// delay; not after repeated quick deaths).
-    fn supervise(&mut self) {
-        let now = Instant::now();
-        for i in 0..self.targets.len() {
-            if let Some((due, model, workers)) = self.targets[i].restart_at {
-                if now >= due {
-                    let why = format!("restarting the {model} demo…");
-                    self.start_demo(i, model, workers, why);
-                }
-                continue;
-            }
-            let started = self.targets[i].started_at;
-            let Some((model, workers, pid, how)) = self.targets[i].reap() else {
-                continue;
-            };
-            self.targets[i].stop();
-            let next = after_death(&mut self.targets[i].quick_deaths, started, now);
-            self.push(
-                i,
-                Msg::ServerDown(format!("the {model} demo (pid {pid}) {how}")),
-            );
-            match next {
-                Some(delay) => {
-                    self.targets[i].restart_at = Some((now + delay, model, workers));
-                    let text = format!("restarting it in {:.1} s", delay.as_secs_f64());
-                    self.push(i, Msg::Log(LogKind::Info, text));
-                }
-                None => {
-                    let text = format!(
-                        "the {model} demo died {MAX_QUICK_DEATHS} times within {} s of starting: not restarting it (see {}; m starts one)",
-                        QUICK_DEATH.as_secs(),
-                        self.log_file.display()
-                    );
-                    self.push(i, Msg::Log(LogKind::Warn, text));
-                }
-            }
-        }
-    }
-
-    /// Runs the scenario steps that are due (or, with `forced`, the next one now).
-    fn play_scenario(&mut self, forced: bool) {
-        // Steps wait while a server starts: their requests need it.
-        if self
-            .targets
-            .iter()
-            .any(|t| t.starting.is_some() || t.info.is_none())
-        {
-            return;
-        }
-        loop {
-            let Some(p) = &mut self.player else { return };
-            let now = Instant::now();
-            let step = if forced { p.step_now(now) } else { p.due(now) };
-            let Some(step) = step else { return };
-            let (done, all) = p.progress();
-            for action in step.actions {
-                match action {
-                    ScenarioAction::Caption(text) => {
-                        self.pending
-                            .push_back(Update::Caption(format!("[{done}/{all}] {text}")));
-                        self.note_all(LogKind::Info, format!("▷ {text}"));
-                    }
-                    ScenarioAction::Load(rate) => {
-                        self.load_on = rate > 0.0;
-                        if rate > 0.0 {
-                            self.rate = rate;
-                        }
-                        self.update_load();
-                    }
-                    ScenarioAction::Trigger(request) => {
-                        for i in 0..self.targets.len() {
-                            self.fire(i, request.clone());
-                        }
-                    }
-                    ScenarioAction::Model { model, workers } => {
-                        if !self.can_switch() {
-                            let text = format!(
-                                "scenario: attached to a server, cannot switch it to {model}"
-                            );
-                            self.note_all(LogKind::Warn, text);
-                        } else if Some(model) != self.targets[0].model() {
-                            self.switch_model(0, model, workers);
-                        }
-                    }
-                }
-            }
-            if forced {
-                return;
-            }
-        }
-    }
-}
-
-/// After a demo child that started at `started` died at `now`: the delay before
-/// restarting it, or `None` to give up after [`MAX_QUICK_DEATHS`] quick deaths in a
-/// row. `quick_deaths` keeps the count between deaths.
-fn after_death(
-    quick_deaths: &mut Vec<Instant>,
-    started: Option<Instant>,
-    now: Instant,
-) -> Option<Duration> {
-    match started {
-        Some(s) if now.saturating_duration_since(s) < QUICK_DEATH => quick_deaths.push(s),
-        _ => quick_deaths.clear(),
-    }
-    if quick_deaths.len() >= MAX_QUICK_DEATHS {
-        quick_deaths.clear();
-        return None;
-    }
-    Some(restart_delay(quick_deaths.len()))
 }
 
 /// What to say when a workload or load has no app address to go to.

@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::routing::get;
 
+use super::supervise::after_death;
 use super::*;
 use crate::protocol::Snapshot;
 use crate::record::Recording;

@@ -375,6 +375,53 @@ fn tui() {
     }
 }
 
+/// The dashboard in a real terminal emulator: tmux at 100×30 renders what it draws, as
+/// a workshop's terminal does (a pty that is only drained costs less).
+fn tmux() {
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .args(["-L", "loopscope-bench"])
+            .args(args)
+            .output()
+    };
+    if tmux(&["-V"]).is_err() {
+        println!("## dashboard in tmux: skipped, tmux is not installed");
+        return;
+    }
+    println!(
+        "## dashboard in tmux 100×30: its own CPU and memory, 4-worker fastapi server, load off, 30 s"
+    );
+    for round in 1..=3 {
+        let cmd = format!(
+            "{} --model fastapi --workers 4 --no-load",
+            env!("CARGO_BIN_EXE_loopscope")
+        );
+        tmux(&["new-session", "-d", "-x", "100", "-y", "30", &cmd]).unwrap();
+        let out = tmux(&["list-panes", "-F", "#{pane_pid}"]).unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the dashboard's pid");
+        std::thread::sleep(Duration::from_secs(5));
+        let cpu0 = process_cpu_s(pid);
+        let t0 = Instant::now();
+        let mut rss_max = 0.0f64;
+        while t0.elapsed() < Duration::from_secs(30) {
+            rss_max = rss_max.max(rss_mb(pid));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let cpu = (process_cpu_s(pid) - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+        println!("round {round}: CPU {cpu:.2}% of one core, RSS max {rss_max:.1} MB");
+        let _ = tmux(&["send-keys", "q"]);
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The tmux server we started for this bench, by its own socket.
+        let _ = tmux(&["kill-server"]);
+    }
+}
+
 fn loadgen() {
     use loopscope::client::load::{LoadGenerator, LoadPlan};
     println!("## load generator: its own CPU, against the node demo (one client thread)");
@@ -432,6 +479,9 @@ fn main() {
     }
     if wants("tui") {
         tui();
+    }
+    if wants("tmux") {
+        tmux();
     }
     if wants("loadgen") {
         loadgen();

@@ -127,6 +127,15 @@ pub async fn get_limited(
     Ok(HttpResponse { status, body })
 }
 
+/// One telemetry line as a snapshot (not yet bounded: see
+/// [`crate::protocol::Snapshot::bound`]).
+pub fn decode_line(line: &[u8]) -> Result<Snapshot, ClientError> {
+    serde_json::from_slice(line).map_err(|source| ClientError::Decode {
+        line: String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned(),
+        source,
+    })
+}
+
 /// The `/telemetry` stream of a server, one snapshot at a time.
 pub struct TelemetryStream {
     body: Incoming,
@@ -161,13 +170,7 @@ impl TelemetryStream {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    return serde_json::from_slice(&line).map(Some).map_err(|source| {
-                        ClientError::Decode {
-                            line: String::from_utf8_lossy(&line[..line.len().min(200)])
-                                .into_owned(),
-                            source,
-                        }
-                    });
+                    return decode_line(&line).map(Some);
                 }
                 None => {}
             }

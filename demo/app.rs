@@ -120,7 +120,10 @@ pub fn router(app: Arc<App>) -> Router {
         };
         router = router.route(spec.path, handler);
     }
-    router.fallback(not_found).with_state(app)
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(loopscope::probe::server::method_not_allowed)
+        .with_state(app)
 }
 
 use axum::extract::RawQuery as Query;

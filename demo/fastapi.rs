@@ -124,6 +124,7 @@ fn start_worker(
         .args(["--period-ms", &args.period_ms.to_string()])
         .args(["--lag-resolution-ms", &args.lag_resolution_ms.to_string()])
         .args(["--slow-poll-ms", &args.slow_poll_ms.to_string()])
+        .args(args.limit_flags())
         .stdin(Stdio::null())
         .stdout(if args.no_telemetry {
             Stdio::null()
@@ -227,5 +228,6 @@ pub fn work(args: &DemoArgs, id: u32, fd: RawFd) -> anyhow::Result<()> {
         app: App::new(Model::Fastapi, id, pool),
         probe,
         console: args.console,
+        limits: args.app_limits(),
     })
 }

@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::ServiceExt;
+use loopscope::probe::server::{self, Limits};
 use loopscope::probe::{LoopProbe, ProbeLayer};
 use tower_layer::Layer;
 
@@ -17,6 +17,8 @@ pub struct LoopSetup {
     pub app: App,
     pub probe: Option<LoopProbe>,
     pub console: bool,
+    /// Connection cap and timeouts of the application port.
+    pub limits: Limits,
 }
 
 /// Runs the loop on a thread named `loop` and waits for it (it serves forever).
@@ -39,6 +41,7 @@ fn serve(setup: LoopSetup) -> anyhow::Result<()> {
         listener,
         app,
         probe,
+        limits,
         ..
     } = setup;
     let mut builder = tokio::runtime::Builder::new_current_thread();
@@ -47,9 +50,12 @@ fn serve(setup: LoopSetup) -> anyhow::Result<()> {
         probe.install_hooks(&mut builder);
     }
     let runtime = builder.build().context("cannot build the loop's runtime")?;
-    runtime.block_on(async move {
+    let listener = {
+        let _runtime = runtime.enter();
         listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
+        tokio::net::TcpListener::from_std(listener)?
+    };
+    runtime.block_on(async move {
         if let Some(probe) = &probe {
             probe.register_endpoints(loopscope::workload::endpoints().iter().map(String::as_str));
             probe.spawn_lag_task();
@@ -57,19 +63,14 @@ fn serve(setup: LoopSetup) -> anyhow::Result<()> {
         let router = app::router(Arc::new(app));
         // The probe wraps the whole router, outermost, so that it times everything
         // a request does on the loop.
-        let served = match probe {
+        match probe {
             Some(probe) => {
-                let service = ProbeLayer::new(probe).layer(router);
-                axum::serve(
-                    listener,
-                    ServiceExt::<axum::extract::Request>::into_make_service(service),
-                )
-                .await
+                server::serve(listener, ProbeLayer::new(probe).layer(router), limits).await
             }
-            None => axum::serve(listener, router).await,
-        };
-        served.context("the application server stopped")
-    })
+            None => server::serve(listener, router, limits).await,
+        }
+    });
+    anyhow::bail!("the application server stopped")
 }
 
 #[cfg(feature = "console")]

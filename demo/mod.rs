@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use loopscope::probe::ProbeConfig;
+use loopscope::probe::server::Limits;
 use loopscope::probe::telemetry::TelemetryHub;
 use loopscope::protocol::{AddressLine, Model, PROTOCOL_VERSION, ServerInfo, Versions, WorkerInfo};
 
@@ -76,6 +77,19 @@ pub struct DemoArgs {
     /// A request poll longer than this is reported as holding the loop, in milliseconds.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub slow_poll_ms: u64,
+    /// Connections served at once on the application port, per process (per worker
+    /// with fastapi); beyond, the longest-idle one is closed, or the newcomer gets 503.
+    #[arg(long, default_value_t = Limits::APP.max_connections, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections: usize,
+    /// Connections served at once on the telemetry port.
+    #[arg(long, default_value_t = Limits::TELEMETRY.max_connections, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    pub telemetry_max_connections: usize,
+    /// Time to send a request head, from when the server waits for one, in milliseconds.
+    #[arg(long, default_value_t = Limits::APP.header_read_timeout.as_millis() as u64, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub header_timeout_ms: u64,
+    /// A connection idle (no request in progress, nothing sent) this long is closed, in milliseconds.
+    #[arg(long, default_value_t = Limits::APP.keep_alive.as_millis() as u64, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub keep_alive_ms: u64,
     /// Internal: run as fastapi worker N (started by the supervisor).
     #[arg(long, hide = true)]
     pub worker_id: Option<u32>,
@@ -92,6 +106,49 @@ impl DemoArgs {
             slow_poll: Duration::from_millis(self.slow_poll_ms),
             ..ProbeConfig::default()
         }
+    }
+
+    /// The bounds of the application port, within this process's descriptors.
+    fn app_limits(&self) -> Limits {
+        let mut budget = descriptor_budget();
+        if self.model == ModelArg::Node && !self.no_telemetry {
+            let telemetry = self.limits(self.telemetry_max_connections);
+            budget = budget.saturating_sub(telemetry.within(budget / 2).descriptors());
+        }
+        fit(
+            self.limits(self.max_connections),
+            budget,
+            "--max-connections",
+        )
+    }
+
+    /// The bounds of the telemetry port.
+    fn telemetry_limits(&self) -> Limits {
+        fit(
+            self.limits(self.telemetry_max_connections),
+            descriptor_budget() / 2,
+            "--telemetry-max-connections",
+        )
+    }
+
+    fn limits(&self, max_connections: usize) -> Limits {
+        Limits {
+            max_connections,
+            header_read_timeout: Duration::from_millis(self.header_timeout_ms),
+            keep_alive: Duration::from_millis(self.keep_alive_ms),
+        }
+    }
+
+    /// The flags a fastapi worker needs to serve within the same bounds.
+    fn limit_flags(&self) -> [String; 6] {
+        [
+            "--max-connections".into(),
+            self.max_connections.to_string(),
+            "--header-timeout-ms".into(),
+            self.header_timeout_ms.to_string(),
+            "--keep-alive-ms".into(),
+            self.keep_alive_ms.to_string(),
+        ]
     }
 
     fn pool_size(&self) -> anyhow::Result<u32> {
@@ -115,6 +172,7 @@ impl DemoArgs {
 
 /// Runs the demo server until it is killed.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    raise_descriptor_limit();
     match (args.model, args.worker_id, args.listen_fd) {
         (ModelArg::Node, None, None) => node::run(&args),
         (ModelArg::Fastapi, None, None) => fastapi::supervise(&args),
@@ -172,7 +230,7 @@ fn serve_telemetry(
         },
     };
     let hub = Arc::new(TelemetryHub::new(info, epoch));
-    loopscope::probe::telemetry::serve(telemetry, Arc::clone(&hub))?;
+    loopscope::probe::telemetry::serve(telemetry, Arc::clone(&hub), args.telemetry_limits())?;
     Ok(hub)
 }
 
@@ -212,4 +270,56 @@ fn warn_if_exposed(ip: IpAddr) {
              anyone who can reach this address can stall it"
         );
     }
+}
+
+/// Descriptors kept for everything but connections: stdio, the runtime's, the
+/// scratch file, worker pipes, /proc reads.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft limit on open descriptors to the hard one (capped at 2^20), so
+/// that the connection caps fit under it.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let want = limit.rlim_max.min(1 << 20);
+        if limit.rlim_cur < want {
+            limit.rlim_cur = want;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Descriptors this process may spend on connections.
+fn descriptor_budget() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
+    };
+    usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX)
+}
+
+/// `limits` within `budget` descriptors, with a warning when that lowers the cap.
+fn fit(limits: Limits, budget: usize, flag: &str) -> Limits {
+    let fitted = limits.within(budget);
+    if fitted != limits {
+        eprintln!(
+            "loopscope: warning: {flag} {} does not fit under the open-file limit: serving {} \
+             connections (raise `ulimit -n`)",
+            limits.max_connections, fitted.max_connections
+        );
+    }
+    fitted
 }

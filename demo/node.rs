@@ -53,5 +53,6 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         app: App::new(Model::Node, 0, pool),
         probe,
         console: args.console,
+        limits: args.app_limits(),
     })
 }

@@ -33,6 +33,7 @@ mod lag;
 pub mod metrics;
 pub mod pool;
 pub mod sampler;
+pub mod server;
 mod target;
 pub mod telemetry;
 

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::broadcast;
 
+use super::server::Limits;
 use crate::protocol::{ServerInfo, Snapshot};
 
 /// Lines buffered for a slow reader before it skips ahead.
@@ -84,10 +85,12 @@ impl TelemetryHub {
     }
 }
 
-/// Serves the hub on `listener` from a new thread with its own runtime.
+/// Serves the hub on `listener` from a new thread with its own runtime, within
+/// `limits` (its own, apart from the app's: a flooded app port leaves it answering).
 pub fn serve(
     listener: std::net::TcpListener,
     hub: Arc<TelemetryHub>,
+    limits: Limits,
 ) -> std::io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
@@ -111,9 +114,7 @@ pub fn serve(
                         return;
                     }
                 };
-                if let Err(e) = axum::serve(listener, router(hub)).await {
-                    eprintln!("loopscope: telemetry server stopped: {e}");
-                }
+                super::server::serve(listener, router(hub), limits).await;
             });
         })
 }
@@ -125,6 +126,7 @@ pub fn router(hub: Arc<TelemetryHub>) -> Router {
         .route("/metrics", get(metrics))
         .route("/info", get(info))
         .fallback(not_found)
+        .method_not_allowed_fallback(super::server::method_not_allowed)
         .with_state(hub)
 }
 

@@ -127,7 +127,8 @@ fn main() {
         tick += 1;
         let _ = keys.write_all(&[KEYS[tick as usize % KEYS.len()]]);
         let _ = keys.flush();
-        if tick % 12 == 0 {
+        // No kill in the last 20 s: its recovery must be seen.
+        if tick % 12 == 0 && Instant::now() + Duration::from_secs(20) < end {
             if warm.is_none() {
                 warm = Some(rss("after the warm-up minute"));
             }
@@ -154,7 +155,11 @@ fn main() {
     let mut back = Vec::new();
     for (at, id, pid) in &kills {
         let again = seen.iter().find(|(t, s)| {
-            t > at && s.workers.iter().any(|w| w.id == *id && w.alive && w.pid != *pid)
+            // The replacement's own first report (it measured its loop).
+            t > at
+                && s.workers.iter().any(|w| {
+                    w.id == *id && w.alive && w.pid != *pid && w.lag_ms.samples > 0
+                })
         });
         match again {
             Some((t, _)) => back.push(t.duration_since(*at).as_secs_f64() * 1000.0),

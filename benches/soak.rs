@@ -46,7 +46,9 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("soak.ndjson");
     let log = dir.path().join("soak.log");
-    println!("## soak: fastapi 4 workers, 1,000 req/s, a key every 5 s, a worker killed every minute, {minutes} min");
+    println!(
+        "## soak: fastapi 4 workers, 1,000 req/s, a key every 5 s, a worker killed every minute, {minutes} min"
+    );
     let pty = native_pty_system()
         .openpty(PtySize {
             rows: 30,
@@ -101,7 +103,8 @@ fn main() {
             });
         });
     }
-    let latest = |seen: &Seen| -> Option<Snapshot> { seen.lock().unwrap().last().map(|(_, s)| s.clone()) };
+    let latest =
+        |seen: &Seen| -> Option<Snapshot> { seen.lock().unwrap().last().map(|(_, s)| s.clone()) };
     let rss = |label: &str| {
         let workers = children(supervisor);
         let mut line = format!(
@@ -157,9 +160,9 @@ fn main() {
         let again = seen.iter().find(|(t, s)| {
             // The replacement's own first report (it measured its loop).
             t > at
-                && s.workers.iter().any(|w| {
-                    w.id == *id && w.alive && w.pid != *pid && w.lag_ms.samples > 0
-                })
+                && s.workers
+                    .iter()
+                    .any(|w| w.id == *id && w.alive && w.pid != *pid && w.lag_ms.samples > 0)
         });
         match again {
             Some((t, _)) => back.push(t.duration_since(*at).as_secs_f64() * 1000.0),

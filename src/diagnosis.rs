@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::protocol::{Event, Snapshot};
+use crate::units::short_ms;
 
 /// Seconds of history a diagnosis looks at.
 pub const WINDOW_MS: u64 = 10_000;
@@ -179,15 +180,18 @@ impl Diagnoser {
                     .or_else(|| worst.map(|(_, target, _)| target.clone()));
                 let text = match (live, worst) {
                     (Some((target, ms)), _) => format!(
-                        "w{id}: {target} is holding the loop ({ms:.0} ms so far): {}",
+                        "w{id}: {target} is holding the loop ({} so far): {}",
+                        short_ms(*ms),
                         remedy(target)
                     ),
                     (None, Some((_, target, ms))) => format!(
-                        "w{id}: {target} held the loop {ms:.0} ms: {}",
+                        "w{id}: {target} held the loop {}: {}",
+                        short_ms(*ms),
                         remedy(target)
                     ),
                     (None, None) => format!(
-                        "w{id}: the loop was blocked {max:.0} ms: find the blocking call (no request poll was slow: look at timers and background tasks)"
+                        "w{id}: the loop was blocked {}: find the blocking call (no request poll was slow: look at timers and background tasks)",
+                        short_ms(max)
                     ),
                 };
                 out.push(Diagnosis {
@@ -204,7 +208,8 @@ impl Diagnoser {
                     severity: median,
                     culprit: None,
                     text: format!(
-                        "w{id}: median loop lag {median:.0} ms: the loop is saturated — spread the load over more workers or move CPU work off the loop"
+                        "w{id}: median loop lag {}: the loop is saturated — spread the load over more workers or move CPU work off the loop",
+                        short_ms(median)
                     ),
                 });
             } else {

@@ -10,6 +10,7 @@
 //! - [`diagnosis`]: why a server stalls, in one line;
 //! - [`summary`]: a run's figures per worker;
 //! - [`record`]: recordings of a session, for replay;
+//! - [`units`]: figures as people read them;
 //! - [`scenario`]: timed steps for workshops and scripts.
 
 pub mod client;
@@ -22,6 +23,7 @@ pub mod scenario;
 pub mod session;
 pub mod summary;
 pub mod tui;
+pub mod units;
 pub mod workload;
 
 #[cfg(test)]
@@ -92,7 +94,7 @@ pub(crate) mod test_support {
         Snapshot {
             v: PROTOCOL_VERSION,
             seq,
-            t_ms: seq * 100,
+            t_ms: seq.wrapping_mul(100),
             model: Model::Node,
             period_ms: 100,
             workers,

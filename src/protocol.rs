@@ -335,6 +335,23 @@ fn cut(s: &mut String) -> bool {
     }
 }
 
+/// The largest figure a reader keeps (ms, %, per second): beyond it a figure is
+/// nonsense from a broken server, and printing it would run across the screen.
+pub const MAX_FIGURE: f64 = 1e9;
+
+/// Brings a figure within `0..=MAX_FIGURE`; true if it was outside.
+fn figure(x: &mut f64) -> bool {
+    let ok = x.is_finite() && (0.0..=MAX_FIGURE).contains(x);
+    if !ok {
+        *x = if x.is_nan() {
+            0.0
+        } else {
+            x.clamp(0.0, MAX_FIGURE)
+        };
+    }
+    !ok
+}
+
 /// Keeps at most `max` items; true if some were dropped.
 fn cap<T>(v: &mut Vec<T>, max: usize) -> bool {
     let over = v.len() > max;
@@ -356,7 +373,35 @@ impl Snapshot {
         }
         let mut long = false;
         let mut endpoints = false;
+        let mut odd = figure(&mut self.host.cpu);
         for w in &mut self.workers {
+            let l = &mut w.lag_ms;
+            let p = &mut w.pool;
+            let c = &mut w.cpu;
+            for x in [
+                &mut l.p50,
+                &mut l.p99,
+                &mut l.max,
+                &mut w.stalled_for_ms,
+                &mut w.loop_utilization,
+                &mut p.oldest_wait_ms,
+                &mut p.wait_ms_max,
+                &mut p.wait_ms_p50,
+                &mut p.wait_ms_p99,
+                &mut p.completed_per_s,
+                &mut c.process,
+                &mut c.loop_thread,
+                &mut c.pool_threads,
+                &mut w.requests.per_s,
+            ] {
+                odd |= figure(x);
+            }
+            if let Some(x) = &mut w.silent_for_ms {
+                odd |= figure(x);
+            }
+            for e in &mut w.requests.endpoints {
+                odd |= figure(&mut e.p50_ms) | figure(&mut e.p99_ms) | figure(&mut e.max_ms);
+            }
             if let Some(s) = &mut w.stalled_in {
                 long |= cut(s);
             }
@@ -367,9 +412,12 @@ impl Snapshot {
         }
         for e in &mut self.events {
             match e {
-                Event::SlowPoll { endpoint, uri, .. } => {
+                Event::SlowPoll {
+                    endpoint, uri, ms, ..
+                } => {
                     long |= cut(endpoint);
                     long |= cut(uri);
+                    odd |= figure(ms);
                 }
                 Event::WorkerExited { status, .. } => long |= cut(status),
                 _ => {}
@@ -380,6 +428,9 @@ impl Snapshot {
         }
         if long {
             cuts.push(format!("strings beyond {MAX_STRING} characters"));
+        }
+        if odd {
+            cuts.push(format!("figures outside 0..={MAX_FIGURE:e}"));
         }
         cuts
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::LogKind;
 use crate::client::http::{self, HttpClient};
+pub use crate::units::short_ms;
 use crate::workload::{Reply, Request};
 
 /// How long a fired request may take.
@@ -109,22 +110,6 @@ pub fn summarize(label: &str, results: &[Outcome], total: Duration) -> String {
         line.push_str(&format!(", {} failed ({})", failures.len(), failures[0]));
     }
     line
-}
-
-/// `duration` as a short figure: `412 ms`, `1.3 s`.
-pub fn short_ms(ms: f64) -> String {
-    if !ms.is_finite() {
-        return "– ms".to_string();
-    }
-    if ms >= 10_000.0 {
-        format!("{:.0} s", ms / 1000.0)
-    } else if ms >= 1000.0 {
-        format!("{:.1} s", ms / 1000.0)
-    } else if ms >= 10.0 {
-        format!("{ms:.0} ms")
-    } else {
-        format!("{ms:.1} ms")
-    }
 }
 
 #[cfg(test)]

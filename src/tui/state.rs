@@ -8,8 +8,8 @@ use crate::client::load::LoadStats;
 use crate::client::subscriber::TelemetryMsg;
 use crate::diagnosis::{Diagnoser, Diagnosis};
 use crate::protocol::{Event, HostSnapshot, ServerInfo, Snapshot, WorkerSnapshot};
-pub use crate::session::fire::short_ms;
 pub use crate::session::{LogKind, Msg};
+pub use crate::units::short_ms;
 
 /// Seconds of history kept for the charts.
 pub const WINDOW_S: f64 = 60.0;
@@ -264,7 +264,10 @@ impl Dashboard {
         }
     }
 
-    fn ingest(&mut self, snap: Snapshot, now: Instant, clock: &str) {
+    fn ingest(&mut self, mut snap: Snapshot, now: Instant, clock: &str) {
+        // Readers bound what comes from the network; this keeps the view safe from
+        // any other source too (it cuts nothing from a bounded line).
+        snap.bound();
         self.diagnoser.observe(&snap);
         self.diagnosis = self.diagnoser.diagnose();
         // A new server (restarted, or another model) starts its clock again.

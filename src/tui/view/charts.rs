@@ -35,7 +35,13 @@ pub(super) fn nice_ceiling(v: f64) -> f64 {
 
 /// A y label padded to the gutter, so the plot starts where the strips' do.
 fn y_label(v: f64) -> String {
-    format!("{:>w$}", format!("{v}"), w = GUTTER as usize - 1)
+    let text = match v {
+        v if v >= 1e9 => format!("{}G", v / 1e9),
+        v if v >= 1e6 => format!("{}M", v / 1e6),
+        v if v >= 1e4 => format!("{}k", v / 1e3),
+        v => format!("{v}"),
+    };
+    format!("{text:>w$.w$}", w = GUTTER as usize - 1)
 }
 
 pub(super) fn render_lag_chart(frame: &mut Frame, area: Rect, d: &Dashboard, theme: &Theme) {
@@ -216,5 +222,9 @@ mod tests {
         assert_eq!(nice_ceiling(412.0), 500.0);
         assert_eq!(nice_ceiling(0.7), 1.0);
         assert_eq!(nice_ceiling(5.0), 5.0);
+        assert_eq!(y_label(500.0), "     500");
+        assert_eq!(y_label(2.5), "     2.5");
+        assert_eq!(y_label(50_000.0), "     50k");
+        assert_eq!(y_label(1e9), "      1G");
     }
 }

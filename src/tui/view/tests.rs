@@ -324,6 +324,54 @@ fn the_traffic_panel_has_a_row_per_worker() {
 }
 
 #[test]
+fn extreme_figures_print_bounded() {
+    let now = Instant::now();
+    let mut w = worker(0, 1e308, 0.0, 0);
+    w.lag_ms.p50 = f64::NAN;
+    w.lag_ms.p99 = f64::INFINITY;
+    w.loop_utilization = 1e300;
+    w.cpu.loop_thread = -5.0;
+    w.cpu.process = 1e308;
+    w.requests.per_s = -0.0;
+    let mut d = dashboard(Model::Node, vec![w.clone()], now);
+    // A sequence that jumps by almost 2^64 is another stream, not lost lines…
+    let mut jump = snapshot(u64::MAX, vec![w.clone()], vec![]);
+    jump.t_ms = 9_000;
+    d.apply(
+        Msg::Telemetry(TelemetryMsg::Snapshot(Box::new(jump))),
+        now,
+        "12:00:04",
+    );
+    // …and a real gap is counted without overflowing.
+    d.apply(
+        Msg::Telemetry(TelemetryMsg::Snapshot(Box::new(snapshot(
+            3,
+            vec![w],
+            vec![],
+        )))),
+        now,
+        "12:00:04",
+    );
+    d.skipped_lines = u64::MAX;
+    let s = screen(&d, &opts(), 100, 30, now);
+    assert!(s.contains("lost >1G"), "{s}");
+    assert!(s.contains(">1e6"), "{s}");
+    assert!(s.contains(">9999%"), "{s}");
+    assert!(s.contains("server: 0 req/s"), "{s}");
+    assert!(
+        !s.contains("-0 req/s") && !s.contains("NaN") && !s.contains("inf"),
+        "{s}"
+    );
+    // No figure runs longer than a few characters.
+    let longest = s
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::len)
+        .max()
+        .unwrap();
+    assert!(longest <= 8, "a {longest}-digit number on screen:\n{s}");
+}
+
+#[test]
 fn a_large_terminal_uses_the_space() {
     let now = Instant::now();
     let d = dashboard(Model::Node, vec![worker(0, 1.0, 0.0, 0)], now);

@@ -16,6 +16,8 @@ pub const WINDOW_MS: u64 = 10_000;
 pub const MAX_LAG_MS: f64 = 100.0;
 /// A loop whose median lag reaches this is saturated.
 pub const MEDIAN_LAG_MS: f64 = 10.0;
+/// Most lines (and slow polls) a worker's window keeps.
+const MAX_LINES: usize = 1024;
 /// A pool queued without a break for this long is too small (or misused).
 pub const QUEUED_FOR_MS: u64 = 1_000;
 
@@ -120,13 +122,26 @@ impl Diagnoser {
             }
             h.live = live;
             if w.lag_ms.samples > 0 || w.stalled_for_ms > 0.0 {
-                h.lag
-                    .push_back((now, w.lag_ms.max.max(w.stalled_for_ms), w.lag_ms.p50));
+                let line = (now, w.lag_ms.max.max(w.stalled_for_ms), w.lag_ms.p50);
+                match h.lag.back_mut() {
+                    // A clock that stands still adds no new line.
+                    Some(last) if last.0 == now => {
+                        last.1 = last.1.max(line.1);
+                        last.2 = last.2.max(line.2);
+                    }
+                    _ => h.lag.push_back(line),
+                }
+                // However the clock runs, the window holds a bounded number of lines.
+                while h.lag.len() > MAX_LINES {
+                    h.lag.pop_front();
+                }
             }
             while h.lag.front().is_some_and(|(t, _, _)| *t < oldest) {
                 h.lag.pop_front();
             }
-            while h.slow_polls.front().is_some_and(|(t, _, _)| *t < oldest) {
+            while h.slow_polls.front().is_some_and(|(t, _, _)| *t < oldest)
+                || h.slow_polls.len() > MAX_LINES
+            {
                 h.slow_polls.pop_front();
             }
             let p = &w.pool;
@@ -146,7 +161,7 @@ impl Diagnoser {
                 }
                 h.pool = (p.busy, p.size, 0, 0);
             }
-            while h.spells.front().is_some_and(|s| s.1 < oldest) {
+            while h.spells.front().is_some_and(|s| s.1 < oldest) || h.spells.len() > MAX_LINES {
                 h.spells.pop_front();
             }
         }

@@ -49,6 +49,21 @@ pub struct HeadlessConfig {
     pub record: Option<PathBuf>,
 }
 
+/// `text` with control characters escaped: what a server sent cannot drive the
+/// terminal it is printed on.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 /// Runs headless and returns the thresholds crossed (empty: all good).
 pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -113,22 +128,27 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
                         stdout.flush()?;
                     }
                 }
-                Msg::Telemetry(TelemetryMsg::Skipped { lines, reason }) => match lines {
-                    0 => eprintln!("loopscope: telemetry: {reason}"),
-                    n => eprintln!("loopscope: telemetry: {reason} ({n} lines skipped)"),
-                },
-                Msg::Telemetry(TelemetryMsg::Disconnected { reason, .. }) => {
-                    eprintln!("loopscope: telemetry lost: {reason}");
+                Msg::Telemetry(TelemetryMsg::Skipped { lines, reason }) => {
+                    let reason = printable(&reason);
+                    match lines {
+                        0 => eprintln!("loopscope: telemetry: {reason}"),
+                        n => eprintln!("loopscope: telemetry: {reason} ({n} lines skipped)"),
+                    }
                 }
-                Msg::Log(LogKind::Trigger | LogKind::Result, text) => eprintln!("trigger: {text}"),
-                Msg::Log(LogKind::Warn, text) => eprintln!("loopscope: {text}"),
+                Msg::Telemetry(TelemetryMsg::Disconnected { reason, .. }) => {
+                    eprintln!("loopscope: telemetry lost: {}", printable(&reason));
+                }
+                Msg::Log(LogKind::Trigger | LogKind::Result, text) => {
+                    eprintln!("trigger: {}", printable(&text));
+                }
+                Msg::Log(LogKind::Warn, text) => eprintln!("loopscope: {}", printable(&text)),
                 Msg::Log(LogKind::Info, text) => {
                     // Said by the scenario's steps, or about the server.
                     if text.starts_with("scenario") || text.starts_with("switching") {
-                        eprintln!("{text}");
+                        eprintln!("{}", printable(&text));
                     }
                 }
-                Msg::ServerDown(reason) => eprintln!("loopscope: {reason}"),
+                Msg::ServerDown(reason) => eprintln!("loopscope: {}", printable(&reason)),
                 Msg::Load(_) | Msg::LoadPlan { .. } | Msg::Reset { .. } => {}
             }
         }
@@ -140,13 +160,24 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
         if config.format == Format::Table {
             write!(stdout, "{}", summary.table())?;
             for d in &diagnosis {
-                writeln!(stdout, "diagnosis: {}", d.text)?;
+                writeln!(stdout, "diagnosis: {}", printable(&d.text))?;
             }
         } else {
             for d in &diagnosis {
-                eprintln!("diagnosis: {}", d.text);
+                eprintln!("diagnosis: {}", printable(&d.text));
             }
         }
         Ok(summary.crossed(config.fail_on_lag_ms, config.fail_on_queue))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("GET /x\u{1b}[2J\r\n"), "GET /x\\u{1b}[2J\\r\\n");
+        assert_eq!(printable("w0 · 412 ms"), "w0 · 412 ms");
+    }
 }

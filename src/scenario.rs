@@ -265,6 +265,11 @@ impl Player {
         Some(step)
     }
 
+    /// Counts the next step's delay from `now` (after a wait for a new server).
+    pub fn restart_clock(&mut self, now: std::time::Instant) {
+        self.last = now;
+    }
+
     /// (steps done, steps in all)
     pub fn progress(&self) -> (usize, usize) {
         (self.next, self.steps.len())

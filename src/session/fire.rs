@@ -12,6 +12,9 @@ use crate::workload::{Reply, Request};
 
 /// How long a fired request may take.
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// How long finding connections to one worker may take (a stopped server never
+/// answers).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One request's outcome: answered, failed, or timed out.
 pub type Outcome =
@@ -23,7 +26,18 @@ pub async fn fire(client: HttpClient, app: String, request: Request) -> (LogKind
     let paths = request.paths();
     let started;
     let results: Vec<Outcome> = if request.one_worker {
-        match http::connections_to_worker(&app, 0, paths.len(), paths.len() * 10).await {
+        let connecting = http::connections_to_worker(&app, 0, paths.len(), paths.len() * 10);
+        let connected = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(result) => result,
+            Err(_) => {
+                let text = format!(
+                    "{label}: no connection to w0 within {} s; not sent",
+                    CONNECT_TIMEOUT.as_secs()
+                );
+                return (LogKind::Warn, text);
+            }
+        };
+        match connected {
             Ok(conns) if conns.len() == paths.len() => {
                 label.push_str(" → w0");
                 started = Instant::now();

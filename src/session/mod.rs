@@ -55,6 +55,8 @@ pub struct Session {
     load_on: bool,
     scenario: Option<Scenario>,
     player: Option<Player>,
+    /// A step's actions waiting for a server that a model switch is starting.
+    held: std::collections::VecDeque<crate::scenario::Action>,
     recorder: Option<Recorder>,
     record_path: Option<PathBuf>,
     replay: Option<replay::Replay>,
@@ -119,6 +121,7 @@ impl Session {
             load_on: config.load,
             scenario: config.scenario,
             player: None,
+            held: std::collections::VecDeque::new(),
             recorder: None,
             record_path: config.record,
             replay,

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::demo_child::START_TIMEOUT;
 use super::{LogKind, Msg, Session, Update, demo_child};
 use crate::protocol::Model;
 
@@ -47,15 +48,50 @@ impl Session {
         let on_line = Box::new(move |line| {
             let _ = tx.blocking_send((i, generation, line));
         });
+        let now = Instant::now();
+        self.targets[i].last_demo = Some((model, workers));
         match (self.launch)(model, workers, &self.log_file, on_line) {
-            Ok(child) => self.targets[i].starting = Some((child, Instant::now())),
-            Err(e) => self.push(
-                i,
-                Msg::Log(
-                    LogKind::Warn,
-                    format!("cannot start the {model} demo: {e:#}"),
-                ),
-            ),
+            Ok(child) => self.targets[i].starting = Some((child, now)),
+            Err(e) => {
+                let why = format!("cannot start the {model} demo: {e:#}");
+                self.failed_start(i, model, workers, now, why);
+            }
+        }
+    }
+
+    /// A start that failed counts as a quick death: it is retried later, and not
+    /// after repeated failures.
+    fn failed_start(&mut self, i: usize, model: Model, workers: u32, since: Instant, why: String) {
+        self.push(i, Msg::ServerDown(why));
+        let next = after_death(
+            &mut self.targets[i].quick_deaths,
+            Some(since),
+            Instant::now(),
+        );
+        self.plan_restart(i, model, workers, next);
+    }
+
+    /// Schedules a restart after `next`, or says the session gave up.
+    fn plan_restart(&mut self, i: usize, model: Model, workers: u32, next: Option<Duration>) {
+        match next {
+            Some(delay) => {
+                self.targets[i].restart_at = Some((Instant::now() + delay, model, workers));
+                let text = format!("restarting it in {:.1} s", delay.as_secs_f64());
+                self.push(i, Msg::Log(LogKind::Info, text));
+            }
+            None => {
+                let again = if self.can_switch() {
+                    "m starts one"
+                } else {
+                    "start loopscope again"
+                };
+                let text = format!(
+                    "the {model} demo died {MAX_QUICK_DEATHS} times within {} s of starting: not restarting it (see {}; {again})",
+                    QUICK_DEATH.as_secs(),
+                    self.log_file.display()
+                );
+                self.push(i, Msg::Log(LogKind::Warn, text));
+            }
         }
     }
 
@@ -87,14 +123,10 @@ impl Session {
                 self.subscribe(i);
             }
             Err(e) => {
-                let model = child.model;
-                self.push(
-                    i,
-                    Msg::Log(
-                        LogKind::Warn,
-                        format!("cannot start the {model} demo: {e:#}"),
-                    ),
-                );
+                let (model, workers) = (child.model, child.workers);
+                drop(child);
+                let why = format!("cannot start the {model} demo: {e:#}");
+                self.failed_start(i, model, workers, since, why);
             }
         }
     }
@@ -104,6 +136,24 @@ impl Session {
     pub(super) fn supervise(&mut self) {
         let now = Instant::now();
         for i in 0..self.targets.len() {
+            // A new server that never says where it listens is given up on.
+            let stuck = self.targets[i]
+                .starting
+                .as_ref()
+                .is_some_and(|(_, since)| now.saturating_duration_since(*since) > START_TIMEOUT);
+            if stuck {
+                let (child, since) = self.targets[i].starting.take().expect("checked");
+                let (model, workers) = (child.model, child.workers);
+                drop(child);
+                // Its address line, should it come now, belongs to nobody.
+                self.targets[i].generation += 1;
+                let why = format!(
+                    "the {model} demo did not start within {} s",
+                    START_TIMEOUT.as_secs()
+                );
+                self.failed_start(i, model, workers, since, why);
+                continue;
+            }
             if let Some((due, model, workers)) = self.targets[i].restart_at {
                 if now >= due {
                     let why = format!("restarting the {model} demo…");
@@ -121,21 +171,7 @@ impl Session {
                 i,
                 Msg::ServerDown(format!("the {model} demo (pid {pid}) {how}")),
             );
-            match next {
-                Some(delay) => {
-                    self.targets[i].restart_at = Some((now + delay, model, workers));
-                    let text = format!("restarting it in {:.1} s", delay.as_secs_f64());
-                    self.push(i, Msg::Log(LogKind::Info, text));
-                }
-                None => {
-                    let text = format!(
-                        "the {model} demo died {MAX_QUICK_DEATHS} times within {} s of starting: not restarting it (see {}; m starts one)",
-                        QUICK_DEATH.as_secs(),
-                        self.log_file.display()
-                    );
-                    self.push(i, Msg::Log(LogKind::Warn, text));
-                }
-            }
+            self.plan_restart(i, model, workers, next);
         }
     }
 }
@@ -156,5 +192,5 @@ pub(super) fn after_death(
         quick_deaths.clear();
         return None;
     }
-    Some(restart_delay(quick_deaths.len()))
+    Some(restart_delay(quick_deaths.len().saturating_sub(1)))
 }

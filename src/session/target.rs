@@ -39,6 +39,8 @@ pub(super) struct Target {
     pub quick_deaths: Vec<Instant>,
     /// A restart planned after a death: when, and the model and workers to start.
     pub restart_at: Option<(Instant, Model, u32)>,
+    /// The model and workers of the last demo started here (to start it again).
+    pub last_demo: Option<(Model, u32)>,
     subscriber: Option<tokio::task::JoinHandle<()>>,
     /// The background load and the app address it goes to.
     load: Option<(LoadGenerator, String)>,
@@ -63,6 +65,7 @@ impl Target {
             started_at: None,
             quick_deaths: Vec::new(),
             restart_at: None,
+            last_demo: None,
             subscriber: None,
             load: None,
         }
@@ -107,12 +110,18 @@ impl Target {
     pub fn model(&self) -> Option<Model> {
         match (&self.starting, self.child()) {
             (Some((c, _)), _) | (None, Some(c)) => Some(c.model),
-            (None, None) => self.info.as_ref().map(|i| i.model),
+            (None, None) => self
+                .last_demo
+                .map(|(m, _)| m)
+                .or(self.info.as_ref().map(|i| i.model)),
         }
     }
 
     pub fn workers(&self) -> u32 {
-        self.child().map_or(1, |c| c.workers)
+        self.child()
+            .map(|c| c.workers)
+            .or(self.last_demo.map(|(_, w)| w))
+            .unwrap_or(1)
     }
 
     /// "started the node demo, pid 4242, app 127.0.0.1:8000", for a demo.
@@ -203,6 +212,7 @@ impl Target {
 
     /// The new server of a switch or a restart.
     pub fn set_child(&mut self, child: DemoChild) {
+        self.last_demo = Some((child.model, child.workers));
         self.app = Some(child.address.app.clone());
         self.started_at = Some(Instant::now());
         self.kind = Kind::Demo(Some(child));

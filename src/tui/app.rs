@@ -13,7 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::input::{self, Action, DEFAULT_SIZE, SIZES};
-use super::state::Dashboard;
+use super::state::{Connection, Dashboard};
 use super::view::{self, ViewOptions};
 use crate::record::Recording;
 use crate::scenario::Scenario;
@@ -141,6 +141,9 @@ impl Driver {
         // Something changed since the last frame; a live stall counts up between lines,
         // so a stalled server redraws every frame.
         let mut dirty = true;
+        // Counters of a server that stopped ("NOT REPORTING for 12 s") move once a
+        // second even when nothing else arrives.
+        let mut drawn_at = Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -182,8 +185,14 @@ impl Driver {
                     let stalled = self.dashboards.iter().any(|d| {
                         d.workers.values().any(|w| w.latest.stalled_for_ms > 0.0)
                     });
-                    if dirty || stalled {
+                    let lost = self
+                        .dashboards
+                        .iter()
+                        .any(|d| matches!(d.connection, Connection::Lost { .. }));
+                    let second = drawn_at.elapsed() >= Duration::from_secs(1);
+                    if dirty || stalled || (lost && second) {
                         self.draw(terminal)?;
+                        drawn_at = Instant::now();
                         dirty = false;
                     }
                 }

@@ -368,13 +368,23 @@ impl Dashboard {
     }
 }
 
+/// Most points a series keeps, whatever the server's clock does (60 s of 100 ms
+/// lines is 600).
+const MAX_POINTS: usize = 2048;
+
 fn push(series: &mut VecDeque<(f64, f64)>, t: f64, v: f64) {
-    // A clock that went back means a new server: start over.
-    if series.back().is_some_and(|(last, _)| *last > t) {
-        series.clear();
+    match series.back_mut() {
+        // A clock that went back means a new server: start over.
+        Some((last, _)) if *last > t => series.clear(),
+        // A clock that stands still adds nothing new: keep the worst of the two.
+        Some((last, old)) if *last == t => {
+            *old = old.max(v);
+            return;
+        }
+        _ => {}
     }
     series.push_back((t, v));
-    while series.front().is_some_and(|(t0, _)| *t0 < t - WINDOW_S) {
+    while series.front().is_some_and(|(t0, _)| *t0 < t - WINDOW_S) || series.len() > MAX_POINTS {
         series.pop_front();
     }
 }
@@ -414,6 +424,18 @@ mod tests {
         assert_eq!(d.lag_peak_ms(), 412.0);
         assert_eq!(d.missed_lines, 0);
         assert_eq!(d.connection, Connection::Live);
+        // A server whose clock stands still cannot grow the history.
+        for seq in 701..=5000 {
+            let mut s = snapshot(seq, vec![worker(0, 0.5, 0.0, 0)], vec![]);
+            s.t_ms = 70_000;
+            d.apply(snap_msg(s), now, "12:00:00");
+        }
+        assert_eq!(d.workers[&0].lag.len(), 601);
+        let mut v = VecDeque::new();
+        for i in 0..10_000 {
+            push(&mut v, i as f64 * 0.001, 1.0);
+        }
+        assert_eq!(v.len(), MAX_POINTS);
     }
 
     #[test]

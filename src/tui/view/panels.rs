@@ -181,11 +181,10 @@ pub(super) fn percent(v: f64) -> String {
 pub(super) fn traffic_panel<'a>(d: &'a Dashboard, theme: &Theme, rows: u16) -> Paragraph<'a> {
     let t = &d.traffic;
     let l = &t.last;
-    let server_in_flight: u64 = d
+    let server_in_flight = d
         .workers
         .values()
-        .map(|w| w.latest.requests.in_flight)
-        .sum();
+        .fold(0u64, |n, w| n.saturating_add(w.latest.requests.in_flight));
     let server_rate: f64 = d.workers.values().map(|w| w.latest.requests.per_s).sum();
     let figures = |name: String, style: Style, p50: f64, p99: f64, max: f64, worst: f64| {
         Line::from(vec![

@@ -191,6 +191,29 @@ impl TelemetryStream {
     }
 }
 
+/// One HTTP/1.1 connection, kept alive between requests.
+pub type Connection = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// Opens a keep-alive connection to `addr` (host:port); the connection's I/O runs
+/// on a task of its own and ends when the returned handle is dropped.
+pub async fn connect(addr: &str) -> std::io::Result<Connection> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+/// Which worker serves `conn`: the `worker` its `GET /hello` answer names (a
+/// keep-alive connection stays with the worker that accepted it). `None` when the
+/// answer names none.
+pub async fn served_by(conn: &mut Connection, addr: &str) -> Result<Option<u64>, ClientError> {
+    let resp = get_on(conn, addr, "/hello").await?;
+    Ok(resp.json().and_then(|v| v["worker"].as_u64()))
+}
+
 /// Opens connections to `addr` until `n` of them are served by worker `worker`
 /// (which worker accepts a connection is the kernel's choice, as with uvicorn's
 /// shared socket), trying at most `max_attempts` connections. Each is checked with
@@ -201,49 +224,32 @@ pub async fn connections_to_worker(
     worker: u64,
     n: usize,
     max_attempts: usize,
-) -> std::io::Result<Vec<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>> {
+) -> std::io::Result<Vec<Connection>> {
     let mut kept = Vec::with_capacity(n);
     for _ in 0..max_attempts {
         if kept.len() == n {
             break;
         }
-        let stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(std::io::Error::other)?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get("/hello")
-            .header(hyper::header::HOST, addr)
-            .body(Empty::<Bytes>::new())
-            .map_err(std::io::Error::other)?;
-        let resp = send
-            .send_request(req)
+        let mut send = connect(addr).await?;
+        let served = served_by(&mut send, addr)
             .await
             .map_err(std::io::Error::other)?;
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(std::io::Error::other)?
-            .to_bytes();
-        let served_by = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["worker"].as_u64());
-        if served_by == Some(worker) {
+        if served == Some(worker) {
             kept.push(send);
         }
     }
     Ok(kept)
 }
 
-/// `GET {path}` on an open connection.
+/// `GET {path}` on an open connection (waiting until it can take a request).
 pub async fn get_on(
-    send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    send: &mut Connection,
     addr: &str,
     path: &str,
 ) -> Result<HttpResponse, ClientError> {
+    // A kept-alive connection is ready again once the previous response was read,
+    // which its connection task notices asynchronously; a closed one errs here.
+    send.ready().await?;
     let req = hyper::Request::get(path)
         .header(hyper::header::HOST, addr)
         .body(Empty::<Bytes>::new())

@@ -60,6 +60,8 @@ pub struct Session {
     recorder: Option<Recorder>,
     record_path: Option<PathBuf>,
     replay: Option<replay::Replay>,
+    /// The replay position last handed out.
+    replay_shown: Option<ReplayStatus>,
     /// Replay: the clock holds (the help is open).
     hold: bool,
     pending: VecDeque<Update>,
@@ -125,6 +127,7 @@ impl Session {
             recorder: None,
             record_path: config.record,
             replay,
+            replay_shown: None,
             hold: false,
             pending: VecDeque::new(),
             started: false,
@@ -279,8 +282,7 @@ impl Session {
             Command::Speed(speed) => {
                 if let Some(r) = &mut self.replay {
                     r.set_speed(speed);
-                    let status = r.status();
-                    self.pending.push_back(Update::Replay(status));
+                    self.push_replay(Vec::new());
                 }
             }
         }
@@ -334,8 +336,13 @@ impl Session {
         for msg in msgs {
             self.push(0, msg);
         }
+        // The position, when it moved (a paused replay sends nothing).
         if let Some(r) = &self.replay {
-            self.pending.push_back(Update::Replay(r.status()));
+            let status = r.status();
+            if self.replay_shown.as_ref() != Some(&status) {
+                self.replay_shown = Some(status.clone());
+                self.pending.push_back(Update::Replay(status));
+            }
         }
     }
 

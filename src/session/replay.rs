@@ -9,6 +9,9 @@ use super::{LogKind, Msg};
 use crate::client::subscriber::TelemetryMsg;
 use crate::record::Recording;
 
+/// How much history a seek feeds again before the new position, ms.
+const HISTORY_MS: f64 = 60_000.0;
+
 /// Where a replay is, for the header.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReplayStatus {
@@ -147,10 +150,16 @@ impl Replay {
         if delta_ms < 0 {
             self.paused = self.paused && self.next < self.rec.snapshots.len();
         }
-        self.next = 0;
+        // The views keep a minute of history: feed from a minute before the new
+        // position, not from the start (a long recording would stall the session).
+        let from = self.clock_ms - HISTORY_MS;
+        self.next = self
+            .rec
+            .snapshots
+            .partition_point(|s| (s.t_ms as f64) < from);
         let mut out = vec![Msg::Reset {
             keep_log: false,
-            info: self.rec.info_at(0).cloned().map(Box::new),
+            info: self.rec.info_at(self.next).cloned().map(Box::new),
         }];
         out.extend(
             self.notes

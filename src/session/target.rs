@@ -174,16 +174,29 @@ impl Target {
         if self.load.as_ref().is_some_and(|(_, a)| a == app) {
             return;
         }
-        let workers = self.info.as_ref().map_or(1, |i| i.workers.len().max(1)) as u32;
-        let plan = LoadPlan { workers, ..plan };
+        let plan = LoadPlan {
+            workers: self.load_workers(),
+            ..plan
+        };
         let load = LoadGenerator::start(client.clone(), app.clone(), plan);
         self.load = Some((load, app.clone()));
     }
 
     pub fn set_plan(&self, plan: &LoadPlan) {
         if let Some((load, _)) = &self.load {
-            load.set_plan(plan.clone());
+            load.set_plan(LoadPlan {
+                workers: self.load_workers(),
+                ..plan.clone()
+            });
         }
+    }
+
+    /// The load goes to every worker the server has, so that a blocked worker's
+    /// clients wait as real clients would and the others' do not.
+    fn load_workers(&self) -> u32 {
+        self.info
+            .as_ref()
+            .map_or(1, |i| i.workers.len().clamp(1, 64)) as u32
     }
 
     pub fn has_load(&self) -> bool {

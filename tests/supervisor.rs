@@ -1,12 +1,14 @@
 //! What the supervisor reports about workers that cannot report themselves: the
 //! merging of reports on its own (a pure state machine fed with clock readings), then
-//! a real fastapi demo with a worker stopped, over loopback.
+//! a real fastapi demo with a worker stopped. And what a burst of big requests leaves
+//! in memory. Real processes over loopback.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Demo, next, runtime, serial, telemetry, until};
+use common::{Demo, get, next, runtime, serial, telemetry, until};
+use loopscope::client::http;
 use loopscope::probe::aggregate::{Aggregator, Feed};
 use loopscope::protocol::{
     Event, HostSnapshot, LagSummary, Model, Snapshot, WorkerReport, WorkerSnapshot,
@@ -293,4 +295,55 @@ fn fastapi_a_stopped_worker_is_reported_silent_and_the_stream_keeps_its_period()
         .await
         .expect("silent_for_ms clears once worker 1 reports again");
     });
+}
+
+/// Resident and peak resident memory of a process, in MB (VmRSS, VmHWM).
+fn memory_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Six concurrent 32 MB parses on the node demo's four pool threads: the peak stays
+/// within the 1024 MB budget plus its 256 MB margin (each parse holds ~370 MB, so
+/// only two may run at once), and the memory goes back to the system afterwards
+/// (only the 32 MB document stays cached).
+#[test]
+fn node_a_burst_of_big_parses_stays_in_budget_and_memory_is_returned() {
+    let _serial = serial();
+    let demo = Demo::start(&["--model", "node"]);
+    runtime().block_on(async {
+        let _tel = telemetry(&demo.telemetry).await;
+        let client = http::client();
+        let jobs: Vec<_> = (0..6)
+            .map(|_| {
+                let c = client.clone();
+                let app = demo.app.clone();
+                tokio::spawn(async move { get(&c, &app, "/offload?mb=32").await })
+            })
+            .collect();
+        for j in jobs {
+            let r = j.await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    });
+    let (_, peak) = memory_mb(demo.pid);
+    assert!(peak < 1024.0 + 256.0, "peak RSS {peak:.0} MB");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut rss = memory_mb(demo.pid).0;
+    while rss >= 200.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        rss = memory_mb(demo.pid).0;
+    }
+    assert!(
+        rss < 200.0,
+        "RSS {rss:.0} MB after the burst (peak {peak:.0} MB)"
+    );
 }

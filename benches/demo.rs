@@ -1,7 +1,7 @@
 //! Benchmarks of the demo server and its probe; figures are printed, not asserted.
 //!
 //! `cargo bench --bench demo` runs all; `cargo bench --bench demo -- NAME` one of
-//! `throughput`, `accuracy`, `stall`, `overhead`, `tui`, `loadgen`. Results go in
+//! `throughput`, `accuracy`, `stall`, `overhead`, `tui`, `loadgen`, `memory`. Results go in
 //! BENCHMARKS.md. Run them on a quiet machine: a build beside them shows up as lag.
 
 use std::io::{BufRead, BufReader, Write};
@@ -325,6 +325,92 @@ fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// `VmRSS` and `VmHWM` (peak) of a process, in MB.
+fn memory_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A burst of concurrent big parses against the memory budget: the peak resident
+/// memory of the process that parses, and what it keeps afterwards.
+fn memory() {
+    let burst: usize = std::env::var("BURST").map_or(20, |v| v.parse().unwrap());
+    let mb: u64 = std::env::var("MB").map_or(64, |v| v.parse().unwrap());
+    println!("## memory: {burst} concurrent /offload?mb={mb}, budget 1024 MB per process");
+    let rt = runtime();
+    for (label, extra) in [
+        ("node", &["--model", "node"][..]),
+        (
+            "fastapi worker",
+            &["--model", "fastapi", "--workers", "1"][..],
+        ),
+    ] {
+        let demo = Demo::start(extra);
+        let pid = rt.block_on(async {
+            let client = http::client();
+            // The fastapi worker's pid once it has started; the node server's own.
+            let end = Instant::now() + Duration::from_secs(10);
+            loop {
+                let info = http::get(&client, &demo.telemetry, "/info").await.unwrap();
+                let info: loopscope::protocol::ServerInfo =
+                    serde_json::from_slice(&info.body).unwrap();
+                if let Some(w) = info.workers.first() {
+                    break w.pid;
+                }
+                assert!(Instant::now() < end, "no worker within 10 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        // Settled: started and idle.
+        std::thread::sleep(Duration::from_secs(1));
+        let base = memory_mb(pid).0;
+        let start = Instant::now();
+        let (ok, peak) = rt.block_on(async {
+            let client = http::client();
+            let path = format!("/offload?mb={mb}");
+            let jobs: Vec<_> = (0..burst)
+                .map(|_| {
+                    let (c, app, path) = (client.clone(), demo.app.clone(), path.clone());
+                    tokio::spawn(async move {
+                        let r = tokio::time::timeout(
+                            Duration::from_secs(300),
+                            http::get(&c, &app, &path),
+                        );
+                        matches!(r.await, Ok(Ok(r)) if r.status == 200)
+                    })
+                })
+                .collect();
+            let mut peak = 0.0f64;
+            while !jobs.iter().all(|j| j.is_finished()) {
+                peak = peak.max(memory_mb(pid).0);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let mut ok = 0;
+            for j in jobs {
+                ok += j.await.unwrap() as usize;
+            }
+            (ok, peak)
+        });
+        let took = start.elapsed();
+        let (end_rss, _) = memory_mb(pid);
+        std::thread::sleep(Duration::from_secs(5));
+        let (after, hwm) = memory_mb(pid);
+        println!(
+            "{label}: idle {base:.0} MB, peak {:.0} MB (VmHWM; sampled {peak:.0}), at the end {end_rss:.0} MB, \
+             5 s after {after:.0} MB; {ok}/{burst} answered in {:.1} s",
+            hwm,
+            took.as_secs_f64()
+        );
+    }
+}
+
 fn tui() {
     use portable_pty::{CommandBuilder, PtySize, native_pty_system};
     use std::io::Read;
@@ -485,5 +571,8 @@ fn main() {
     }
     if wants("loadgen") {
         loadgen();
+    }
+    if wants("memory") {
+        memory();
     }
 }

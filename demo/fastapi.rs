@@ -198,6 +198,7 @@ fn read_reports(stdout: std::process::ChildStdout, feed: SyncSender<Feed>) {
 
 /// Runs one worker: its own loop and pool on the inherited socket.
 pub fn work(args: &DemoArgs, id: u32, fd: RawFd) -> anyhow::Result<()> {
+    super::workloads::tune_allocator();
     // SAFETY: fcntl on any integer is safe; it only reports whether the fd is open.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         bail!("--listen-fd {fd} is not an open descriptor (workers are started by the supervisor)");

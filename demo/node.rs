@@ -14,6 +14,7 @@ use super::loop_thread::{self, LoopSetup};
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let epoch = Instant::now();
+    super::workloads::tune_allocator();
     let pool_size = args.pool_size()?;
     let (listener, telemetry_listener) = super::listen(args)?;
 

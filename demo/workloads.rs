@@ -57,14 +57,23 @@ impl JsonDocs {
     }
 }
 
-/// Memory that request buffers may hold at once in one process, in MB. Parsing N MB
-/// of JSON into a value tree takes about 8×N; a file read holds its size. Requests
-/// beyond the budget wait (off the loop) for memory to be returned.
+/// Memory that request buffers may hold at once in one process, in MB: value trees
+/// of parses and file read buffers. Requests beyond the budget wait (off the loop)
+/// for memory to be returned. Outside it are the cached documents (at most
+/// [`DOCS_KEPT`] × 64 MB), the process itself (~10 MB) and the allocator's slack:
+/// peak RSS stays under the budget plus 256 MB (measured in BENCHMARKS.md, checked
+/// by tests/supervisor.rs).
 pub const MEMORY_BUDGET_MB: u32 = 1024;
 
-/// The budget's MB a JSON parse of `mb` needs.
+/// Resident bytes a parse into a value tree takes per byte of JSON: measured 11.4 on
+/// these documents (a 64 MB document's tree holds 730 MB: a map node per record and
+/// a heap block per key and string), rounded up.
+const TREE_BYTES_PER_JSON_BYTE: u64 = 12;
+
+/// The budget's MB a JSON parse of `mb` needs: its value tree, and the document the
+/// request holds (a document evicted from the cache lives until its requests end).
 pub fn parse_cost_mb(mb: u64) -> u32 {
-    (mb * 8).min(MEMORY_BUDGET_MB as u64) as u32
+    (mb * (TREE_BYTES_PER_JSON_BYTE + 1)).min(MEMORY_BUDGET_MB as u64) as u32
 }
 
 /// The budget's MB a read of `kb` needs.
@@ -101,7 +110,9 @@ pub struct Parsed {
     pub took: Duration,
 }
 
-/// Parses the whole document into a value tree and drops it (as `JSON.parse` then GC).
+/// Parses the whole document into a value tree, drops it and hands the freed memory
+/// back to the system (as `JSON.parse`, then a GC that shrinks the heap). The time
+/// covers all three: the caller's thread is held for all of it.
 pub fn parse_json(doc: &str) -> Parsed {
     let start = Instant::now();
     let items = match serde_json::from_str::<serde_json::Value>(doc) {
@@ -109,9 +120,43 @@ pub fn parse_json(doc: &str) -> Parsed {
         Ok(_) => 1,
         Err(_) => 0,
     };
+    return_freed_memory();
     Parsed {
         items,
         took: start.elapsed(),
+    }
+}
+
+/// Sets up the allocator so that the memory a big request frees can go back to the
+/// system; call once at the start of a process that serves requests.
+///
+/// glibc's malloc keeps what is freed. A value tree is millions of small blocks, and
+/// freed small blocks sit in "fastbins" uncoalesced, pinning the pages they are on;
+/// each pool thread has an arena of its own, so each thread that ever parsed kept a
+/// tree's worth (20 × `/offload?mb=64` left the node demo at 3 GB, 4 threads × 730 MB).
+/// Without fastbins a freed tree coalesces as it is freed into a few large blocks,
+/// which [`return_freed_memory`] hands back in ~50 ms (530 ms with fastbins). Blocks
+/// of 1 MB and more (documents, read buffers, a tree's top array) get mappings of
+/// their own, unmapped when freed (by default that threshold grows with use). One
+/// arena (`M_ARENA_MAX`) was measured too: the peak fell to 1.5 GB, but all of it
+/// stayed after the burst, and two threads parsing on one arena's lock took 3× as
+/// long. Measurements in BENCHMARKS.md.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes malloc's parameters; it is thread-safe.
+    unsafe {
+        libc::mallopt(libc::M_MXFAST, 0);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+/// Gives the free memory of every malloc arena back to the system (glibc keeps it
+/// otherwise). Costs ~50 ms after a 64 MB parse, on the thread that parsed.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

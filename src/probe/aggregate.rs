@@ -1,23 +1,35 @@
 //! Merges worker reports into one snapshot per period and publishes it.
 //!
-//! In the node model one in-process sampler feeds it; in the fastapi model the
-//! supervisor feeds it every worker's reports (read from their pipes) and the
-//! workers' births and deaths. A snapshot goes out as soon as every live worker has
-//! reported, at once when a stall begins, and at the latest 1.5 periods after the
-//! previous one, so the stream keeps flowing whatever the workers do.
+//! In the node model one in-process sampler feeds it and a snapshot goes out as soon
+//! as its report is in. In the fastapi model the supervisor feeds it every worker's
+//! reports (read from their pipes) and the workers' births and deaths, and publishes
+//! on its own clock, one snapshot per period whatever the workers do (at once, too,
+//! when a stall begins). A worker whose reports stop (its whole process stopped,
+//! swapped out or wedged, so its own sampler is stuck too) is shown as silent, with
+//! its CPU read from `/proc` by the supervisor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::cpu::HostCpu;
+use super::cpu::{HostCpu, ThreadNames};
+use super::histogram::round3;
 use super::telemetry::TelemetryHub;
 use crate::protocol::{
-    Event, HostSnapshot, LagSummary, Model, PROTOCOL_VERSION, Snapshot, WorkerReport,
+    CpuSnapshot, Event, HostSnapshot, LagSummary, Model, PROTOCOL_VERSION, Snapshot, WorkerReport,
     WorkerSnapshot,
 };
+
+/// A worker is silent once its reports stop for this many periods (×2)...
+const SILENT_AFTER_HALF_PERIODS: u32 = 5;
+/// ... and at least this long, so that scheduling delays at short periods do not
+/// count as silence.
+const SILENT_AFTER_MIN: Duration = Duration::from_millis(100);
+/// A worker that has not reported since it started gets this much longer (a process
+/// starting up is not yet silent).
+const STARTUP_GRACE: Duration = Duration::from_secs(1);
 
 /// What the aggregator is fed.
 #[derive(Clone, Debug)]
@@ -47,6 +59,10 @@ struct Slot {
     last: WorkerSnapshot,
     pending: Vec<WorkerSnapshot>,
     started: bool,
+    /// When this slot's process last reported, or started.
+    heard: Option<Instant>,
+    /// Whether it has reported since it started.
+    reported: bool,
 }
 
 /// The merging state; pure apart from the clock readings passed in.
@@ -54,6 +70,7 @@ struct Slot {
 pub struct Aggregator {
     model: Model,
     period: Duration,
+    silent_after: Duration,
     seq: u64,
     slots: BTreeMap<u32, Slot>,
     events: Vec<Event>,
@@ -65,14 +82,16 @@ impl Aggregator {
         Self {
             model,
             period,
+            silent_after: (period * SILENT_AFTER_HALF_PERIODS / 2).max(SILENT_AFTER_MIN),
             seq: 0,
             slots: BTreeMap::new(),
             events: Vec::new(),
         }
     }
 
-    /// Takes one input; returns true when it should be published at once.
-    pub fn apply(&mut self, feed: Feed) -> bool {
+    /// Takes one input that arrived at `now`; returns true when it should be
+    /// published at once.
+    pub fn apply(&mut self, feed: Feed, now: Instant) -> bool {
         match feed {
             Feed::Report(report) => {
                 let WorkerReport {
@@ -87,6 +106,8 @@ impl Aggregator {
                 }
                 self.events.extend(events);
                 slot.pending.push(w);
+                slot.heard = Some(now);
+                slot.reported = true;
                 urgent
             }
             Feed::WorkerStarted { id, pid } => {
@@ -103,6 +124,8 @@ impl Aggregator {
                 };
                 slot.started = true;
                 slot.pending.clear();
+                slot.heard = Some(now);
+                slot.reported = false;
                 slot.last = WorkerSnapshot {
                     id,
                     pid,
@@ -130,9 +153,28 @@ impl Aggregator {
         }
     }
 
-    /// True when every live worker has reported since the last snapshot.
-    pub fn ready(&self) -> bool {
-        let mut live = self.slots.values().filter(|s| s.last.alive || !s.started);
+    /// How long `slot`'s live process has sent nothing, once that is long enough to
+    /// call it silent.
+    fn silent_for(&self, slot: &Slot, now: Instant) -> Option<Duration> {
+        if !slot.started || !slot.last.alive || !slot.pending.is_empty() {
+            return None;
+        }
+        let quiet = now.saturating_duration_since(slot.heard?);
+        let limit = if slot.reported {
+            self.silent_after
+        } else {
+            self.silent_after + STARTUP_GRACE
+        };
+        (quiet > limit).then_some(quiet)
+    }
+
+    /// True when every live worker that is not silent has reported since the last
+    /// snapshot.
+    pub fn ready(&self, now: Instant) -> bool {
+        let mut live = self
+            .slots
+            .values()
+            .filter(|s| (s.last.alive || !s.started) && self.silent_for(s, now).is_none());
         let mut any = false;
         let all = live.all(|s| {
             any = true;
@@ -141,13 +183,53 @@ impl Aggregator {
         any && all
     }
 
-    /// The next snapshot; clears what it reported.
-    pub fn snapshot(&mut self, t_ms: u64, host: HostSnapshot) -> Snapshot {
+    /// True when a live worker's report is due within `within` (or overdue, but the
+    /// worker not yet silent) and has not arrived: a snapshot due now may wait that
+    /// long for it rather than show the worker's previous figures again.
+    pub fn awaiting(&self, now: Instant, within: Duration) -> bool {
+        self.slots.values().any(|s| {
+            s.started
+                && s.last.alive
+                && s.reported
+                && s.pending.is_empty()
+                && self.silent_for(s, now).is_none()
+                && s.heard
+                    .is_some_and(|h| now.saturating_duration_since(h) + within >= self.period)
+        })
+    }
+
+    /// Pids of the live workers that have missed a report: nothing for more than a
+    /// period and a quarter (silent ones included).
+    pub fn overdue(&self, now: Instant) -> Vec<u32> {
+        let late = self.period * 5 / 4;
+        self.slots
+            .values()
+            .filter(|s| {
+                s.started
+                    && s.last.alive
+                    && s.pending.is_empty()
+                    && s.heard
+                        .is_some_and(|h| now.saturating_duration_since(h) > late)
+            })
+            .map(|s| s.last.pid)
+            .collect()
+    }
+
+    /// The next snapshot, taken at `now`; clears what it reported. A silent worker
+    /// shows its last figures, `silent_for_ms` and a stall that runs from its last
+    /// report.
+    pub fn snapshot(&mut self, t_ms: u64, host: HostSnapshot, now: Instant) -> Snapshot {
         self.seq += 1;
+        let silent: Vec<Option<Duration>> = self
+            .slots
+            .values()
+            .map(|slot| self.silent_for(slot, now))
+            .collect();
         let workers = self
             .slots
             .values_mut()
-            .map(|slot| {
+            .zip(silent)
+            .map(|(slot, silent)| {
                 if !slot.pending.is_empty() {
                     let merged = merge(std::mem::take(&mut slot.pending));
                     let (restarts, alive) = (slot.last.restarts, slot.last.alive || !slot.started);
@@ -157,7 +239,13 @@ impl Aggregator {
                         ..merged
                     };
                 }
-                slot.last.clone()
+                let mut w = slot.last.clone();
+                if let Some(quiet) = silent {
+                    let ms = round3(quiet.as_secs_f64() * 1000.0);
+                    w.silent_for_ms = Some(ms);
+                    w.stalled_for_ms = round3(w.stalled_for_ms + ms);
+                }
+                w
             })
             .collect();
         Snapshot {
@@ -172,8 +260,12 @@ impl Aggregator {
         }
     }
 
-    /// Runs the aggregator on its own thread until `feed` closes; a snapshot goes out
-    /// at the latest 1.5 periods after the previous one, whatever the workers do.
+    /// Runs the aggregator on its own thread until `feed` closes, publishing on its
+    /// own clock: one snapshot every period whatever the workers do, plus one at once
+    /// when a stall begins. A snapshot waits at most a quarter period for a report
+    /// that is due at that moment, so that workers' and supervisor's clocks drifting
+    /// across each other do not show one report twice and the next one never. The
+    /// next tick stays on the schedule.
     pub fn spawn(
         self,
         feed: Receiver<Feed>,
@@ -182,14 +274,28 @@ impl Aggregator {
         std::thread::Builder::new()
             .name("loopscope-aggregate".into())
             .spawn(move || {
-                let longest_gap = self.period * 3 / 2;
+                let period = self.period;
+                let hold = period / 4;
                 let mut publisher = Publisher::new(self, hub);
+                let mut tick = Instant::now() + period;
                 loop {
-                    let wait = (publisher.last_publish + longest_gap)
-                        .saturating_duration_since(Instant::now());
-                    match feed.recv_timeout(wait) {
-                        Ok(f) => publisher.feed(f),
-                        Err(RecvTimeoutError::Timeout) => publisher.publish(),
+                    let now = Instant::now();
+                    let until = if now < tick {
+                        tick
+                    } else if now < tick + hold && publisher.aggregator.awaiting(now, hold) {
+                        tick + hold
+                    } else {
+                        publisher.publish();
+                        tick = next_tick(tick, period, Instant::now());
+                        continue;
+                    };
+                    match feed.recv_timeout(until.saturating_duration_since(now)) {
+                        Ok(f) => {
+                            if publisher.aggregator.apply(f, Instant::now()) {
+                                publisher.publish();
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
                 }
@@ -197,13 +303,25 @@ impl Aggregator {
     }
 }
 
-/// An aggregator that publishes to a hub as soon as a snapshot is ready. Used
-/// inline by a single in-process sampler (no thread hop), or by [`Aggregator::spawn`].
+/// The tick after `tick` on its schedule, skipping ticks already past (the
+/// supervisor itself was held up): no burst of catch-up snapshots.
+fn next_tick(tick: Instant, period: Duration, now: Instant) -> Instant {
+    let next = tick + period;
+    if next > now {
+        return next;
+    }
+    let behind = now.duration_since(next).as_nanos() / period.as_nanos().max(1);
+    next + period * (behind as u32 + 1)
+}
+
+/// An aggregator that publishes to a hub. Used inline by a single in-process sampler
+/// (no thread hop), or on its own clock by [`Aggregator::spawn`].
 pub struct Publisher {
     aggregator: Aggregator,
     hub: Arc<TelemetryHub>,
     host: HostCpu,
-    last_publish: Instant,
+    /// CPU of workers that have stopped reporting, read from `/proc`.
+    quiet_cpu: HashMap<u32, ProcessCpu>,
 }
 
 impl Publisher {
@@ -213,14 +331,16 @@ impl Publisher {
             aggregator,
             hub,
             host: HostCpu::new(),
-            last_publish: Instant::now(),
+            quiet_cpu: HashMap::new(),
         }
     }
 
-    /// Takes one input and publishes if a snapshot is due.
+    /// Takes one input and publishes if a snapshot is due: at a stall onset, or when
+    /// every live worker has reported.
     pub fn feed(&mut self, feed: Feed) {
-        let urgent = self.aggregator.apply(feed);
-        if urgent || self.aggregator.ready() {
+        let now = Instant::now();
+        let urgent = self.aggregator.apply(feed, now);
+        if urgent || self.aggregator.ready(now) {
             self.publish();
         }
     }
@@ -228,13 +348,104 @@ impl Publisher {
     /// Publishes a snapshot now. Its host CPU covers the time since the previous
     /// one, the same period as the workers' reports it merges.
     pub fn publish(&mut self) {
-        self.last_publish = Instant::now();
+        let now = Instant::now();
         let host = HostSnapshot {
             cpu: self.host.sample(),
             cores: self.host.cores(),
         };
+        // Start reading a worker's CPU from outside as soon as it misses a report, so
+        // that there is a baseline (a period old) by the time it counts as silent.
+        let overdue = self.aggregator.overdue(now);
+        self.quiet_cpu.retain(|pid, _| overdue.contains(pid));
         let t_ms = self.hub.epoch().elapsed().as_millis() as u64;
-        self.hub.publish(self.aggregator.snapshot(t_ms, host));
+        let mut snapshot = self.aggregator.snapshot(t_ms, host, now);
+        for w in &mut snapshot.workers {
+            if !overdue.contains(&w.pid) {
+                continue;
+            }
+            let cpu = self
+                .quiet_cpu
+                .entry(w.pid)
+                .or_insert_with(|| ProcessCpu::new(w.pid))
+                .sample();
+            if let (Some(cpu), Some(_)) = (cpu, w.silent_for_ms) {
+                w.cpu = cpu;
+            }
+        }
+        self.hub.publish(snapshot);
+    }
+}
+
+/// CPU of another process from `/proc/<pid>/task/*/schedstat` (nanoseconds), for a
+/// worker that cannot report its own. A stopped process reads 0.
+struct ProcessCpu {
+    pid: u32,
+    names: ThreadNames,
+    /// When `threads` was read; `None` before the first reading.
+    at: Option<Instant>,
+    /// tid -> (name, cumulative run time in ns)
+    threads: HashMap<u32, (String, u64)>,
+}
+
+impl ProcessCpu {
+    fn new(pid: u32) -> Self {
+        Self {
+            pid,
+            names: ThreadNames::default(),
+            at: None,
+            threads: HashMap::new(),
+        }
+    }
+
+    /// CPU since the previous call; `None` on the first call or when `/proc` cannot
+    /// be read.
+    fn sample(&mut self) -> Option<CpuSnapshot> {
+        let now = Instant::now();
+        let dir = std::fs::read_dir(format!("/proc/{}/task", self.pid)).ok()?;
+        let mut current = HashMap::with_capacity(self.threads.len());
+        let mut cpu = CpuSnapshot::default();
+        let elapsed_ns = self
+            .at
+            .map(|at| now.duration_since(at).as_nanos().max(1) as f64);
+        for entry in dir.flatten() {
+            let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            let Some(ns) = std::fs::read_to_string(entry.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let (name, prev) = match self.threads.remove(&tid) {
+                Some((name, prev)) => (name, prev),
+                None => {
+                    let name = std::fs::read_to_string(entry.path().join("comm"))
+                        .map(|s| s.trim_end().to_string())
+                        .unwrap_or_default();
+                    (name, 0)
+                }
+            };
+            if let Some(elapsed_ns) = elapsed_ns {
+                let percent = ns.saturating_sub(prev) as f64 / elapsed_ns * 100.0;
+                cpu.process += percent;
+                if name == self.names.loop_thread {
+                    cpu.loop_thread += percent;
+                } else if name.starts_with(&self.names.pool_prefix) {
+                    cpu.pool_threads += percent;
+                }
+            }
+            current.insert(tid, (name, ns));
+        }
+        self.threads = current;
+        self.at = Some(now);
+        elapsed_ns?;
+        let round1 = |p: f64| (p * 10.0).round() / 10.0;
+        Some(CpuSnapshot {
+            process: round1(cpu.process),
+            loop_thread: round1(cpu.loop_thread),
+            pool_threads: round1(cpu.pool_threads),
+        })
     }
 }
 
@@ -269,79 +480,45 @@ fn merge_lag(a: LagSummary, b: LagSummary) -> LagSummary {
 mod tests {
     use super::*;
 
-    fn report(id: u32, pid: u32, lag_max: f64, urgent: bool) -> Feed {
-        Feed::Report(Box::new(WorkerReport {
-            worker: WorkerSnapshot {
-                id,
-                pid,
-                alive: true,
-                lag_ms: LagSummary {
-                    p50: 0.5,
-                    p99: lag_max,
-                    max: lag_max,
-                    samples: 10,
-                },
-                ..Default::default()
-            },
-            events: vec![],
-            urgent,
-        }))
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 
     #[test]
-    fn publishes_when_every_live_worker_reported() {
-        let mut agg = Aggregator::new(Model::Fastapi, Duration::from_millis(100));
-        agg.apply(Feed::WorkerStarted { id: 0, pid: 10 });
-        agg.apply(Feed::WorkerStarted { id: 1, pid: 11 });
-        assert!(!agg.ready());
-        assert!(!agg.apply(report(0, 10, 1.0, false)));
-        assert!(!agg.ready());
-        agg.apply(report(0, 10, 480.0, false));
-        agg.apply(report(1, 11, 2.0, false));
-        assert!(agg.ready());
-        let snap = agg.snapshot(100, HostSnapshot::default());
-        assert_eq!(snap.seq, 1);
-        assert_eq!(snap.workers.len(), 2);
-        // Two reports of worker 0 merged: the larger max survives, samples add up.
-        assert_eq!(snap.workers[0].lag_ms.max, 480.0);
-        assert_eq!(snap.workers[0].lag_ms.samples, 20);
-        assert_eq!(snap.workers[1].lag_ms.max, 2.0);
-        assert!(!agg.ready());
+    fn the_clock_skips_ticks_it_missed() {
+        let t0 = Instant::now();
+        assert_eq!(next_tick(t0, ms(100), t0 + ms(5)), t0 + ms(100));
+        assert_eq!(next_tick(t0, ms(100), t0 + ms(130)), t0 + ms(200));
+        assert_eq!(next_tick(t0, ms(100), t0 + ms(350)), t0 + ms(400));
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
-    fn a_stall_onset_is_urgent() {
-        let mut agg = Aggregator::new(Model::Node, Duration::from_millis(100));
-        agg.apply(Feed::WorkerStarted { id: 0, pid: 10 });
-        assert!(agg.apply(report(0, 10, 0.0, true)));
-    }
-
-    #[test]
-    fn a_respawned_worker_gets_its_new_pid_and_stale_lines_are_ignored() {
-        let mut agg = Aggregator::new(Model::Fastapi, Duration::from_millis(100));
-        agg.apply(Feed::WorkerStarted { id: 1, pid: 11 });
-        agg.apply(Feed::WorkerExited {
-            id: 1,
-            pid: 11,
-            status: "killed by signal 9".into(),
-        });
-        let snap = agg.snapshot(100, HostSnapshot::default());
-        assert!(!snap.workers[0].alive);
-        assert_eq!(snap.events.len(), 1);
-        agg.apply(Feed::WorkerStarted { id: 1, pid: 12 });
-        agg.apply(report(1, 11, 99.0, false));
-        let snap = agg.snapshot(200, HostSnapshot::default());
-        let w = &snap.workers[0];
-        assert_eq!((w.pid, w.alive, w.restarts), (12, true, 1));
-        assert_eq!(w.lag_ms.max, 0.0, "the dead process's line was ignored");
-        assert_eq!(
-            snap.events,
-            vec![Event::WorkerRestarted {
-                worker: 1,
-                old_pid: 11,
-                new_pid: 12
-            }]
-        );
+    fn cpu_of_a_stopped_process_reads_zero() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // SAFETY: kill(2) on the pid of a child this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        let stopped = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !stopped() && Instant::now() < deadline {
+            std::thread::sleep(ms(5));
+        }
+        let mut cpu = ProcessCpu::new(pid);
+        assert_eq!(cpu.sample(), None, "no baseline yet");
+        std::thread::sleep(ms(20));
+        let c = cpu.sample().expect("a second reading");
+        assert_eq!(c.process, 0.0);
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// A thread spins for 300 ms; the snapshot whose period covers 250 ms of it

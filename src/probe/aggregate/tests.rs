@@ -1,0 +1,91 @@
+//! The aggregator's own clock and the CPU of a silent worker.
+
+use super::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn the_clock_skips_ticks_it_missed() {
+    let t0 = Instant::now();
+    assert_eq!(next_tick(t0, ms(100), t0 + ms(5)), t0 + ms(100));
+    assert_eq!(next_tick(t0, ms(100), t0 + ms(130)), t0 + ms(200));
+    assert_eq!(next_tick(t0, ms(100), t0 + ms(350)), t0 + ms(400));
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn cpu_of_a_stopped_process_reads_zero() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // SAFETY: kill(2) on the pid of a child this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stopped() && Instant::now() < deadline {
+        std::thread::sleep(ms(5));
+    }
+    let mut cpu = ProcessCpu::new(pid);
+    assert_eq!(cpu.sample(), None, "no baseline yet");
+    std::thread::sleep(ms(20));
+    let c = cpu.sample().expect("a second reading");
+    assert_eq!(c.process, 0.0);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A thread spins for 300 ms; the snapshot whose period covers 250 ms of it
+/// shows it in host CPU (it used to be measured over a different, longer window).
+#[cfg(target_os = "linux")]
+#[test]
+fn host_cpu_covers_the_snapshot_period() {
+    use crate::protocol::{ServerInfo, Versions};
+    let _serial = crate::test_support::timing_lock();
+    let info = ServerInfo {
+        v: PROTOCOL_VERSION,
+        model: Model::Node,
+        app: "127.0.0.1:0".into(),
+        telemetry: "127.0.0.1:0".into(),
+        pid: std::process::id(),
+        workers: vec![],
+        pool_size: 4,
+        period_ms: 100,
+        lag_resolution_ms: 1.0,
+        slow_poll_ms: 50.0,
+        versions: Versions {
+            loopscope: "test".into(),
+            protocol: PROTOCOL_VERSION,
+        },
+    };
+    let hub = Arc::new(TelemetryHub::new(info, Instant::now()));
+    let mut publisher = Publisher::new(
+        Aggregator::new(Model::Node, Duration::from_millis(100)),
+        Arc::clone(&hub),
+    );
+    let spinner = std::thread::spawn(|| {
+        let end = Instant::now() + Duration::from_millis(300);
+        let mut x = 0u64;
+        while Instant::now() < end {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        x
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    publisher.publish();
+    std::thread::sleep(Duration::from_millis(250));
+    publisher.publish();
+    spinner.join().unwrap();
+    let host = hub.latest().expect("a snapshot").host.clone();
+    // A full core when idle; a loaded 2-core machine still gives it half.
+    assert!(host.cpu >= 50.0, "{host:?}");
+    assert!(host.cpu <= 100.0 * host.cores as f64 + 0.1, "{host:?}");
+}

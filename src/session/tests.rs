@@ -242,6 +242,7 @@ fn a_model_switch_never_blocks_the_session() {
     rt.block_on(async {
         let server = fake(Model::Node).await;
         FAKE_DEMO.get_or_init(|| Mutex::new(server.addr.clone()));
+        *FAKE_DEMO.get().unwrap().lock().unwrap() = server.addr.clone();
         // The launcher's thread needs the runtime's server running: start the session
         // from a blocking thread, as a driver does before its loop.
         let cfg = config(vec![TargetSpec::Demo {
@@ -297,6 +298,63 @@ fn a_model_switch_never_blocks_the_session() {
         )));
         // The new server's lines flow again.
         until(&mut session, |u| snapshot_of(u).is_some()).await;
+    });
+}
+
+#[test]
+fn a_step_that_switches_the_model_fires_at_the_new_server() {
+    let _timing = crate::test_support::timing_lock();
+    let rt = runtime();
+    let _rt = rt.enter();
+    rt.block_on(async {
+        let server = fake(Model::Node).await;
+        FAKE_DEMO.get_or_init(|| Mutex::new(server.addr.clone()));
+        *FAKE_DEMO.get().unwrap().lock().unwrap() = server.addr.clone();
+        let scenario = crate::scenario::Scenario::parse(
+            r#"
+            name = "switch and fire"
+            [[step]]
+            model = "fastapi"
+            trigger = "block"
+            ms = 100
+            caption = "switched"
+            "#,
+        )
+        .unwrap();
+        let mut cfg = config(vec![TargetSpec::Demo {
+            model: Model::Node,
+            workers: 1,
+        }]);
+        cfg.scenario = Some(scenario);
+        let mut session =
+            tokio::task::spawn_blocking(move || Session::with_launcher(cfg, fake_launcher))
+                .await
+                .unwrap()
+                .unwrap();
+        // The fastapi server takes 1 s to start: the block waits for it, then goes.
+        let seen = until(&mut session, |u| {
+            log_of(u).is_some_and(|(_, t)| t.starts_with("block 100 ms → w0"))
+        })
+        .await;
+        let switched = seen
+            .iter()
+            .position(|u| matches!(u, Update::Restarted { .. }))
+            .expect("the switch completed");
+        let sent = seen
+            .iter()
+            .position(|u| log_of(u) == Some((0, "block 100 ms → sent")))
+            .expect("the block was sent");
+        assert!(
+            sent > switched,
+            "fired before the new server was up: {seen:#?}"
+        );
+        assert!(
+            !seen
+                .iter()
+                .any(|u| log_of(u).is_some_and(|(_, t)| t.starts_with("not connected"))),
+            "{seen:#?}"
+        );
+        assert_eq!(server.blocks.load(Ordering::Relaxed), 1);
     });
 }
 

@@ -125,13 +125,17 @@ impl Recording {
                     s.bound();
                     // A server's clock restarting: continue the timeline after the
                     // previous line, one period on.
-                    if let Some(prev) = rec.snapshots.last() {
+                    let prev = rec.snapshots.last().map(|p| p.t_ms);
+                    if let Some(prev) = prev {
                         let shifted = s.t_ms.saturating_add(offset);
-                        if shifted <= prev.t_ms {
-                            offset = (prev.t_ms + s.period_ms.max(1)).saturating_sub(s.t_ms);
+                        if shifted <= prev {
+                            offset = prev
+                                .saturating_add(s.period_ms.max(1))
+                                .saturating_sub(s.t_ms);
                         }
                     }
-                    s.t_ms = s.t_ms.saturating_add(offset);
+                    // Never backwards, even where the arithmetic saturated.
+                    s.t_ms = s.t_ms.saturating_add(offset).max(prev.unwrap_or(0));
                     rec.snapshots.push(*s);
                 }
                 Err(e) => {
@@ -225,6 +229,22 @@ mod tests {
         let damage = rec.damage.unwrap();
         assert_eq!(damage.line, 2);
         assert_eq!(damage.error, "the line is longer than 4 MiB");
+
+        // A clock at the end of u64 then back to 0: the timeline still rises.
+        let mut r = Recorder::create(&path).unwrap();
+        for t in [u64::MAX - 10, 0, 100] {
+            let mut snap = snapshot(1, vec![worker(0, 1.0, 0.0, 0)], vec![]);
+            snap.t_ms = t;
+            r.snapshot(&snap).unwrap();
+        }
+        drop(r);
+        let t: Vec<u64> = Recording::load(&path)
+            .unwrap()
+            .snapshots
+            .iter()
+            .map(|s| s.t_ms)
+            .collect();
+        assert!(t.windows(2).all(|w| w[0] <= w[1]), "{t:?}");
 
         // Garbage in the middle: replayed up to it.
         let mut lines: Vec<&str> = text.lines().collect();

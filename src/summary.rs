@@ -6,6 +6,11 @@ use std::collections::BTreeMap;
 
 use crate::protocol::{Model, Snapshot};
 
+/// Most workers a summary keeps (a server chooses the ids).
+const MAX_WORKERS: usize = 1024;
+/// Most per-line medians kept per worker before thinning (a week of lines is 6M).
+const MAX_P50S: usize = 100_000;
+
 /// Figures of one worker over a run.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WorkerSummary {
@@ -42,9 +47,20 @@ impl Summary {
     pub fn observe(&mut self, snap: &Snapshot) {
         self.lines += 1;
         for w in &snap.workers {
+            if self.workers.len() >= MAX_WORKERS && !self.workers.contains_key(&(snap.model, w.id))
+            {
+                continue;
+            }
             let s = self.workers.entry((snap.model, w.id)).or_default();
             if w.lag_ms.samples > 0 {
                 s.p50s.push(w.lag_ms.p50);
+                if s.p50s.len() >= MAX_P50S {
+                    // A long run keeps a thinned sample: every other value, in order of
+                    // size, which keeps the median.
+                    s.p50s.sort_by(f64::total_cmp);
+                    let thinned: Vec<f64> = s.p50s.iter().step_by(2).copied().collect();
+                    s.p50s = thinned;
+                }
             }
             s.lag_p99_ms = s.lag_p99_ms.max(w.lag_ms.p99);
             s.lag_max_ms = s.lag_max_ms.max(w.lag_ms.max).max(w.stalled_for_ms);
@@ -56,7 +72,9 @@ impl Summary {
         }
         for e in &snap.events {
             if let crate::protocol::Event::SlowPoll { worker, ms, .. } = e {
-                let s = self.workers.entry((snap.model, *worker)).or_default();
+                let Some(s) = self.workers.get_mut(&(snap.model, *worker)) else {
+                    continue;
+                };
                 s.longest_stall_ms = s.longest_stall_ms.max(*ms);
             }
         }

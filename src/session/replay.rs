@@ -144,7 +144,7 @@ impl Replay {
     pub fn seek(&mut self, delta_ms: i64, now: Instant) -> Vec<Msg> {
         let first = self.rec.snapshots.first().map_or(0, |s| s.t_ms) as f64;
         let last = self.rec.snapshots.last().map_or(0, |s| s.t_ms) as f64;
-        self.clock_ms = (self.clock_ms + delta_ms as f64).clamp(first, last);
+        self.clock_ms = (self.clock_ms + delta_ms as f64).clamp(first, last.max(first));
         // The jump is the only move: no play time accrues during it.
         self.last_tick = now;
         if delta_ms < 0 {

@@ -123,8 +123,8 @@ fn parse_addr(s: &str) -> Result<String, String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let d = &cli.dashboard;
-    if !(d.rate.is_finite() && d.rate > 0.0 && d.rate <= 100_000.0) {
-        anyhow::bail!("--rate must be between 0 and 100000 requests per second");
+    if !(d.rate.is_finite() && (0.1..=100_000.0).contains(&d.rate)) {
+        anyhow::bail!("--rate must be between 0.1 and 100000 requests per second");
     }
     let log_file = d
         .log_file

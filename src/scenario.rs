@@ -171,8 +171,10 @@ impl Scenario {
                 });
             }
             if let Some(rate) = s.load {
-                if !(rate.is_finite() && (0.0..=100_000.0).contains(&rate)) {
-                    return Err(at(format!("load = {rate} is not between 0 and 100000")));
+                if !(rate == 0.0 || rate.is_finite() && (0.1..=100_000.0).contains(&rate)) {
+                    return Err(at(format!(
+                        "load = {rate} is not 0 (off) or between 0.1 and 100000"
+                    )));
                 }
                 actions.push(Action::Load(rate));
             }

@@ -89,6 +89,25 @@ impl<C> Lane<C> {
         self.counted = self.next;
     }
 
+    /// The requests due by `now` and not sent yet, each with how long it has waited;
+    /// the lane moves past them (a plan change abandons them).
+    pub(super) fn abandon(&mut self, s: &Schedule, now: Instant) -> Vec<Duration> {
+        let stride = u64::from(s.workers);
+        let mut waited = Vec::new();
+        // At most a timeout's worth can be due and unsent; cap it regardless.
+        while s.at(self.next) <= now && waited.len() < 1_000_000 {
+            waited.push(now - s.at(self.next));
+            self.next += stride;
+        }
+        self.counted = self.counted.max(self.next);
+        waited
+    }
+
+    /// Drops idle connections `usable` rejects.
+    pub(super) fn prune(&mut self, usable: impl Fn(&C) -> bool) {
+        self.idle.retain(|c| usable(c));
+    }
+
     /// Open connections (idle or busy).
     pub(super) fn connections(&self) -> usize {
         self.idle.len() + self.busy
@@ -116,7 +135,9 @@ impl<C> Lane<C> {
         }
         while s.at(self.next) <= now {
             let conn = loop {
-                match self.idle.pop_front() {
+                // The newest idle connection first: the oldest are the likeliest to
+                // have been closed by the server's keep-alive timeout.
+                match self.idle.pop_back() {
                     Some(c) if usable(&c) => break Some(c),
                     Some(_) => continue,
                     None => break None,

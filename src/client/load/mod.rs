@@ -277,7 +277,11 @@ impl LoadGenerator {
 
 /// The `n`-th send time of a schedule that started at `start`.
 pub fn intended_send(start: Instant, rate: f64, n: u64) -> Instant {
-    start + Duration::from_secs_f64(n as f64 / rate)
+    // A rate so small that the time overflows means "never" (a day on).
+    let after = Duration::try_from_secs_f64(n as f64 / rate)
+        .unwrap_or(Duration::from_secs(86_400))
+        .min(Duration::from_secs(86_400 * 365));
+    start + after
 }
 
 /// The worker that request `n` of a schedule goes to.
@@ -374,6 +378,9 @@ async fn run(addr: Arc<str>, mut plan_rx: watch::Receiver<LoadPlan>, shared: Arc
         let mut wake = now + Duration::from_secs(3600);
         if running {
             for lane in &mut lanes {
+                // Connections the server closed (its keep-alive timeout) are replaced
+                // before a request needs one.
+                lane.prune(|c| !c.is_closed());
                 if let Some((_, n)) = lane.dials(per_worker).filter(|&(at, _)| at <= now) {
                     for _ in 0..n {
                         tasks.spawn(dial(
@@ -428,7 +435,21 @@ async fn run(addr: Arc<str>, mut plan_rx: watch::Receiver<LoadPlan>, shared: Arc
                     return;
                 }
                 let new = plan_rx.borrow_and_update().clone();
+                if new == plan {
+                    // Nothing changed: the schedule goes on.
+                    continue;
+                }
                 let now = Instant::now();
+                // Requests due and still waiting for a connection are not forgotten:
+                // they count as timed out, with how long they waited so far.
+                if plan.rate > 0.0 {
+                    let mut w = shared.window.lock().unwrap_or_else(PoisonError::into_inner);
+                    for lane in &mut lanes {
+                        for latency in lane.abandon(&sched, now) {
+                            w.record(lane.worker, Outcome::Timeout, latency);
+                        }
+                    }
+                }
                 if (new.lanes(), new.per_worker()) != (plan.lanes(), plan.per_worker()) {
                     epoch += 1;
                     lanes = (0..new.lanes()).map(|w| Lane::new(w, now)).collect();

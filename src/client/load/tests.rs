@@ -111,12 +111,17 @@ fn closed_connections_are_skipped() {
     let t0 = Instant::now();
     let s = sched(t0, 1);
     let mut lane: Lane<u32> = Lane::new(0, t0);
-    lane.idle.extend([1, 2, 3]);
+    // The newest idle connection is used first; closed ones met on the way go.
+    lane.idle.extend([3, 1, 2]);
     let mut step = Step::default();
     lane.step(&s, ms(t0, 0), |&c| c == 3, &mut step);
     assert_eq!(step.sends.len(), 1);
     assert_eq!(step.sends[0].conn, 3);
     assert_eq!(lane.connections(), 1);
+    // Closed idle connections are pruned ahead of need.
+    lane.idle.extend([4, 5, 6]);
+    lane.prune(|&c| c != 5);
+    assert_eq!(lane.idle, [4, 6]);
 }
 
 #[test]
@@ -174,4 +179,25 @@ fn connections_are_capped_and_retries_back_off() {
     assert_eq!(backoff(1), Duration::from_millis(10));
     assert_eq!(backoff(3), Duration::from_millis(40));
     assert_eq!(backoff(100), Duration::from_secs(1));
+}
+
+#[test]
+fn a_plan_change_counts_requests_still_waiting_as_timeouts() {
+    let t0 = Instant::now();
+    let sched = Schedule {
+        start: t0,
+        rate: 10.0,
+        workers: 2,
+        timeout: Duration::from_secs(2),
+    };
+    let mut lane: Lane<u32> = Lane::new(1, t0);
+    // Worker 1 gets requests 1, 3, 5, …: by 1 s, 1 3 5 7 9 are due, none sent.
+    let waited = lane.abandon(&sched, t0 + Duration::from_secs(1));
+    assert_eq!(waited.len(), 5);
+    assert_eq!(waited[0], Duration::from_millis(900));
+    assert_eq!(waited[4], Duration::from_millis(100));
+    // They are not counted twice.
+    assert!(lane.abandon(&sched, t0 + Duration::from_secs(1)).is_empty());
+    // A rate too small to schedule means "later", not a panic.
+    assert!(intended_send(t0, 1e-300, 5) > t0 + Duration::from_secs(3600));
 }

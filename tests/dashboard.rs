@@ -197,6 +197,58 @@ fn sigterm_restores_the_terminal_and_stops_the_demo() {
     }
 }
 
+/// The traffic panel's rows per worker: (worker, max of the last window, ms).
+fn traffic_maxes(screen: &str) -> Vec<(u32, f64)> {
+    screen
+        .lines()
+        .filter_map(|l| {
+            // The traffic panel is the bottom-left box, 40 columns wide.
+            let cell: String = l.chars().take(40).collect();
+            let inner = cell.strip_prefix('│')?.strip_suffix('│')?;
+            let mut f = inner.split_whitespace();
+            let worker = f.next()?.strip_prefix('w')?.parse().ok()?;
+            let figures: Vec<f64> = f.map(|x| x.parse().ok()).collect::<Option<_>>()?;
+            (figures.len() == 4).then(|| (worker, figures[2]))
+        })
+        .collect()
+}
+
+#[test]
+fn the_blocked_workers_clients_wait_and_the_others_do_not() {
+    let _serial = serial();
+    let mut ui = Dashboard::start(&["--model", "fastapi", "--workers", "2", "--rate", "100"]);
+    ui.wait_for(
+        Duration::from_secs(30),
+        "traffic rows for both workers",
+        |s| traffic_maxes(s).len() == 2,
+    );
+    // Whichever worker the block lands on, in the window that covers it its clients
+    // wait ≥ 300 ms while the other's stay under 50 ms. A loaded machine may slow
+    // the other worker once: up to three blocks.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        ui.press("b");
+        let screen = ui.wait_for(Duration::from_secs(10), "a blocked worker's clients", |s| {
+            traffic_maxes(s).iter().any(|(_, max)| *max >= 300.0)
+        });
+        let rows = traffic_maxes(&screen);
+        let other = rows
+            .iter()
+            .filter(|(_, max)| *max < 300.0)
+            .map(|r| r.1)
+            .fold(0.0, f64::max);
+        assert_eq!(rows.len(), 2, "{screen}");
+        if other < 50.0 {
+            ui.press("q");
+            assert!(ui.wait_exit().success());
+            return;
+        }
+        seen.push(rows);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    panic!("the other worker's clients waited too: {seen:?}");
+}
+
 #[test]
 fn an_external_sigint_or_sigquit_restores_the_terminal() {
     let _serial = serial();

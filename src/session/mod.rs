@@ -371,6 +371,9 @@ impl Session {
                 }
             }
         }
+        if let TelemetryMsg::Snapshot(snap) = &msg {
+            self.targets[i].follow_workers(snap.workers.len());
+        }
         self.record(&msg);
         self.push(i, Msg::Telemetry(msg));
     }

@@ -41,6 +41,8 @@ pub(super) struct Target {
     pub restart_at: Option<(Instant, Model, u32)>,
     /// The model and workers of the last demo started here (to start it again).
     pub last_demo: Option<(Model, u32)>,
+    /// Workers in the newest telemetry line.
+    workers_seen: usize,
     subscriber: Option<tokio::task::JoinHandle<()>>,
     /// The background load and the app address it goes to.
     load: Option<(LoadGenerator, String)>,
@@ -66,6 +68,7 @@ impl Target {
             quick_deaths: Vec::new(),
             restart_at: None,
             last_demo: None,
+            workers_seen: 0,
             subscriber: None,
             load: None,
         }
@@ -194,9 +197,24 @@ impl Target {
     /// The load goes to every worker the server has, so that a blocked worker's
     /// clients wait as real clients would and the others' do not.
     fn load_workers(&self) -> u32 {
-        self.info
-            .as_ref()
-            .map_or(1, |i| i.workers.len().clamp(1, 64)) as u32
+        let described = self.info.as_ref().map_or(0, |i| i.workers.len());
+        described.max(self.workers_seen).clamp(1, 64) as u32
+    }
+
+    /// Follows the number of workers in the telemetry (a server describes its
+    /// workers before they all run): the load spreads over the ones there are.
+    pub fn follow_workers(&mut self, workers: usize) {
+        if workers == self.workers_seen {
+            return;
+        }
+        self.workers_seen = workers;
+        let n = self.load_workers();
+        if let Some((load, _)) = &self.load {
+            let plan = load.plan();
+            if plan.workers != n {
+                load.set_plan(LoadPlan { workers: n, ..plan });
+            }
+        }
     }
 
     pub fn has_load(&self) -> bool {
@@ -215,6 +233,7 @@ impl Target {
         }
         self.load = None;
         self.info = None;
+        self.workers_seen = 0;
         if let Kind::Demo(child) = &mut self.kind {
             *child = None;
             self.app = None;

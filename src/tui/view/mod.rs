@@ -195,9 +195,10 @@ fn render_full(
     .areas(area);
     let [charts, figures] =
         Layout::horizontal([Constraint::Fill(1), Constraint::Length(FIGURES_WIDTH)]).areas(main);
-    // The lag chart keeps at least 8 rows; the strips share the rest, up to two
+    // The lag chart keeps at least 8 rows (7 with several workers, so that each
+    // keeps its queue and busy rows at 100×30); the strips share the rest, up to two
     // rows per strip and two strips per worker.
-    let spare = main.height.saturating_sub(8);
+    let spare = main.height.saturating_sub(if workers > 1 { 7 } else { 8 });
     let strip_rows = (spare / 2).saturating_sub(2).min(workers * 4);
     let [lag, pool, cpu] = Layout::vertical([
         Constraint::Fill(1),

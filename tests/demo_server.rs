@@ -274,6 +274,11 @@ fn fastapi_sixty_sync_requests_fill_forty_tokens_then_queue() {
     });
 }
 
+/// `/spin` holds the loop: in the samples taken while the loop was held over the
+/// whole period (stalled for 150 ms or more) and the process ran at least 30% of a
+/// core, the loop thread has most of the process's CPU and the pool next to none.
+/// Shares, not absolute figures: a loaded machine may give the process less than a
+/// core. A spin that yields no such sample (starved throughout) is tried again.
 #[test]
 fn spin_burns_the_loop_thread_not_the_pool() {
     let _serial = serial();
@@ -281,19 +286,38 @@ fn spin_burns_the_loop_thread_not_the_pool() {
     runtime().block_on(async {
         let mut tel = telemetry(&demo.telemetry).await;
         let client = http::client();
-        let app = demo.app.clone();
-        let spin = tokio::spawn(async move { get(&client, &app, "/spin?ms=1000").await });
-        let mut max_loop = 0.0f64;
-        let mut max_pool = 0.0f64;
-        let end = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < end && (max_loop < 70.0 || !spin.is_finished()) {
-            let s = next(&mut tel).await;
-            max_loop = max_loop.max(s.workers[0].cpu.loop_thread);
-            max_pool = max_pool.max(s.workers[0].cpu.pool_threads);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let (c, app) = (client.clone(), demo.app.clone());
+            let spin = tokio::spawn(async move { get(&c, &app, "/spin?ms=1000").await });
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end && !spin.is_finished() {
+                let s = next(&mut tel).await;
+                let w = &s.workers[0];
+                if w.stalled_for_ms >= 150.0 && w.cpu.process >= 30.0 {
+                    held.push(w.cpu.clone());
+                }
+            }
+            assert_eq!(spin.await.unwrap().status, 200);
+            if !held.is_empty() {
+                break;
+            }
         }
-        assert_eq!(spin.await.unwrap().status, 200);
-        assert!(max_loop >= 70.0, "loop thread peaked at {max_loop}%");
-        assert!(max_pool < 20.0, "pool threads reached {max_pool}%");
+        assert!(!held.is_empty(), "no sample of a held loop in 3 spins");
+        for cpu in &held {
+            assert!(
+                cpu.loop_thread >= 0.7 * cpu.process,
+                "loop thread {}% of a process at {}%: {held:?}",
+                cpu.loop_thread,
+                cpu.process
+            );
+            assert!(
+                cpu.pool_threads <= 0.1 * cpu.process,
+                "pool threads {}% of a process at {}%: {held:?}",
+                cpu.pool_threads,
+                cpu.process
+            );
+        }
     });
 }
 

@@ -52,6 +52,11 @@ impl ParkLog {
 const PENDING_CAP: usize = 256;
 
 pub(crate) async fn run(shared: Arc<Shared>) {
+    // Tasks run on the loop (or a runtime worker): the thread that runs this is one.
+    // If the sampler holds the table, the park hook registers it at the next park.
+    shared
+        .threads
+        .try_register_current_thread(super::ThreadClass::Loop);
     let resolution = shared.config.lag_resolution;
     let mut pending: Vec<u64> = Vec::new();
     // The timer needs the std clock; lateness is measured on the probe's clock.

@@ -5,7 +5,10 @@
 //! - **loop utilization** from tokio's busy-time counter, corrected during stalls
 //!   (the counter only moves when the loop parks),
 //! - **slow polls** of instrumented futures, named after the request that held the loop,
-//! - server-side **request** counts and latency per endpoint.
+//! - server-side **request** counts and latency per endpoint,
+//! - which threads are the loop's, for per-thread CPU: its runtime hooks register
+//!   them in the probe's [`ThreadRegistry`] (see [`threads`]), so a loop thread
+//!   counts as the loop whatever it is called.
 //!
 //! The [`sampler`] reads it from its own thread, so a blocked loop is still reported
 //! (`stalled_for_ms` grows while the loop is stuck). Nothing here blocks the loop:
@@ -36,10 +39,12 @@ pub mod sampler;
 pub mod server;
 mod target;
 pub mod telemetry;
+pub mod threads;
 
 pub use histogram::LatencyHistogram;
 pub use instrument::{Instrumented, ProbeLayer, ProbeService, RequestTag};
 pub use pool::{Pool, PoolJob, PoolKind};
+pub use threads::{ThreadClass, ThreadRegistry};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -111,6 +116,8 @@ pub(crate) struct Shared {
     pub(crate) endpoints: endpoints::EndpointTable,
     /// The sampler's view of the endpoint counts at its previous report.
     pub(crate) endpoints_seen: Mutex<Vec<Vec<u64>>>,
+    /// The loop's threads and its runtime's blocking threads.
+    pub(crate) threads: ThreadRegistry,
 }
 
 impl Shared {
@@ -148,6 +155,7 @@ impl LoopProbe {
                 completed: LoopCounter::default(),
                 endpoints: endpoints::EndpointTable::default(),
                 endpoints_seen: Mutex::new(Vec::new()),
+                threads: ThreadRegistry::new(),
             }),
         }
     }
@@ -162,19 +170,40 @@ impl LoopProbe {
         self.shared.config
     }
 
-    /// Installs the runtime hooks the probe measures with. Call before `build()`.
+    /// Installs the runtime hooks the probe measures with. Call before `build()`;
+    /// they replace the builder's `on_thread_start`, `on_thread_park` and
+    /// `on_thread_unpark` callbacks.
     ///
     /// The park hooks let the lag timer tell sleeping from being held: without them
-    /// tokio's 1 ms timer rounding adds up to 1 ms to every lag sample.
+    /// tokio's 1 ms timer rounding adds up to 1 ms to every lag sample. They also
+    /// tell the probe's [`ThreadRegistry`] which threads are the loop's: a thread
+    /// that parks is a runtime worker ([`ThreadClass::Loop`]); a thread the runtime
+    /// starts is a blocking thread ([`ThreadClass::Pool`]) until it parks as one.
     pub fn install_hooks(&self, builder: &mut tokio::runtime::Builder) {
         let park = Arc::clone(&self.shared);
         let unpark = Arc::clone(&self.shared);
+        let start = self.shared.threads.clone();
         builder
-            .on_thread_park(move || park.parks.parked(park.now_ns()))
+            .on_thread_start(move || start.register_current_thread(ThreadClass::Pool))
+            .on_thread_park(move || {
+                // A thread-local look-up once registered; never waits for the sampler.
+                park.threads.try_register_current_thread(ThreadClass::Loop);
+                park.parks.parked(park.now_ns())
+            })
             .on_thread_unpark(move || unpark.parks.unparked(unpark.now_ns()));
     }
 
+    /// The threads this probe knows to be its loop's ([`ThreadClass::Loop`]) and its
+    /// runtime's blocking threads ([`ThreadClass::Pool`]); the sampler classes
+    /// per-thread CPU by it. An application may register threads of its own here,
+    /// e.g. those of its own thread pool, from each of them:
+    /// `probe.thread_registry().register_current_thread(ThreadClass::Pool)`.
+    pub fn thread_registry(&self) -> &ThreadRegistry {
+        &self.shared.threads
+    }
+
     /// Starts the lag timer on the current runtime. Call from inside the loop.
+    /// The thread the timer runs on is registered as the loop's.
     pub fn spawn_lag_task(&self) -> tokio::task::JoinHandle<()> {
         let _ = self.shared.runtime.set(tokio::runtime::Handle::current());
         // The loop runs from here on: a block before the timer's first tick is a stall.

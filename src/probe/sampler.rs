@@ -33,15 +33,23 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// A sampler of `probe`, `pool` and this process.
+    /// A sampler of `probe`, `pool` and this process. Per-thread CPU is classed by
+    /// the threads that `probe` and `pool` registered ([`LoopProbe::thread_registry`],
+    /// [`Pool::thread_registry`]); `names` classes the threads neither registered.
     pub fn new(probe: LoopProbe, pool: Option<Pool>, names: ThreadNames) -> Self {
         let now = Instant::now();
+        let mut cpu = CpuSampler::new(names);
+        // The pool's first: a pool thread stays one even if it parks a runtime.
+        if let Some(pool) = &pool {
+            cpu.watch(pool.thread_registry().clone());
+        }
+        cpu.watch(probe.thread_registry().clone());
         Self {
             last_busy: Duration::ZERO,
             credited: Duration::ZERO,
             probe,
             pool,
-            cpu: CpuSampler::new(names),
+            cpu,
             pid: std::process::id(),
             last_at: now,
             last_completed: 0,

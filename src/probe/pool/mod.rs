@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::SegQueue;
 
 use super::histogram::{LatencyHistogram, round3};
+use super::threads::{ThreadClass, ThreadRegistry};
 use crate::protocol::PoolSnapshot;
 
 /// How a pool starts its threads.
@@ -70,6 +71,8 @@ struct Inner {
     epoch: Instant,
     /// Taken by the pool threads and the sampler, never by the submitting thread.
     waits: Mutex<LatencyHistogram>,
+    /// The pool's threads, each registered by itself as it starts.
+    registry: ThreadRegistry,
 }
 
 /// How many times an idle pool thread looks at the queue (a `pause` apart, a few
@@ -191,6 +194,7 @@ impl Pool {
                 shutdown: AtomicBool::new(false),
                 epoch: Instant::now(),
                 waits: Mutex::new(LatencyHistogram::new()),
+                registry: ThreadRegistry::new(),
             }),
         };
         if kind == PoolKind::Eager {
@@ -204,6 +208,13 @@ impl Pool {
     /// The most jobs that run at once.
     pub fn size(&self) -> u32 {
         self.inner.size
+    }
+
+    /// The pool's live threads, each registered as [`ThreadClass::Pool`] by itself
+    /// before it takes a job (whatever its name), so that its CPU counts as the
+    /// pool's.
+    pub fn thread_registry(&self) -> &ThreadRegistry {
+        &self.inner.registry
     }
 
     /// Runs `f` on a pool thread; resolves when it finished and the caller's loop
@@ -387,6 +398,7 @@ impl Inner {
     }
 
     fn work(&self, n: usize) {
+        self.registry.register_current_thread(ThreadClass::Pool);
         let slot = &self.slots[n];
         let _ = slot.thread.set(std::thread::current());
         loop {

@@ -1,0 +1,257 @@
+//! CPU per process and per thread, in percent of one core.
+//!
+//! On Linux each thread's run time comes from `/proc/self/task/<tid>/schedstat`
+//! (nanoseconds; `stat`'s clock ticks are 10 ms, too coarse for a 100 ms period) and
+//! falls back to `stat`'s utime+stime. Threads are classed by what registered them
+//! (a [`ThreadRegistry`]: the probe's runtime hooks, the pool); a thread nobody
+//! registered is classed by name ([`ThreadNames`]), read again at every sample until
+//! it has held still long enough to be the name the thread gave itself. Elsewhere
+//! sysinfo gives the process figure only.
+
+mod classes;
+mod host;
+
+pub use classes::{NameSeen, ThreadNames, classify};
+pub use host::{CpuTimes, HostCpu};
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::threads::{ThreadClass, ThreadRegistry};
+use crate::protocol::CpuSnapshot;
+
+/// CPU of one thread over the last period.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThreadCpu {
+    /// Kernel thread id.
+    pub tid: u32,
+    /// Thread name (`comm`).
+    pub name: String,
+    /// What its CPU counted as in this period.
+    pub class: Option<ThreadClass>,
+    /// Percent of one core.
+    pub percent: f64,
+}
+
+/// What the sampler keeps of a thread between samples.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+struct Seen {
+    name: Option<NameSeen>,
+    run_ns: u64,
+}
+
+/// Samples this process's CPU; each call covers the time since the previous one.
+pub struct CpuSampler {
+    names: ThreadNames,
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    registries: Vec<ThreadRegistry>,
+    last_at: Instant,
+    last: HashMap<u32, Seen>,
+    threads: Vec<ThreadCpu>,
+    last_process_ns: Option<u64>,
+    #[cfg(not(target_os = "linux"))]
+    fallback: Fallback,
+}
+
+impl CpuSampler {
+    /// A sampler for the current process; the first sample covers its whole life.
+    /// Threads are classed by name until [`CpuSampler::watch`] adds registries.
+    pub fn new(names: ThreadNames) -> Self {
+        let mut s = Self {
+            names,
+            registries: Vec::new(),
+            last_at: Instant::now(),
+            last: HashMap::new(),
+            threads: Vec::new(),
+            last_process_ns: None,
+            #[cfg(not(target_os = "linux"))]
+            fallback: Fallback::new(),
+        };
+        // Prime the baseline so the first period is a real period.
+        let _ = s.sample();
+        s
+    }
+
+    /// Classes the threads registered in `registry` by their registration (from the
+    /// next sample on); with several registries, the first one added wins.
+    pub fn watch(&mut self, registry: ThreadRegistry) {
+        self.registries.push(registry);
+    }
+
+    /// Per-thread figures of the last sample.
+    pub fn threads(&self) -> &[ThreadCpu] {
+        &self.threads
+    }
+
+    /// CPU since the previous call.
+    #[cfg(target_os = "linux")]
+    pub fn sample(&mut self) -> CpuSnapshot {
+        let now = Instant::now();
+        let elapsed_ns = now.duration_since(self.last_at).as_nanos().max(1) as f64;
+        self.last_at = now;
+        let mut current = HashMap::with_capacity(self.last.len());
+        self.threads.clear();
+        let mut snap = CpuSnapshot::default();
+        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+            return snap;
+        };
+        // Who is registered now; a thread registering while the list is read is
+        // classed by name this once.
+        let mut registered = HashMap::new();
+        for r in self.registries.iter().rev() {
+            registered.extend(r.snapshot());
+        }
+        for entry in dir.flatten() {
+            let Some(tid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(run_ns) = linux::thread_run_ns(tid) else {
+                continue;
+            };
+            let (prev_name, prev_ns) = match self.last.remove(&tid) {
+                Some(seen) if seen.run_ns <= run_ns => (seen.name, seen.run_ns),
+                // A thread new since the last sample (or a reused id, whose run time
+                // starts again): all its time is in this period.
+                _ => (None, 0),
+            };
+            let name = NameSeen::observe(prev_name, run_ns, now, || linux::thread_name(tid));
+            let name_str = name.as_ref().map(|n| n.name.as_str());
+            let class = classify(tid, &registered, name_str, &self.names);
+            let percent = (run_ns - prev_ns) as f64 / elapsed_ns * 100.0;
+            snap.process += percent;
+            match class {
+                Some(ThreadClass::Loop) => snap.loop_thread += percent,
+                Some(ThreadClass::Pool) => snap.pool_threads += percent,
+                None => {}
+            }
+            self.threads.push(ThreadCpu {
+                tid,
+                name: name_str.unwrap_or_default().to_string(),
+                class,
+                percent,
+            });
+            current.insert(tid, Seen { name, run_ns });
+        }
+        self.last = current;
+        // The process figure from the kernel's process clock, which also counts
+        // threads that ended during the period.
+        let process_ns = linux::process_cpu_ns();
+        if let (Some(now_ns), Some(prev_ns)) = (process_ns, self.last_process_ns) {
+            snap.process = now_ns.saturating_sub(prev_ns) as f64 / elapsed_ns * 100.0;
+        }
+        self.last_process_ns = process_ns;
+        snap.process = round1(snap.process);
+        snap.loop_thread = round1(snap.loop_thread);
+        snap.pool_threads = round1(snap.pool_threads);
+        snap
+    }
+
+    /// CPU since the previous call (process only off Linux).
+    #[cfg(not(target_os = "linux"))]
+    pub fn sample(&mut self) -> CpuSnapshot {
+        self.last_at = Instant::now();
+        CpuSnapshot {
+            process: round1(self.fallback.process_percent()),
+            ..Default::default()
+        }
+    }
+}
+
+fn round1(p: f64) -> f64 {
+    (p * 10.0).round() / 10.0
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::sync::OnceLock;
+
+    /// Cumulative run time of a thread of this process, in nanoseconds.
+    pub(super) fn thread_run_ns(tid: u32) -> Option<u64> {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")) {
+            if let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse().ok()) {
+                return Some(ns);
+            }
+        }
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+        let ticks = stat_cpu_ticks(&stat)?;
+        Some(ticks * 1_000_000_000 / clock_ticks_per_s())
+    }
+
+    /// CPU time of the whole process, exited threads included.
+    pub(super) fn process_cpu_ns() -> Option<u64> {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+            return None;
+        }
+        Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    }
+
+    pub(super) fn thread_name(tid: u32) -> Option<String> {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+            .ok()
+            .map(|s| s.trim_end().to_string())
+    }
+
+    /// utime + stime from a `stat` line; the name field may hold spaces and parens.
+    pub(super) fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        let mut fields = after_name.split_whitespace();
+        // After the name: state is field 3; utime and stime are fields 14 and 15.
+        let utime: u64 = fields.nth(11)?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        Some(utime + stime)
+    }
+
+    fn clock_ticks_per_s() -> u64 {
+        static TICKS: OnceLock<u64> = OnceLock::new();
+        *TICKS.get_or_init(|| {
+            // SAFETY: sysconf has no preconditions.
+            let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+            if t > 0 { t as u64 } else { 100 }
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn stat_fields_after_a_name_with_spaces() {
+            let line = "4242 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 120 30 0 0 20 0 9 0";
+            assert_eq!(super::stat_cpu_ticks(line), Some(150));
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+struct Fallback {
+    sys: Option<sysinfo::System>,
+    pid: sysinfo::Pid,
+}
+
+#[cfg(not(target_os = "linux"))]
+impl Fallback {
+    fn new() -> Self {
+        Self {
+            sys: sysinfo::System::new().ok(),
+            pid: sysinfo::Pid::from_u32(std::process::id()),
+        }
+    }
+
+    fn process_percent(&mut self) -> f64 {
+        let Some(sys) = &mut self.sys else {
+            return 0.0;
+        };
+        sys.refresh_processes(sysinfo::ProcessesToUpdate::Some(&[self.pid]), true);
+        sys.process(self.pid).map_or(0.0, |p| p.cpu_usage() as f64)
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests;

@@ -16,7 +16,7 @@
 //! - JSON bodies on the errors that the HTTP layer itself answers: `414` over
 //!   [`MAX_URI_BYTES`] (checked here) and hyper's own `400` / `431` (unparsable
 //!   head, head over [`MAX_HEAD_BYTES`] or over 100 header lines), which hyper writes
-//!   with an empty body: [`Io`] recognises those heads and writes them with a body.
+//!   with an empty body: `Io` (a socket wrapper) recognises those heads and writes them with a body.
 //!
 //! The accept loop runs on the caller's runtime: a blocked loop stops accepting, as
 //! a blocked uvicorn worker does on its shared socket.

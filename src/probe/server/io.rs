@@ -3,9 +3,11 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::{Conn, MAX_HEAD_BYTES, MAX_URI_BYTES};
@@ -13,26 +15,41 @@ use super::{Conn, MAX_HEAD_BYTES, MAX_URI_BYTES};
 /// A connection's socket: records reads as activity, and gives the error answers
 /// that hyper writes itself (with an empty body) a JSON body.
 pub(super) struct Io {
-    stream: TcpStream,
+    /// Always `Some` until dropped (then it may linger, see [`linger`]).
+    stream: Option<TcpStream>,
     conn: Option<Arc<Conn>>,
     /// A rewritten error answer still to send, and how much of it is sent.
     pending: Vec<u8>,
     sent: usize,
+    /// An error answer was sent: the request may be partly unread.
+    answered_error: bool,
 }
 
 impl Io {
     pub(super) fn new(stream: TcpStream, conn: Option<Arc<Conn>>) -> Self {
         Self {
-            stream,
+            stream: Some(stream),
             conn,
             pending: Vec::new(),
             sent: 0,
+            answered_error: false,
         }
+    }
+
+    fn stream(&mut self) -> Pin<&mut TcpStream> {
+        Pin::new(
+            self.stream
+                .as_mut()
+                .expect("the stream lives as long as Io"),
+        )
     }
 
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.pending.len() {
-            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.pending[self.sent..]))?;
+            let n = ready!(
+                Pin::new(self.stream.as_mut().expect("live"))
+                    .poll_write(cx, &self.pending[self.sent..])
+            )?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -52,7 +69,7 @@ impl AsyncRead for Io {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
+        ready!(this.stream().poll_read(cx, buf))?;
         if buf.filled().len() > before {
             if let Some(conn) = &this.conn {
                 conn.touch();
@@ -72,36 +89,80 @@ impl AsyncWrite for Io {
         ready!(this.poll_pending(cx))?;
         if let Some(answer) = with_json_body(buf) {
             this.pending = answer;
+            this.answered_error = true;
             // Sent by the next write, flush or shutdown, which hyper always does.
             if let Poll::Ready(Err(e)) = this.poll_pending(cx) {
                 return Poll::Ready(Err(e));
             }
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        this.stream().poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_pending(cx))?;
-        Pin::new(&mut this.stream).poll_flush(cx)
+        this.stream().poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_pending(cx))?;
-        Pin::new(&mut this.stream).poll_shutdown(cx)
+        this.stream().poll_shutdown(cx)
     }
 }
 
 impl Drop for Io {
     fn drop(&mut self) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
         // Best effort for an answer hyper did not flush: it is small and the socket
         // buffer is empty.
         if self.sent < self.pending.len() {
-            let _ = self.stream.try_write(&self.pending[self.sent..]);
+            let _ = stream.try_write(&self.pending[self.sent..]);
+        }
+        if self.answered_error {
+            linger(stream);
         }
     }
+}
+
+/// Sockets lingering at once, at most [`MAX_LINGERING`].
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+/// Most sockets that linger at once; beyond, they close at once.
+const MAX_LINGERING: usize = 64;
+/// How long, and how much, a lingering socket reads before it closes.
+const LINGER_FOR: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Closes a socket that answered an error without reading the whole request, the way
+/// HTTP servers do ("lingering close"): our side is shut first, and what the client
+/// still sends is read and thrown away for a moment. Closed at once, the unread bytes
+/// would make the kernel send a reset, which can destroy the answer before the client
+/// reads it.
+fn linger(mut stream: TcpStream) {
+    if LINGERING.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING
+        || tokio::runtime::Handle::try_current().is_err()
+    {
+        LINGERING.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    tokio::spawn(async move {
+        let _ = stream.shutdown().await;
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        let _ = tokio::time::timeout(LINGER_FOR, async {
+            while read < LINGER_BYTES {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => read += n,
+                }
+            }
+        })
+        .await;
+        LINGERING.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 /// The error answers that hyper writes by itself, with an empty body, when it cannot

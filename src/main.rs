@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use loopscope::headless::{self, Format, HeadlessConfig};
 use loopscope::protocol::Model;
 use loopscope::scenario::{self, Scenario};
-use loopscope::session::TargetSpec;
-use loopscope::tui::app::{self, AppConfig};
+use loopscope::session::{SessionConfig, TargetSpec};
+use loopscope::tui::app;
 
 /// A live profiler for event-loop concurrency: loop lag, thread-pool queues, per-worker CPU.
 ///
@@ -149,7 +149,7 @@ fn main() -> anyhow::Result<()> {
     }
     if cli.compare {
         // The two-demo case of several targets: node beside fastapi.
-        return app::run(AppConfig {
+        return app::run(SessionConfig {
             targets: vec![
                 TargetSpec::Demo {
                     model: Model::Node,
@@ -209,7 +209,7 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    app::run(AppConfig {
+    app::run(SessionConfig {
         targets: vec![target],
         rate: d.rate,
         load: !d.no_load,

@@ -173,19 +173,26 @@ fn watch(addr: &str, secs: u32) -> (String, String, u64) {
     )
 }
 
-#[test]
-fn malformed_overlong_and_oversized_telemetry_is_skipped_counted_and_bounded() {
-    let _serial = common::serial();
+/// Starts the fake server (with a huge `/info` when `huge_info`), watches it for
+/// `secs` and stops it: what `watch` returns.
+fn against_fake(huge_info: bool, secs: u32) -> (String, String, u64) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let server = {
         let stop = Arc::clone(&stop);
-        std::thread::spawn(move || serve(listener, false, stop))
+        std::thread::spawn(move || serve(listener, huge_info, stop))
     };
-    let (stdout, stderr, peak_kb) = watch(&addr, 3);
+    let watched = watch(&addr, secs);
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
+    watched
+}
+
+#[test]
+fn malformed_overlong_and_oversized_telemetry_is_skipped_counted_and_bounded() {
+    let _serial = common::serial();
+    let (stdout, stderr, peak_kb) = against_fake(false, 3);
     let lines: Vec<Snapshot> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -214,16 +221,7 @@ fn malformed_overlong_and_oversized_telemetry_is_skipped_counted_and_bounded() {
 #[test]
 fn a_200_mb_info_is_refused_without_reading_it_whole() {
     let _serial = common::serial();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = {
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || serve(listener, true, stop))
-    };
-    let (_, stderr, peak_kb) = watch(&addr, 2);
-    stop.store(true, Ordering::Relaxed);
-    server.join().unwrap();
+    let (_, stderr, peak_kb) = against_fake(true, 2);
     assert!(
         stderr.contains("answered more than 1048576 bytes"),
         "{stderr}"

@@ -96,14 +96,7 @@ fn uri(addr: &str, path: &str) -> Result<hyper::Uri, ClientError> {
 
 /// `GET http://{addr}{path}` and read the whole body.
 pub async fn get(client: &HttpClient, addr: &str, path: &str) -> Result<HttpResponse, ClientError> {
-    let uri = uri(addr, path)?;
-    let resp = client
-        .get(uri.clone())
-        .await
-        .map_err(|e| ClientError::Request(uri.to_string(), e))?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok(HttpResponse { status, body })
+    get_limited(client, addr, path, usize::MAX).await
 }
 
 /// `GET http://{addr}{path}`, reading at most `max` bytes of body.
@@ -122,7 +115,10 @@ pub async fn get_limited(
     let body = http_body_util::Limited::new(resp.into_body(), max)
         .collect()
         .await
-        .map_err(|_| ClientError::TooBig(uri.to_string(), max))?
+        .map_err(|e| match e.downcast::<hyper::Error>() {
+            Ok(e) => ClientError::Body(*e),
+            Err(_) => ClientError::TooBig(uri.to_string(), max),
+        })?
         .to_bytes();
     Ok(HttpResponse { status, body })
 }

@@ -102,23 +102,19 @@ impl DemoChild {
                 on_line(line);
             })
             .context("cannot start a thread")?;
-        Ok(DemoChild {
-            child: Some(child),
-            model,
-            workers,
-            address: AddressLine {
-                app: String::new(),
-                telemetry: None,
-                pid: 0,
-            },
-        })
+        Ok(Self::unannounced(Some(child), model, workers))
     }
 
     /// A stand-in with no process, for tests of the session.
     #[cfg(test)]
     pub(crate) fn stand_in(model: Model, workers: u32) -> DemoChild {
+        Self::unannounced(None, model, workers)
+    }
+
+    /// A child whose address line has not been read yet.
+    fn unannounced(child: Option<Child>, model: Model, workers: u32) -> DemoChild {
         DemoChild {
-            child: None,
+            child,
             model,
             workers,
             address: AddressLine {

@@ -16,46 +16,21 @@ use super::input::{self, Action, DEFAULT_SIZE, SIZES};
 use super::state::{Connection, Dashboard};
 use super::view::{self, ViewOptions};
 use crate::record::Recording;
-use crate::scenario::Scenario;
 use crate::session::{Command, Session, SessionConfig, TargetSpec, Update, clock};
 
 /// Most redraws per second; a frame is drawn only when something changed.
 const FPS: u64 = 10;
 
-/// How the dashboard starts.
-#[derive(Clone, Debug)]
-pub struct AppConfig {
-    /// What to show: one server, or several side by side.
-    pub targets: Vec<TargetSpec>,
-    /// Background load, requests per second.
-    pub rate: f64,
-    /// Start with the background load on.
-    pub load: bool,
-    /// Where logs (and the demo children's stderr) go.
-    pub log_file: PathBuf,
-    /// Write every snapshot here as it arrives.
-    pub record: Option<PathBuf>,
-    /// Steps to play.
-    pub scenario: Option<Scenario>,
-}
-
 /// Runs the dashboard until the operator quits. The terminal is restored on return
 /// and on panic (ratatui's hook), and demo children are always stopped.
-pub fn run(config: AppConfig) -> anyhow::Result<()> {
+pub fn run(config: SessionConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
     let _runtime = runtime.enter();
     // Children start before the terminal switches, so start-up errors print plainly.
-    let session = Session::new(SessionConfig {
-        targets: config.targets,
-        rate: config.rate,
-        load: config.load,
-        log_file: config.log_file,
-        record: config.record,
-        scenario: config.scenario,
-    })?;
+    let session = Session::new(config)?;
     let mut terminal = ratatui::init();
     let result = runtime.block_on(Driver::new(session).run(&mut terminal));
     ratatui::restore();
@@ -76,7 +51,7 @@ pub fn replay(file: &Path, log_file: PathBuf) -> anyhow::Result<()> {
             None => bail!("{} holds no snapshot", file.display()),
         }
     }
-    run(AppConfig {
+    run(SessionConfig {
         targets: vec![TargetSpec::Replay {
             file: file.to_path_buf(),
             recording: Box::new(rec),

@@ -13,17 +13,27 @@
 //! - [`units`]: figures as people read them;
 //! - [`scenario`]: timed steps for workshops and scripts.
 
+#[cfg(feature = "cli")]
 pub mod client;
+#[cfg(feature = "cli")]
 pub mod diagnosis;
+#[cfg(feature = "cli")]
 pub mod headless;
 pub mod probe;
 pub mod protocol;
+#[cfg(feature = "cli")]
 pub mod record;
+#[cfg(feature = "cli")]
 pub mod scenario;
+#[cfg(feature = "cli")]
 pub mod session;
+#[cfg(feature = "cli")]
 pub mod summary;
+#[cfg(feature = "cli")]
 pub mod tui;
+#[cfg(feature = "cli")]
 pub mod units;
+#[cfg(feature = "cli")]
 pub mod workload;
 
 #[cfg(test)]

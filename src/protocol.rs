@@ -4,11 +4,23 @@
 //! versioned by `v`. Percentages are of one core. Fields added later must be optional
 //! (`#[serde(default)]`) so that older readers and newer servers keep understanding
 //! each other; unknown event kinds decode as [`Event::Unknown`].
+//!
+//! # Versions
+//!
+//! - **1**: one entry per event loop (a `current_thread` runtime), its pool, its CPU.
+//!   `silent_for_ms` was added as an optional field.
+//! - **2**: multi-thread tokio runtimes. The model `tokio`; one `workers[]` entry per
+//!   runtime worker thread, with the optional [`WorkerSnapshot::runtime`] (polls,
+//!   steals, local queue, parked); the optional [`Snapshot::runtime`] (scheduling
+//!   delay, global queue, tokio's blocking pool). Every new field is optional, so a
+//!   version-1 line (a recording made before) still decodes and replays: its new
+//!   fields read as absent. A version-1 reader ignores the new fields but does not
+//!   know the model `tokio`.
 
 use serde::{Deserialize, Serialize};
 
 /// The version written in every snapshot's `v` field.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The concurrency model a demo server runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -20,6 +32,9 @@ pub enum Model {
     Fastapi,
     /// Any other tokio application that embeds the probe.
     Custom,
+    /// A multi-thread tokio runtime: N worker threads that steal each other's
+    /// tasks, and tokio's blocking pool (protocol 2).
+    Tokio,
 }
 
 impl Model {
@@ -29,6 +44,7 @@ impl Model {
             Model::Node => "node",
             Model::Fastapi => "fastapi",
             Model::Custom => "custom",
+            Model::Tokio => "tokio",
         }
     }
 }
@@ -60,6 +76,49 @@ pub struct Snapshot {
     /// What happened since the previous line.
     #[serde(default)]
     pub events: Vec<Event>,
+    /// The runtime as a whole, for a multi-thread tokio runtime (protocol 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeSnapshot>,
+}
+
+/// A multi-thread tokio runtime as a whole, over one sample period (protocol 2).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeSnapshot {
+    /// Worker threads.
+    pub workers: u32,
+    /// How late a probe task ran after it was due: the time a ready task waits for
+    /// a worker (the loop-lag method, on the whole runtime).
+    pub scheduling_delay_ms: LagSummary,
+    /// Tasks waiting in the runtime's global (injection) queue now.
+    pub global_queue: u64,
+    /// Tasks alive now.
+    #[serde(default)]
+    pub alive_tasks: u64,
+    /// Blocking threads started (tokio's blocking pool), now.
+    pub blocking_threads: u32,
+    /// Blocking threads idle, now.
+    pub idle_blocking_threads: u32,
+    /// `spawn_blocking` jobs waiting for a blocking thread, now.
+    pub blocking_queue: u64,
+}
+
+/// One worker thread of a multi-thread tokio runtime, over one sample period
+/// (protocol 2).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerThreadSnapshot {
+    /// Kernel thread id.
+    #[serde(default)]
+    pub tid: u32,
+    /// Task polls in the period.
+    pub polls: u64,
+    /// Tasks stolen from other workers in the period.
+    #[serde(default)]
+    pub steals: u64,
+    /// Tasks in its local queue now.
+    #[serde(default)]
+    pub local_queue: u64,
+    /// Parked (asleep, no task to run) at the end of the period.
+    pub parked: bool,
 }
 
 /// One event loop and everything around it, over one sample period.
@@ -89,6 +148,11 @@ pub struct WorkerSnapshot {
     pub silent_for_ms: Option<f64>,
     /// Busy fraction of the loop thread over the period, 0..=1.
     pub loop_utilization: f64,
+    /// For a worker thread of a multi-thread runtime (protocol 2): its scheduler
+    /// figures. Its `lag_ms` is then how long task polls held it in the period and
+    /// `stalled_for_ms` how long the poll running now has held it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<WorkerThreadSnapshot>,
     /// The thread pool of this worker.
     pub pool: PoolSnapshot,
     /// CPU, in percent of one core.
@@ -252,6 +316,9 @@ pub struct WorkerReport {
     /// True when the report was sent early because a stall just began.
     #[serde(default)]
     pub urgent: bool,
+    /// The runtime as a whole (multi-thread runtimes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeSnapshot>,
 }
 
 /// `GET /info`: what the server is and where its parts are.
@@ -374,6 +441,12 @@ impl Snapshot {
         let mut long = false;
         let mut endpoints = false;
         let mut odd = figure(&mut self.host.cpu);
+        if let Some(r) = &mut self.runtime {
+            let l = &mut r.scheduling_delay_ms;
+            for x in [&mut l.p50, &mut l.p99, &mut l.max] {
+                odd |= figure(x);
+            }
+        }
         for w in &mut self.workers {
             let l = &mut w.lag_ms;
             let p = &mut w.pool;

@@ -1,10 +1,12 @@
-//! Per-endpoint request latency, recorded by the loop without locks.
+//! Per-endpoint request latency, recorded without locks, and the log-scale atomic
+//! buckets ([`Buckets`]) it and the per-worker poll durations count in.
 //!
-//! The loop thread is the only writer: it finds (or adds) an endpoint by scanning a
-//! short append-only table and counts a latency into a log-scale bucket with a plain
-//! load and store. The sampler reads the buckets (relaxed, so a count may land in the
-//! next period), subtracts what it saw last time and summarises the difference.
-//! Buckets are 1/16 of a power of two wide: percentiles are within ~6%.
+//! One thread adds endpoints to a table (the worker the table belongs to): it finds
+//! (or adds) an endpoint by scanning a short append-only table. Latencies are counted
+//! into log-scale buckets with an atomic add, from any thread. The sampler reads the
+//! buckets (relaxed, so a count may land in the next period), subtracts what it saw
+//! last time and summarises the difference. Buckets are 1/16 of a power of two wide:
+//! percentiles are within ~6%.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,11 +22,82 @@ const SUB: usize = 1 << SUB_BITS;
 const EXPONENTS: usize = 37;
 const BUCKETS: usize = EXPONENTS * SUB;
 
+/// Counts of durations in log-scale buckets (~4.7 KB), cumulative since creation.
+pub(crate) struct Buckets(Box<[AtomicU64]>);
+
+/// A period's figures from [`Buckets::take`], in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct BucketSummary {
+    pub(crate) count: u64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
+}
+
+impl Buckets {
+    pub(crate) fn new() -> Self {
+        Self((0..BUCKETS).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// Counts one duration of `us` microseconds; any thread.
+    pub(crate) fn record_us(&self, us: u64) {
+        self.0[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many durations were counted at most `us` microseconds long (to within a
+    /// bucket), since creation.
+    pub(crate) fn count_at_most_us(&self, us: u64) -> u64 {
+        self.0[..=bucket_of(us)]
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Everything counted since creation.
+    pub(crate) fn total(&self) -> u64 {
+        self.0.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// What was counted since the previous call; `seen` keeps the reader's counts.
+    pub(crate) fn take(&self, seen: &mut Vec<u64>) -> BucketSummary {
+        seen.resize(BUCKETS, 0);
+        let mut delta = [0u64; BUCKETS];
+        let mut count = 0;
+        for (b, (now, before)) in self.0.iter().zip(seen.iter_mut()).enumerate() {
+            let n = now.load(Ordering::Relaxed);
+            delta[b] = n.saturating_sub(*before);
+            *before = n;
+            count += delta[b];
+        }
+        if count == 0 {
+            return BucketSummary::default();
+        }
+        let quantile = |q: f64| {
+            let rank = ((q * count as f64).ceil() as u64).max(1);
+            let mut acc = 0;
+            for (b, n) in delta.iter().enumerate() {
+                acc += n;
+                if acc >= rank {
+                    return bucket_value_us(b) / 1000.0;
+                }
+            }
+            0.0
+        };
+        let round = |ms: f64| (ms * 1000.0).round() / 1000.0;
+        BucketSummary {
+            count,
+            p50_ms: round(quantile(0.5)),
+            p99_ms: round(quantile(0.99)),
+            max_ms: round(quantile(1.0)),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Slot {
     name: OnceLock<Box<str>>,
-    /// Allocated when the endpoint is first seen (~4.7 KB).
-    buckets: OnceLock<Box<[AtomicU64]>>,
+    /// Allocated when the endpoint is first seen.
+    buckets: OnceLock<Buckets>,
 }
 
 /// The table of endpoints and their latency buckets.
@@ -64,7 +137,7 @@ fn bucket_value_us(i: usize) -> f64 {
 }
 
 impl EndpointTable {
-    /// The slot of `endpoint`, added if new. Loop thread only.
+    /// The slot of `endpoint`, added if new. One thread only: the table's worker.
     pub(crate) fn index(&self, endpoint: &str) -> usize {
         let len = self.len.load(Ordering::Acquire);
         for (i, slot) in self.slots[..len].iter().enumerate() {
@@ -81,60 +154,38 @@ impl EndpointTable {
             endpoint
         };
         let slot = &self.slots[len];
-        let _ = slot
-            .buckets
-            .set((0..BUCKETS).map(|_| AtomicU64::new(0)).collect());
+        let _ = slot.buckets.set(Buckets::new());
         let _ = slot.name.set(name.into());
         self.len.store(len + 1, Ordering::Release);
         len
     }
 
-    /// Counts one latency. Loop thread only.
+    /// Counts one latency; any thread.
     pub(crate) fn record(&self, index: usize, latency: Duration) {
         if let Some(buckets) = self.slots[index].buckets.get() {
-            let b = &buckets[bucket_of(latency.as_micros() as u64)];
-            b.store(b.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            buckets.record_us(latency.as_micros() as u64);
         }
     }
 
     /// What was recorded since the previous call; `seen` keeps the reader's counts.
     pub(crate) fn take(&self, seen: &mut Vec<Vec<u64>>) -> Vec<EndpointLatency> {
         let len = self.len.load(Ordering::Acquire);
-        seen.resize_with(len, || vec![0; BUCKETS]);
+        seen.resize_with(len, Vec::new);
         let mut out = Vec::new();
-        let mut delta = vec![0u64; BUCKETS];
         for (i, slot) in self.slots[..len].iter().enumerate() {
             let Some(buckets) = slot.buckets.get() else {
                 continue;
             };
-            let mut count = 0;
-            for (b, (now, before)) in buckets.iter().zip(seen[i].iter_mut()).enumerate() {
-                let n = now.load(Ordering::Relaxed);
-                delta[b] = n.saturating_sub(*before);
-                *before = n;
-                count += delta[b];
-            }
-            if count == 0 {
+            let period = buckets.take(&mut seen[i]);
+            if period.count == 0 {
                 continue;
             }
-            let quantile = |q: f64| {
-                let rank = ((q * count as f64).ceil() as u64).max(1);
-                let mut acc = 0;
-                for (b, n) in delta.iter().enumerate() {
-                    acc += n;
-                    if acc >= rank {
-                        return bucket_value_us(b) / 1000.0;
-                    }
-                }
-                0.0
-            };
-            let round = |ms: f64| (ms * 1000.0).round() / 1000.0;
             out.push(EndpointLatency {
                 endpoint: slot.name.get().map_or_else(String::new, |n| n.to_string()),
-                count,
-                p50_ms: round(quantile(0.5)),
-                p99_ms: round(quantile(0.99)),
-                max_ms: round(quantile(1.0)),
+                count: period.count,
+                p50_ms: period.p50_ms,
+                p99_ms: period.p99_ms,
+                max_ms: period.max_ms,
             });
         }
         out.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));

@@ -11,10 +11,10 @@ use super::Shared;
 /// How many recent sleeps of the loop are remembered.
 const PARKS_KEPT: usize = 16;
 
-/// Recent intervals in which the loop thread slept, written by the park hooks.
+/// Recent intervals in which a worker thread slept, written by its park hooks.
 ///
-/// Only the loop thread writes and reads it (hooks and lag task run there), so plain
-/// relaxed atomics suffice; they make it `Sync` for the hooks' closures.
+/// Only that thread writes it; the lag task reads the log of the thread it runs on.
+/// Plain relaxed atomics suffice; they make it `Sync` for the hooks' closures.
 #[derive(Debug, Default)]
 pub(crate) struct ParkLog {
     parked_at: AtomicU64,
@@ -69,7 +69,11 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         // Lateness past the deadline, the resolution not counted. If the loop was
         // asleep at the deadline (tokio rounds timers up to its next 1 ms tick), the
         // timer could not be late before the loop woke: count from the wake-up.
-        let ready_ns = shared.parks.wake_after(deadline_ns).unwrap_or(deadline_ns);
+        let ready_ns = shared
+            .slots
+            .current_if_claimed()
+            .and_then(|slot| slot.parks.wake_after(deadline_ns))
+            .unwrap_or(deadline_ns);
         let late_us = now_ns.saturating_sub(ready_ns.max(deadline_ns)) / 1000;
         match shared.lag.try_lock() {
             Ok(mut h) => {

@@ -31,27 +31,31 @@ pub mod aggregate;
 pub mod cpu;
 mod endpoints;
 mod histogram;
+mod install;
 mod instrument;
 mod lag;
 pub mod metrics;
 pub mod pool;
 pub mod sampler;
 pub mod server;
+mod slots;
 mod target;
 pub mod telemetry;
 pub mod threads;
 
 pub use histogram::LatencyHistogram;
+pub use install::{DEFAULT_TELEMETRY, InstallError, Probe, ProbeBuilder};
 pub use instrument::{Instrumented, ProbeLayer, ProbeService, RequestTag};
 pub use pool::{Pool, PoolJob, PoolKind};
 pub use threads::{ThreadClass, ThreadRegistry};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use crate::protocol::{Event, LagSummary, RequestSnapshot};
+use histogram::round3;
 
 /// How a probe measures; every worker of a server uses the same.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -83,7 +87,8 @@ impl Default for ProbeConfig {
 /// Slow-poll events waiting for the sampler; more are dropped and counted.
 const EVENT_CAPACITY: usize = 1024;
 
-/// Measures one event loop. Cheap to clone; all clones share one state.
+/// Measures one tokio runtime: its loop (`current_thread`) or each of its workers
+/// (`multi_thread`). Cheap to clone; all clones share one state.
 #[derive(Clone)]
 pub struct LoopProbe {
     pub(crate) shared: Arc<Shared>,
@@ -95,32 +100,36 @@ pub(crate) struct Shared {
     /// All `*_ns` atomics count from here; the TSC clock, cheap enough to read on
     /// every park and poll.
     pub(crate) epoch: quanta::Instant,
-    /// When the lag timer last ran on the loop.
+    /// When the lag timer last ran.
     pub(crate) heartbeat_ns: AtomicU64,
-    /// Recent intervals in which the loop slept (only the loop thread touches it).
-    pub(crate) parks: lag::ParkLog,
     pub(crate) lag: Mutex<LatencyHistogram>,
-    /// The runtime of the loop, for its busy-time counter.
+    /// The measured runtime, learnt by the hooks or the lag task.
     pub(crate) runtime: OnceLock<tokio::runtime::Handle>,
     /// Ids handed to instrumented requests.
-    pub(crate) request_seq: LoopCounter,
-    /// The id of the request being polled now, 0 when none is.
-    pub(crate) request_in_poll: LoopCounter,
-    /// The target of the request being polled (or polled last).
-    pub(crate) target: target::TargetSlot,
+    pub(crate) request_seq: AtomicU64,
+    /// Each worker thread's state: parks, polls, the request it holds, its requests.
+    pub(crate) slots: slots::WorkerSlots,
     pub(crate) events_tx: SyncSender<Event>,
     pub(crate) events_rx: Mutex<Receiver<Event>>,
     pub(crate) events_dropped: AtomicU64,
-    pub(crate) in_flight: LoopCounter,
-    pub(crate) completed: LoopCounter,
-    pub(crate) endpoints: endpoints::EndpointTable,
-    /// The sampler's view of the endpoint counts at its previous report.
-    pub(crate) endpoints_seen: Mutex<Vec<Vec<u64>>>,
-    /// The loop's threads and its runtime's blocking threads.
+    /// The sampler's view of each slot's endpoint counts at its previous report.
+    pub(crate) endpoints_seen: Mutex<Vec<Vec<Vec<u64>>>>,
+    /// The runtime's worker threads and its blocking threads.
     pub(crate) threads: ThreadRegistry,
+    /// Whether the lag task was started.
+    pub(crate) lag_spawned: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    /// Keeps the handle of the runtime the calling thread runs in, the first time.
+    pub(crate) fn learn_runtime(&self) {
+        if self.runtime.get().is_none()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let _ = self.runtime.set(handle);
+        }
+    }
+
     pub(crate) fn now_ns(&self) -> u64 {
         self.ns_at(quanta::Instant::now())
     }
@@ -142,20 +151,16 @@ impl LoopProbe {
                 config,
                 epoch,
                 heartbeat_ns: AtomicU64::new(0),
-                parks: lag::ParkLog::default(),
                 lag: Mutex::new(LatencyHistogram::new()),
                 runtime: OnceLock::new(),
-                request_seq: LoopCounter::default(),
-                request_in_poll: LoopCounter::default(),
-                target: target::TargetSlot::default(),
+                request_seq: AtomicU64::new(0),
+                slots: slots::WorkerSlots::default(),
                 events_tx,
                 events_rx: Mutex::new(events_rx),
                 events_dropped: AtomicU64::new(0),
-                in_flight: LoopCounter::default(),
-                completed: LoopCounter::default(),
-                endpoints: endpoints::EndpointTable::default(),
                 endpoints_seen: Mutex::new(Vec::new()),
                 threads: ThreadRegistry::new(),
+                lag_spawned: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -172,25 +177,54 @@ impl LoopProbe {
 
     /// Installs the runtime hooks the probe measures with. Call before `build()`;
     /// they replace the builder's `on_thread_start`, `on_thread_park` and
-    /// `on_thread_unpark` callbacks.
+    /// `on_thread_unpark` callbacks (and, with `--cfg tokio_unstable`, its
+    /// `on_before_task_poll` and `on_after_task_poll` ones).
     ///
-    /// The park hooks let the lag timer tell sleeping from being held: without them
-    /// tokio's 1 ms timer rounding adds up to 1 ms to every lag sample. They also
-    /// tell the probe's [`ThreadRegistry`] which threads are the loop's: a thread
-    /// that parks is a runtime worker ([`ThreadClass::Loop`]); a thread the runtime
-    /// starts is a blocking thread ([`ThreadClass::Pool`]) until it parks as one.
+    /// The park hooks tell the probe when each worker thread sleeps: its busy share,
+    /// and the lag timer's correction for tokio's 1 ms timer rounding. The poll
+    /// hooks time every task poll per worker, so a worker held by one task is seen
+    /// while it is held. They also tell the probe's [`ThreadRegistry`] which threads
+    /// are the runtime's: a thread that parks is a worker ([`ThreadClass::Loop`]); a
+    /// thread the runtime starts is a blocking thread ([`ThreadClass::Pool`]) until
+    /// it parks as a worker. None of them waits for anything.
     pub fn install_hooks(&self, builder: &mut tokio::runtime::Builder) {
+        let start = Arc::clone(&self.shared);
         let park = Arc::clone(&self.shared);
         let unpark = Arc::clone(&self.shared);
-        let start = self.shared.threads.clone();
         builder
-            .on_thread_start(move || start.register_current_thread(ThreadClass::Pool))
+            .on_thread_start(move || {
+                start.learn_runtime();
+                start.threads.register_current_thread(ThreadClass::Pool)
+            })
             .on_thread_park(move || {
+                park.learn_runtime();
                 // A thread-local look-up once registered; never waits for the sampler.
                 park.threads.try_register_current_thread(ThreadClass::Loop);
-                park.parks.parked(park.now_ns())
+                if let Some(slot) = park.slots.current() {
+                    slot.park(park.now_ns());
+                }
             })
-            .on_thread_unpark(move || unpark.parks.unparked(unpark.now_ns()));
+            .on_thread_unpark(move || {
+                if let Some(slot) = unpark.slots.current() {
+                    slot.unpark(unpark.now_ns());
+                }
+            });
+        #[cfg(tokio_unstable)]
+        {
+            let before = Arc::clone(&self.shared);
+            let after = Arc::clone(&self.shared);
+            builder
+                .on_before_task_poll(move |_| {
+                    if let Some(slot) = before.slots.current() {
+                        slot.poll_started(before.now_ns());
+                    }
+                })
+                .on_after_task_poll(move |_| {
+                    if let Some(slot) = after.slots.current_if_claimed() {
+                        slot.poll_ended(after.now_ns());
+                    }
+                });
+        }
     }
 
     /// The threads this probe knows to be its loop's ([`ThreadClass::Loop`]) and its
@@ -205,7 +239,8 @@ impl LoopProbe {
     /// Starts the lag timer on the current runtime. Call from inside the loop.
     /// The thread the timer runs on is registered as the loop's.
     pub fn spawn_lag_task(&self) -> tokio::task::JoinHandle<()> {
-        let _ = self.shared.runtime.set(tokio::runtime::Handle::current());
+        self.shared.learn_runtime();
+        self.shared.lag_spawned.store(true, Ordering::Release);
         // The loop runs from here on: a block before the timer's first tick is a stall.
         let now = self.shared.now_ns();
         self.shared.heartbeat_ns.store(now, Ordering::Relaxed);
@@ -231,19 +266,27 @@ impl LoopProbe {
     }
 
     /// Registers endpoints before traffic arrives, so that a scan of unknown paths
-    /// cannot push them into the shared `(other)` latency slot.
+    /// cannot push them into the shared `(other)` latency slot. Call before the
+    /// runtime runs requests.
     pub fn register_endpoints<'a>(&self, endpoints: impl IntoIterator<Item = &'a str>) {
         for e in endpoints {
-            self.shared.endpoints.index(e);
+            self.shared.slots.register(e);
         }
     }
 
-    /// The request whose poll is holding the loop right now, if any.
+    /// The request whose poll is holding the loop (or a worker) right now, if any.
     pub fn request_in_poll(&self) -> Option<String> {
-        match self.shared.request_in_poll.get() {
-            0 => None,
-            id => self.shared.target.read(id),
-        }
+        self.shared.slots.iter().find_map(slot_request)
+    }
+
+    /// The measured runtime's flavor, once the probe has seen the runtime run.
+    pub fn flavor(&self) -> Option<tokio::runtime::RuntimeFlavor> {
+        Some(self.shared.runtime.get()?.runtime_flavor())
+    }
+
+    /// The measured runtime, once the probe has seen it run.
+    pub fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.shared.runtime.get().cloned()
     }
 
     /// Time the loop has spent busy (tokio's counter, updated when the loop parks),
@@ -265,18 +308,47 @@ impl LoopProbe {
         }
     }
 
-    /// Takes the period's request figures (`per_s` is left for the caller).
+    /// Takes the period's request figures of every worker thread together
+    /// (`per_s` is left for the caller).
     pub fn take_requests(&self) -> RequestSnapshot {
-        let s = &self.shared;
-        let endpoints = match s.endpoints_seen.lock() {
-            Ok(mut seen) => s.endpoints.take(&mut seen),
-            Err(_) => Vec::new(),
-        };
-        RequestSnapshot {
-            in_flight: s.in_flight.get(),
-            completed: s.completed.get(),
-            per_s: 0.0,
-            endpoints,
+        let mut out = RequestSnapshot::default();
+        let mut seen = self
+            .shared
+            .endpoints_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for slot in self.shared.slots.iter() {
+            let r = requests_of(slot, &mut seen);
+            out.in_flight += r.in_flight;
+            out.completed += r.completed;
+            for e in r.endpoints {
+                match out.endpoints.iter_mut().find(|o| o.endpoint == e.endpoint) {
+                    Some(o) => {
+                        let n = (o.count + e.count) as f64;
+                        o.p50_ms =
+                            round3((o.p50_ms * o.count as f64 + e.p50_ms * e.count as f64) / n);
+                        o.p99_ms = o.p99_ms.max(e.p99_ms);
+                        o.max_ms = o.max_ms.max(e.max_ms);
+                        o.count += e.count;
+                    }
+                    None => out.endpoints.push(e),
+                }
+            }
+        }
+        out.endpoints.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        out
+    }
+
+    /// Takes the period's request figures of the worker thread in slot `index`.
+    pub(crate) fn take_requests_of(&self, index: usize) -> RequestSnapshot {
+        let mut seen = self
+            .shared
+            .endpoints_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match self.shared.slots.get(index) {
+            Some(slot) => requests_of(slot, &mut seen),
+            None => RequestSnapshot::default(),
         }
     }
 
@@ -307,26 +379,25 @@ impl LoopProbe {
     }
 }
 
-/// A counter written only by the loop thread and read by others: a plain load and
-/// store instead of a locked read-modify-write, which the per-request path cannot
-/// afford. Writers on several threads would lose updates (never corrupt them): a
-/// probe measures one `current_thread` loop.
-#[derive(Debug, Default)]
-pub(crate) struct LoopCounter(AtomicU64);
-
-impl LoopCounter {
-    pub(crate) fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+/// The request a slot's thread is polling now, if any.
+pub(crate) fn slot_request(slot: &slots::WorkerSlot) -> Option<String> {
+    match slot.request_in_poll.load(Ordering::Relaxed) {
+        0 => None,
+        id => slot.target.read(id),
     }
+}
 
-    pub(crate) fn set(&self, v: u64) {
-        self.0.store(v, Ordering::Relaxed);
+/// A slot's request figures since the previous call; `seen` holds every slot's
+/// endpoint counts as the reader last saw them.
+fn requests_of(slot: &slots::WorkerSlot, seen: &mut Vec<Vec<Vec<u64>>>) -> RequestSnapshot {
+    let i = slot.index as usize;
+    if seen.len() <= i {
+        seen.resize_with(i + 1, Vec::new);
     }
-
-    /// Adds `d` and returns the new value.
-    pub(crate) fn add(&self, d: i64) -> u64 {
-        let v = self.get().wrapping_add_signed(d);
-        self.set(v);
-        v
+    RequestSnapshot {
+        in_flight: slot.in_flight.load(Ordering::Relaxed),
+        completed: slot.completed.load(Ordering::Relaxed),
+        per_s: 0.0,
+        endpoints: slot.endpoints.take(&mut seen[i]),
     }
 }

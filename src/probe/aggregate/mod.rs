@@ -18,8 +18,8 @@ use super::cpu::{HostCpu, ThreadNames};
 use super::histogram::round3;
 use super::telemetry::TelemetryHub;
 use crate::protocol::{
-    CpuSnapshot, Event, HostSnapshot, LagSummary, Model, PROTOCOL_VERSION, Snapshot, WorkerReport,
-    WorkerSnapshot,
+    CpuSnapshot, Event, HostSnapshot, LagSummary, Model, PROTOCOL_VERSION, RuntimeSnapshot,
+    Snapshot, WorkerReport, WorkerSnapshot,
 };
 
 /// A worker is silent once its reports stop for this many periods (×2)...
@@ -74,6 +74,8 @@ pub struct Aggregator {
     seq: u64,
     slots: BTreeMap<u32, Slot>,
     events: Vec<Event>,
+    /// The newest runtime-wide figures (multi-thread runtimes).
+    runtime: Option<RuntimeSnapshot>,
 }
 
 impl Aggregator {
@@ -86,6 +88,7 @@ impl Aggregator {
             seq: 0,
             slots: BTreeMap::new(),
             events: Vec::new(),
+            runtime: None,
         }
     }
 
@@ -98,6 +101,7 @@ impl Aggregator {
                     worker: w,
                     events,
                     urgent,
+                    runtime,
                 } = *report;
                 let slot = self.slots.entry(w.id).or_default();
                 // A late line from a process that has since been replaced.
@@ -105,6 +109,9 @@ impl Aggregator {
                     return false;
                 }
                 self.events.extend(events);
+                if runtime.is_some() {
+                    self.runtime = runtime;
+                }
                 slot.pending.push(w);
                 slot.heard = Some(now);
                 slot.reported = true;
@@ -257,6 +264,7 @@ impl Aggregator {
             workers,
             host,
             events: std::mem::take(&mut self.events),
+            runtime: self.runtime.clone(),
         }
     }
 
@@ -333,6 +341,18 @@ impl Publisher {
             host: HostCpu::new(),
             quiet_cpu: HashMap::new(),
         }
+    }
+
+    /// The hub it publishes to.
+    pub fn hub(&self) -> &Arc<TelemetryHub> {
+        &self.hub
+    }
+
+    /// Changes the model snapshots and `/info` name (a probe learns its runtime's
+    /// flavor when the runtime first runs).
+    pub fn set_model(&mut self, model: Model) {
+        self.aggregator.model = model;
+        self.hub.update_info(|info| info.model = model);
     }
 
     /// Takes one input and publishes if a snapshot is due: at a stall onset, or when

@@ -9,7 +9,7 @@ use crate::probe::threads::ThreadClass;
 /// How threads nobody registered are recognised, by name (`comm`, 15 bytes at most).
 #[derive(Clone, Debug)]
 pub struct ThreadNames {
-    /// Name of the event-loop thread.
+    /// Name of the event-loop thread; empty: no thread is the loop by name.
     pub loop_thread: String,
     /// Prefix of pool thread names; empty: no thread is a pool thread by name.
     pub pool_prefix: String,
@@ -25,9 +25,17 @@ impl Default for ThreadNames {
 }
 
 impl ThreadNames {
+    /// No naming rule: only registered threads are classed.
+    pub fn none() -> Self {
+        Self {
+            loop_thread: String::new(),
+            pool_prefix: String::new(),
+        }
+    }
+
     /// The class a thread of this name gets when nobody registered it.
     pub fn class_of(&self, name: &str) -> Option<ThreadClass> {
-        if name == self.loop_thread {
+        if !self.loop_thread.is_empty() && name == self.loop_thread {
             Some(ThreadClass::Loop)
         } else if !self.pool_prefix.is_empty() && name.starts_with(&self.pool_prefix) {
             Some(ThreadClass::Pool)

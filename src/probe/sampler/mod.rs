@@ -1,17 +1,27 @@
 //! The sampler: a thread of its own that reads a [`LoopProbe`], its pool and the
-//! process CPU, and hands one [`WorkerReport`] per period to a sink.
+//! process CPU, and hands one [`WorkerReport`] per period to a sink: one report for
+//! a `current_thread` runtime (its loop), one per worker thread for a `multi_thread`
+//! one (see [`multi`]).
 //!
-//! It never runs on the loop it measures, so a blocked loop is still reported. It
-//! looks at the heartbeat every 25 ms and sends an early (`urgent`) report the moment
-//! a stall begins, so a reader sees it within ~35 ms instead of up to a period later.
+//! It never runs on the runtime it measures, so a blocked loop is still reported. It
+//! looks for a stall every 25 ms (the loop's heartbeat, or a worker's running poll)
+//! and sends an early (`urgent`) report the moment one begins, so a reader sees it
+//! within ~35 ms instead of up to a period later.
+
+mod multi;
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use tokio::runtime::RuntimeFlavor;
 
 use super::cpu::{CpuSampler, ThreadNames};
 use super::histogram::round3;
 use super::{LoopProbe, Pool};
 use crate::protocol::{WorkerReport, WorkerSnapshot};
+
+/// tokio's default cap on blocking threads.
+pub const TOKIO_BLOCKING_THREADS: u32 = 512;
 
 /// How often the heartbeat is checked between reports: a stall shows within
 /// threshold + this (35 ms); checking more often costs the measured process CPU.
@@ -30,6 +40,9 @@ pub struct Sampler {
     credited: Duration,
     last_completed: u64,
     last_pool_completed: u64,
+    /// Set once the runtime is seen to be a multi-thread one.
+    multi: Option<multi::MultiThread>,
+    blocking_pool_size: u32,
 }
 
 impl Sampler {
@@ -54,6 +67,35 @@ impl Sampler {
             last_at: now,
             last_completed: 0,
             last_pool_completed: 0,
+            multi: None,
+            blocking_pool_size: TOKIO_BLOCKING_THREADS,
+        }
+    }
+
+    /// The cap on a multi-thread runtime's blocking threads, if it is not tokio's
+    /// default ([`TOKIO_BLOCKING_THREADS`]): the size of its pool.
+    pub fn blocking_pool_size(mut self, size: u32) -> Self {
+        self.blocking_pool_size = size;
+        self
+    }
+
+    /// True once the measured runtime is known to be a multi-thread one.
+    fn is_multi(&mut self) -> bool {
+        if self.multi.is_none()
+            && let Some(handle) = self.probe.runtime()
+            && handle.runtime_flavor() == RuntimeFlavor::MultiThread
+        {
+            self.multi = Some(multi::MultiThread::new(&handle, self.blocking_pool_size));
+        }
+        self.multi.is_some()
+    }
+
+    /// How long the loop, or the longest-held worker, has been stalled.
+    fn stalled_for(&mut self) -> Option<Duration> {
+        if self.is_multi() {
+            multi::MultiThread::stalled_for(&self.probe)
+        } else {
+            self.probe.stalled_for()
         }
     }
 
@@ -75,19 +117,21 @@ impl Sampler {
                     let wake = next_report.min(now + STALL_CHECK);
                     std::thread::sleep(wake.saturating_duration_since(now));
                     let now = Instant::now();
-                    let stalled = sampler.probe.stalled_for().is_some();
+                    let stalled = sampler.stalled_for().is_some();
                     let onset = stalled && !was_stalled;
                     was_stalled = stalled;
                     if onset || now >= next_report {
-                        let report = sampler.report(now, onset);
+                        let reports = sampler.reports(now, onset);
                         // Late or early (a stall onset): the next period starts now.
                         next_report = if onset || now >= next_report + period {
                             now + period
                         } else {
                             next_report + period
                         };
-                        if !sink(report) {
-                            return;
+                        for report in reports {
+                            if !sink(report) {
+                                return;
+                            }
                         }
                     }
                 }
@@ -112,7 +156,48 @@ impl Sampler {
         (delta.as_secs_f64() / dt).clamp(0.0, 1.0)
     }
 
-    /// The report for the period ending `now`.
+    /// The reports for the period ending `now`: the loop's, or one per worker
+    /// thread of a multi-thread runtime (the last one carries `urgent` and the
+    /// runtime's figures, so that a reader publishing when all are in sees all).
+    pub fn reports(&mut self, now: Instant, urgent: bool) -> Vec<WorkerReport> {
+        if !self.is_multi() {
+            return vec![self.report(now, urgent)];
+        }
+        let dt = now
+            .saturating_duration_since(self.last_at)
+            .as_secs_f64()
+            .max(1e-6);
+        self.last_at = now;
+        let cpu = self.cpu.sample();
+        let delay = self.probe.take_lag();
+        let Some(multi) = &mut self.multi else {
+            return Vec::new();
+        };
+        let runtime = multi.runtime(delay);
+        let pool = multi.pool(&runtime, dt);
+        let workers = multi.workers(&self.probe, dt, self.cpu.threads(), &cpu, &pool);
+        let mut events = self.probe.take_events();
+        let n = workers.len();
+        workers
+            .into_iter()
+            .enumerate()
+            .map(|(i, worker)| {
+                let last = i + 1 == n;
+                WorkerReport {
+                    worker,
+                    events: if last {
+                        std::mem::take(&mut events)
+                    } else {
+                        Vec::new()
+                    },
+                    urgent: urgent && last,
+                    runtime: last.then(|| runtime.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// The loop's report for the period ending `now`.
     pub fn report(&mut self, now: Instant, urgent: bool) -> WorkerReport {
         let dt = now
             .saturating_duration_since(self.last_at)
@@ -148,12 +233,14 @@ impl Sampler {
                 stalled_in: stalled.and_then(|_| self.probe.request_in_poll()),
                 silent_for_ms: None,
                 loop_utilization: round3(utilization),
+                runtime: None,
                 pool,
                 cpu: self.cpu.sample(),
                 requests,
             },
             events: self.probe.take_events(),
             urgent,
+            runtime: None,
         }
     }
 }

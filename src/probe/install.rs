@@ -1,0 +1,287 @@
+//! The probe of a service, in three lines: measure a tokio runtime (of either
+//! flavor) and serve its telemetry, from threads of the probe's own.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut rt = tokio::runtime::Builder::new_multi_thread();
+//! let probe = loopscope::probe::Probe::builder().telemetry("127.0.0.1:9464").install(rt.enable_all())?;
+//! rt.build()?.block_on(async move {
+//!     let app = tower_layer::Layer::layer(&probe.layer(), my_service());
+//!     // serve `app` with axum, hyper-util or tonic
+//! #   drop(app);
+//! });
+//! # Ok(()) }
+//! # fn my_service() {}
+//! ```
+//!
+//! Then `loopscope attach 127.0.0.1:9464` shows the service. What the probe costs
+//! and what it never does to the service:
+//! - its hooks on the runtime's threads only touch atomics and thread-locals; the
+//!   sampler and the telemetry server run on threads of their own, so a stalled
+//!   runtime is still reported and a failing telemetry thread leaves the service
+//!   running;
+//! - its memory is bounded whatever the request rate or the number of tasks: a
+//!   fixed number of worker slots ([`MAX_SLOTS`](super::slots::MAX_SLOTS)), 64
+//!   endpoints per worker, a bounded event channel, fixed-size histograms;
+//! - a taken telemetry port is an error from [`ProbeBuilder::install`] that names
+//!   the address, never a panic.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::runtime::RuntimeFlavor;
+
+use super::aggregate::{Aggregator, Feed, Publisher};
+use super::cpu::ThreadNames;
+use super::sampler::{Sampler, TOKIO_BLOCKING_THREADS};
+use super::server::Limits;
+use super::telemetry::{self, TelemetryHub};
+use super::{LoopProbe, ProbeConfig, ProbeLayer};
+use crate::protocol::{Model, PROTOCOL_VERSION, ServerInfo, Versions, WorkerInfo};
+
+/// The default telemetry address.
+pub const DEFAULT_TELEMETRY: &str = "127.0.0.1:9464";
+
+/// Why [`ProbeBuilder::install`] failed. The service can run without the probe.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The telemetry address is taken by another process.
+    #[error(
+        "loopscope: the telemetry address {addr} is in use: pick another port (0 picks a free one)"
+    )]
+    AddrInUse {
+        /// The address asked for.
+        addr: String,
+    },
+    /// The telemetry address could not be bound or resolved.
+    #[error("loopscope: cannot serve telemetry on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A probe thread could not be started.
+    #[error("loopscope: cannot start the probe's {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// What the system said.
+        source: std::io::Error,
+    },
+}
+
+/// Settings of a [`Probe`]; [`Probe::builder`] makes one.
+#[derive(Clone, Debug)]
+pub struct ProbeBuilder {
+    telemetry: String,
+    config: ProbeConfig,
+    app: Option<String>,
+    blocking_threads: u32,
+    limits: Limits,
+}
+
+impl Default for ProbeBuilder {
+    fn default() -> Self {
+        Self {
+            telemetry: DEFAULT_TELEMETRY.into(),
+            config: ProbeConfig::default(),
+            app: None,
+            blocking_threads: TOKIO_BLOCKING_THREADS,
+            limits: Limits::TELEMETRY,
+        }
+    }
+}
+
+impl ProbeBuilder {
+    /// Where to serve telemetry (`/telemetry`, `/metrics`, `/info`); default
+    /// `127.0.0.1:9464`. Port 0 picks a free one ([`Probe::telemetry_addr`]).
+    pub fn telemetry(mut self, addr: impl Into<String>) -> Self {
+        self.telemetry = addr.into();
+        self
+    }
+
+    /// How the probe measures: lag timer, sample period, slow-poll and stall
+    /// thresholds.
+    pub fn config(mut self, config: ProbeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The service's own address, shown in `/info` (for a reader that sends load).
+    pub fn app(mut self, addr: impl Into<String>) -> Self {
+        self.app = Some(addr.into());
+        self
+    }
+
+    /// The runtime's cap on blocking threads, if you changed it with
+    /// `max_blocking_threads` (tokio's default is 512): the size of its pool.
+    pub fn max_blocking_threads(mut self, n: u32) -> Self {
+        self.blocking_threads = n;
+        self
+    }
+
+    /// Connection cap and timeouts of the telemetry port.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Installs the probe's hooks on `builder` (replacing its thread start, park
+    /// and unpark callbacks, and its poll callbacks with `--cfg tokio_unstable`),
+    /// binds the telemetry address and starts the sampler and telemetry threads.
+    /// Build the runtime from `builder` afterwards.
+    pub fn install(self, builder: &mut tokio::runtime::Builder) -> Result<Probe, InstallError> {
+        let listener = bind(&self.telemetry)?;
+        let telemetry = listener.local_addr().map_err(|source| InstallError::Bind {
+            addr: self.telemetry.clone(),
+            source,
+        })?;
+        let epoch = Instant::now();
+        let probe = LoopProbe::new(0, self.config);
+        probe.install_hooks(builder);
+        let pid = std::process::id();
+        let info = ServerInfo {
+            v: PROTOCOL_VERSION,
+            model: Model::Custom,
+            app: self.app.clone().unwrap_or_default(),
+            telemetry: telemetry.to_string(),
+            pid,
+            workers: Vec::new(),
+            pool_size: 0,
+            period_ms: self.config.period.as_millis() as u64,
+            lag_resolution_ms: self.config.lag_resolution.as_secs_f64() * 1000.0,
+            slow_poll_ms: self.config.slow_poll.as_secs_f64() * 1000.0,
+            versions: Versions {
+                loopscope: env!("CARGO_PKG_VERSION").into(),
+                protocol: PROTOCOL_VERSION,
+            },
+        };
+        let hub = Arc::new(TelemetryHub::new(info, epoch));
+        telemetry::serve(listener, Arc::clone(&hub), self.limits).map_err(|source| {
+            InstallError::Thread {
+                what: "telemetry",
+                source,
+            }
+        })?;
+        let mut publisher = Publisher::new(
+            Aggregator::new(Model::Custom, self.config.period),
+            Arc::clone(&hub),
+        );
+        let mut known: Vec<u32> = Vec::new();
+        let mut flavor: Option<RuntimeFlavor> = None;
+        let blocking = self.blocking_threads;
+        let watched = probe.clone();
+        Sampler::new(probe.clone(), None, ThreadNames::none())
+            .blocking_pool_size(blocking)
+            .spawn(move |report| {
+                // Nothing to say before the runtime runs; then start its lag timer.
+                let Some(handle) = watched.runtime() else {
+                    return true;
+                };
+                watched.ensure_lag_task(&handle);
+                if flavor.is_none() {
+                    let f = handle.runtime_flavor();
+                    let multi = f == RuntimeFlavor::MultiThread;
+                    flavor = Some(f);
+                    publisher.set_model(if multi { Model::Tokio } else { Model::Custom });
+                    publisher
+                        .hub()
+                        .update_info(|i| i.pool_size = if multi { blocking } else { 0 });
+                }
+                let id = report.worker.id;
+                if !known.contains(&id) {
+                    known.push(id);
+                    publisher.feed(Feed::WorkerStarted { id, pid });
+                    let workers = known.iter().map(|&id| WorkerInfo { id, pid }).collect();
+                    publisher.hub().update_info(|i| i.workers = workers);
+                }
+                publisher.feed(Feed::Report(Box::new(report)));
+                true
+            })
+            .map_err(|source| InstallError::Thread {
+                what: "sampler",
+                source,
+            })?;
+        Ok(Probe {
+            probe,
+            telemetry,
+            hub,
+        })
+    }
+}
+
+fn bind(addr: &str) -> Result<TcpListener, InstallError> {
+    let err = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            InstallError::AddrInUse { addr: addr.into() }
+        } else {
+            InstallError::Bind {
+                addr: addr.into(),
+                source,
+            }
+        }
+    };
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(err)?.collect();
+    TcpListener::bind(&addrs[..]).map_err(err)
+}
+
+/// A running probe: its hooks are on a runtime, its sampler and telemetry server
+/// run on threads of their own. Cheap to clone.
+#[derive(Clone)]
+pub struct Probe {
+    probe: LoopProbe,
+    telemetry: SocketAddr,
+    hub: Arc<TelemetryHub>,
+}
+
+impl Probe {
+    /// Settings for a probe, to [`install`](ProbeBuilder::install) on a runtime
+    /// builder.
+    pub fn builder() -> ProbeBuilder {
+        ProbeBuilder::default()
+    }
+
+    /// A tower [`Layer`](tower_layer::Layer) that instruments every request of a
+    /// service (axum, hyper-util, tonic): counts, latency per endpoint, and the
+    /// request a stalled worker is holding. Calling it inside the runtime also
+    /// starts the probe's lag timer (the sampler starts it otherwise, within
+    /// 25 ms of the runtime's first run).
+    pub fn layer(&self) -> ProbeLayer {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            self.probe.ensure_lag_task(&handle);
+        }
+        ProbeLayer::new(self.probe.clone())
+    }
+
+    /// Where telemetry is served.
+    pub fn telemetry_addr(&self) -> SocketAddr {
+        self.telemetry
+    }
+
+    /// The measuring part, for wrapping futures by hand ([`LoopProbe::instrument`])
+    /// or registering threads of the service's own.
+    pub fn loop_probe(&self) -> &LoopProbe {
+        &self.probe
+    }
+
+    /// The hub snapshots are published to (the newest is [`TelemetryHub::latest`]).
+    pub fn hub(&self) -> &Arc<TelemetryHub> {
+        &self.hub
+    }
+}
+
+impl LoopProbe {
+    /// Starts the lag timer on `handle` unless it runs already.
+    pub fn ensure_lag_task(&self, handle: &tokio::runtime::Handle) {
+        if self.shared.lag_spawned.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.shared.runtime.set(handle.clone());
+        let now = self.shared.now_ns();
+        self.shared.heartbeat_ns.store(now, Ordering::Relaxed);
+        handle.spawn(super::lag::run(Arc::clone(&self.shared)));
+    }
+}

@@ -1,0 +1,291 @@
+//! Per-worker-thread state of a probed runtime: one [`WorkerSlot`] per thread that
+//! runs the runtime's tasks (the loop of a `current_thread` runtime, or each worker
+//! of a `multi_thread` one).
+//!
+//! A slot is claimed by its own thread, the first time the thread parks, polls a task
+//! or creates an instrumented request, and found again through a thread-local, so
+//! the hot paths (the park and poll hooks, every request poll) cost a thread-local
+//! read and a few atomic stores. Each slot knows:
+//! - whether its thread is parked and how long it has been busy (park hooks);
+//! - the task poll running now, since when, and the durations of past polls (the
+//!   runtime's poll hooks, with `--cfg tokio_unstable`; without it, the polls of
+//!   instrumented requests only), so a worker held by one task is seen while it is;
+//! - the request being polled there (its culprit slot);
+//! - the requests that arrived there: in flight, completed, latency per endpoint.
+//!
+//! At most [`MAX_SLOTS`] threads get a slot; more are not measured apart.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use super::endpoints::{Buckets, EndpointTable};
+use super::lag::ParkLog;
+use super::target::TargetSlot;
+
+/// Worker threads measured apart.
+pub(crate) const MAX_SLOTS: usize = 64;
+
+/// One worker thread's state.
+pub(crate) struct WorkerSlot {
+    /// The slot's index, its worker id in snapshots.
+    pub(crate) index: u32,
+    /// Kernel thread id (0 off Linux).
+    pub(crate) tid: u32,
+    pub(crate) thread: std::thread::ThreadId,
+    pub(crate) parked: AtomicBool,
+    /// When the thread last parked or woke, in ns since the probe's epoch.
+    pub(crate) since_ns: AtomicU64,
+    /// Time spent awake up to the last park, in ns.
+    pub(crate) busy_ns: AtomicU64,
+    /// Recent sleeps, for the lag timer's rounding correction.
+    pub(crate) parks: ParkLog,
+    /// Task polls started.
+    pub(crate) polls: AtomicU64,
+    /// When the poll running now started; 0 when none is.
+    pub(crate) poll_started_ns: AtomicU64,
+    /// Durations of finished polls.
+    pub(crate) poll_durations: Buckets,
+    /// The id of the instrumented request being polled now, 0 when none is.
+    pub(crate) request_in_poll: AtomicU64,
+    /// The target of the request being polled (or polled last).
+    pub(crate) target: TargetSlot,
+    /// Requests that arrived on this thread and are not answered yet.
+    pub(crate) in_flight: AtomicU64,
+    /// Requests that arrived on this thread and were answered.
+    pub(crate) completed: AtomicU64,
+    pub(crate) endpoints: EndpointTable,
+}
+
+impl WorkerSlot {
+    /// The thread parked at `now_ns`. Its own thread only.
+    pub(crate) fn park(&self, now_ns: u64) {
+        let since = self.since_ns.swap(now_ns, Ordering::Relaxed);
+        if !self.parked.swap(true, Ordering::Relaxed) && since != 0 {
+            self.busy_ns
+                .fetch_add(now_ns.saturating_sub(since), Ordering::Relaxed);
+        }
+        self.parks.parked(now_ns);
+    }
+
+    /// The thread woke at `now_ns`. Its own thread only.
+    pub(crate) fn unpark(&self, now_ns: u64) {
+        self.since_ns.store(now_ns, Ordering::Relaxed);
+        self.parked.store(false, Ordering::Relaxed);
+        self.parks.unparked(now_ns);
+    }
+
+    /// Time awake since the slot was claimed, up to `now_ns`.
+    pub(crate) fn busy_total_ns(&self, now_ns: u64) -> u64 {
+        let busy = self.busy_ns.load(Ordering::Relaxed);
+        if self.parked.load(Ordering::Relaxed) {
+            busy
+        } else {
+            let since = self.since_ns.load(Ordering::Relaxed);
+            busy + now_ns.saturating_sub(since)
+        }
+    }
+
+    /// A task poll starts at `now_ns`. Its own thread only.
+    pub(crate) fn poll_started(&self, now_ns: u64) {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        self.poll_started_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    /// The poll that started last ends at `now_ns`. Its own thread only.
+    pub(crate) fn poll_ended(&self, now_ns: u64) {
+        let start = self.poll_started_ns.swap(0, Ordering::Relaxed);
+        if start != 0 {
+            self.poll_durations
+                .record_us(now_ns.saturating_sub(start) / 1000);
+        }
+    }
+
+    /// How long the poll running now has run, at `now_ns`.
+    pub(crate) fn polling_for_ns(&self, now_ns: u64) -> Option<u64> {
+        match self.poll_started_ns.load(Ordering::Relaxed) {
+            0 => None,
+            start => Some(now_ns.saturating_sub(start)),
+        }
+    }
+}
+
+/// The slots of one probe.
+pub(crate) struct WorkerSlots {
+    /// Unique in the process (never an address that a later probe could reuse).
+    id: usize,
+    slots: Box<[OnceLock<Box<WorkerSlot>>]>,
+    claimed: AtomicUsize,
+    /// Endpoints registered before traffic; every new slot adds them first.
+    registered: Mutex<Vec<String>>,
+}
+
+impl Default for WorkerSlots {
+    fn default() -> Self {
+        static IDS: AtomicUsize = AtomicUsize::new(1);
+        Self {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            slots: (0..MAX_SLOTS).map(|_| OnceLock::new()).collect(),
+            claimed: AtomicUsize::new(0),
+            registered: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+thread_local! {
+    /// The probe (its slots' id) and slot index this thread found last.
+    static CURRENT: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+}
+
+impl WorkerSlots {
+    /// The calling thread's slot, claimed if it has none; `None` when every slot is
+    /// taken or the thread is being torn down.
+    pub(crate) fn current(&self) -> Option<&WorkerSlot> {
+        let me = self.id;
+        let (probe, index) = CURRENT.try_with(Cell::get).ok()?;
+        if probe == me {
+            return self.slots[index].get().map(|s| &**s);
+        }
+        self.find_or_claim(me)
+    }
+
+    /// The calling thread's slot if it has one; never claims.
+    pub(crate) fn current_if_claimed(&self) -> Option<&WorkerSlot> {
+        let me = self.id;
+        let (probe, index) = CURRENT.try_with(Cell::get).ok()?;
+        if probe == me {
+            return self.slots[index].get().map(|s| &**s);
+        }
+        let thread = std::thread::current().id();
+        let at = self.iter().find(|s| s.thread == thread)?;
+        let _ = CURRENT.try_with(|c| c.set((me, at.index as usize)));
+        Some(at)
+    }
+
+    #[cold]
+    fn find_or_claim(&self, me: usize) -> Option<&WorkerSlot> {
+        // This thread may have a slot here and have looked at another probe since.
+        let thread = std::thread::current().id();
+        if let Some(at) = self.iter().find(|s| s.thread == thread) {
+            let _ = CURRENT.try_with(|c| c.set((me, at.index as usize)));
+            return Some(at);
+        }
+        let index = self.claimed.fetch_add(1, Ordering::AcqRel);
+        if index >= MAX_SLOTS {
+            self.claimed.store(MAX_SLOTS, Ordering::Release);
+            return None;
+        }
+        let slot = WorkerSlot {
+            index: index as u32,
+            tid: super::threads::current_tid().unwrap_or(0),
+            thread,
+            parked: AtomicBool::new(false),
+            since_ns: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            parks: ParkLog::default(),
+            polls: AtomicU64::new(0),
+            poll_started_ns: AtomicU64::new(0),
+            poll_durations: Buckets::new(),
+            request_in_poll: AtomicU64::new(0),
+            target: TargetSlot::default(),
+            in_flight: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            endpoints: EndpointTable::default(),
+        };
+        for e in self
+            .registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            slot.endpoints.index(e);
+        }
+        let _ = self.slots[index].set(Box::new(slot));
+        let _ = CURRENT.try_with(|c| c.set((me, index)));
+        self.slots[index].get().map(|s| &**s)
+    }
+
+    /// Every claimed slot, in claiming order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &WorkerSlot> {
+        let n = self.claimed.load(Ordering::Acquire).min(MAX_SLOTS);
+        self.slots[..n].iter().filter_map(|s| s.get().map(|s| &**s))
+    }
+
+    /// The slot `index`, if claimed.
+    pub(crate) fn get(&self, index: usize) -> Option<&WorkerSlot> {
+        self.slots.get(index)?.get().map(|s| &**s)
+    }
+
+    /// Endpoints every slot lists from its start.
+    pub(crate) fn register(&self, endpoint: &str) {
+        self.registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(endpoint.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_thread_gets_its_own_slot_and_finds_it_again() {
+        let slots = std::sync::Arc::new(WorkerSlots::default());
+        slots.register("GET /hello");
+        let here = slots.current().unwrap().index;
+        assert_eq!(slots.current().unwrap().index, here);
+        let other = {
+            let slots = slots.clone();
+            std::thread::spawn(move || {
+                let s = slots.current().unwrap();
+                assert_eq!(s.endpoints.index("GET /hello"), 0, "registered first");
+                s.index
+            })
+            .join()
+            .unwrap()
+        };
+        assert_ne!(here, other);
+        assert_eq!(slots.iter().count(), 2);
+        // A second probe on this thread: separate slots, and the first is found again.
+        let second = WorkerSlots::default();
+        assert_eq!(second.current().unwrap().index, 0);
+        assert_eq!(slots.current().unwrap().index, here);
+        assert!(slots.current_if_claimed().is_some());
+        assert!(WorkerSlots::default().current_if_claimed().is_none());
+    }
+
+    #[test]
+    fn busy_time_counts_awake_intervals_and_polls_their_durations() {
+        let slots = WorkerSlots::default();
+        let s = slots.current().unwrap();
+        s.unpark(1_000);
+        s.park(5_000);
+        assert_eq!(s.busy_total_ns(9_000), 4_000);
+        s.unpark(10_000);
+        assert_eq!(s.busy_total_ns(12_000), 6_000);
+        s.poll_started(12_000);
+        assert_eq!(s.polling_for_ns(20_000), Some(8_000));
+        s.poll_ended(2_012_000);
+        assert_eq!(s.polling_for_ns(2_100_000), None);
+        let mut seen = Vec::new();
+        let p = s.poll_durations.take(&mut seen);
+        assert_eq!(p.count, 1);
+        assert!((p.max_ms - 2.0).abs() < 0.15, "{p:?}");
+        assert_eq!(s.polls.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn slots_run_out_without_panicking() {
+        let slots = std::sync::Arc::new(WorkerSlots::default());
+        let handles: Vec<_> = (0..MAX_SLOTS + 3)
+            .map(|_| {
+                let slots = slots.clone();
+                std::thread::spawn(move || slots.current().map(|s| s.index))
+            })
+            .collect();
+        let got: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(got.iter().filter(|g| g.is_some()).count(), MAX_SLOTS);
+        assert_eq!(slots.iter().count(), MAX_SLOTS);
+    }
+}

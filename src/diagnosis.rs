@@ -295,6 +295,7 @@ mod tests {
                 .collect(),
             host: Default::default(),
             events,
+            runtime: None,
         }
     }
 

@@ -113,6 +113,7 @@ pub(crate) mod test_support {
                 cores: 2,
             },
             events,
+            runtime: None,
         }
     }
 }

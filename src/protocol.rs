@@ -577,6 +577,7 @@ mod tests {
                 old_pid: 10,
                 new_pid: 11,
             }],
+            runtime: None,
         };
         let line = serde_json::to_string(&snap).unwrap();
         assert!(line.contains(r#""kind":"worker_restarted""#));
@@ -610,6 +611,7 @@ mod tests {
                     t_ms: 0,
                 })
                 .collect(),
+            runtime: None,
         };
         let cuts = snap.bound();
         assert_eq!(snap.workers.len(), MAX_WORKERS);

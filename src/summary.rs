@@ -210,6 +210,7 @@ mod tests {
                 }],
                 host: Default::default(),
                 events: vec![],
+                runtime: None,
             });
         }
         s.finish();

@@ -60,6 +60,7 @@ fn snapshot(seq: u64, workers: u32, text: String, events: usize) -> Snapshot {
                 t_ms: seq,
             })
             .collect(),
+        runtime: None,
     }
 }
 

@@ -56,6 +56,7 @@ fn line(seq: u64, workers: u32, stalled_in: Option<String>) -> String {
             .collect(),
         host: HostSnapshot::default(),
         events: vec![],
+        runtime: None,
     };
     serde_json::to_string(&snap).unwrap() + "\n"
 }

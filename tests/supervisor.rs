@@ -30,6 +30,7 @@ fn report(id: u32, pid: u32, lag_max: f64, urgent: bool) -> Feed {
         },
         events: vec![],
         urgent,
+        runtime: None,
     }))
 }
 

@@ -74,9 +74,10 @@ pub enum InstallError {
 }
 
 /// Settings of a [`Probe`]; [`Probe::builder`] makes one.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ProbeBuilder {
     telemetry: String,
+    listener: Option<TcpListener>,
     config: ProbeConfig,
     app: Option<String>,
     blocking_threads: u32,
@@ -87,6 +88,7 @@ impl Default for ProbeBuilder {
     fn default() -> Self {
         Self {
             telemetry: DEFAULT_TELEMETRY.into(),
+            listener: None,
             config: ProbeConfig::default(),
             app: None,
             blocking_threads: TOKIO_BLOCKING_THREADS,
@@ -100,6 +102,13 @@ impl ProbeBuilder {
     /// `127.0.0.1:9464`. Port 0 picks a free one ([`Probe::telemetry_addr`]).
     pub fn telemetry(mut self, addr: impl Into<String>) -> Self {
         self.telemetry = addr.into();
+        self
+    }
+
+    /// Serve telemetry on a socket already bound (e.g. to announce its port before
+    /// the probe starts); it replaces [`ProbeBuilder::telemetry`].
+    pub fn telemetry_listener(mut self, listener: TcpListener) -> Self {
+        self.listener = Some(listener);
         self
     }
 
@@ -133,8 +142,11 @@ impl ProbeBuilder {
     /// and unpark callbacks, and its poll callbacks with `--cfg tokio_unstable`),
     /// binds the telemetry address and starts the sampler and telemetry threads.
     /// Build the runtime from `builder` afterwards.
-    pub fn install(self, builder: &mut tokio::runtime::Builder) -> Result<Probe, InstallError> {
-        let listener = bind(&self.telemetry)?;
+    pub fn install(mut self, builder: &mut tokio::runtime::Builder) -> Result<Probe, InstallError> {
+        let listener = match self.listener.take() {
+            Some(l) => l,
+            None => bind(&self.telemetry)?,
+        };
         let telemetry = listener.local_addr().map_err(|source| InstallError::Bind {
             addr: self.telemetry.clone(),
             source,

@@ -171,6 +171,7 @@ mod tests {
                 cores: 2,
             },
             events: vec![],
+            runtime: None,
         };
         let text = render(&snap, 3);
         assert!(text.contains(

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::protocol::{Event, Snapshot};
+use crate::protocol::{Event, Model, Snapshot};
 use crate::units::short_ms;
 
 /// Seconds of history a diagnosis looks at.
@@ -76,11 +76,20 @@ struct WorkerHistory {
 pub struct Diagnoser {
     workers: BTreeMap<u32, WorkerHistory>,
     now_ms: u64,
+    /// The newest snapshot is a multi-thread runtime's: words and remedies differ.
+    tokio: bool,
 }
 
 /// The remedy for a request that held the loop, from what its endpoint does.
-fn remedy(target: &str) -> &'static str {
+fn remedy(target: &str, tokio: bool) -> &'static str {
     let path = target.split_whitespace().nth(1).unwrap_or(target);
+    if tokio {
+        return if path.starts_with("/block") {
+            "a blocking call inside an async task: await a non-blocking call, or run it with tokio::task::spawn_blocking"
+        } else {
+            "move what this task does between awaits off the worker — tokio::task::spawn_blocking, or a CPU pool (rayon)"
+        };
+    }
     if path.starts_with("/block") {
         "a blocking call inside an async handler: await a non-blocking call, or make it a sync (def) endpoint that runs on the pool"
     } else if path.starts_with("/json")
@@ -101,6 +110,7 @@ impl Diagnoser {
 
     /// Takes one snapshot line.
     pub fn observe(&mut self, snap: &Snapshot) {
+        self.tokio = snap.model == Model::Tokio;
         let now = snap.t_ms;
         if now < self.now_ms {
             // A new server: its clock starts again.
@@ -180,6 +190,8 @@ impl Diagnoser {
     /// What is wrong now, worst first per worker (at most one line per worker).
     pub fn diagnose(&self) -> Vec<Diagnosis> {
         let mut out = Vec::new();
+        // A multi-thread runtime's workers are held by task polls, one worker each.
+        let place = if self.tokio { "its worker" } else { "the loop" };
         for (id, h) in &self.workers {
             let max = h.lag.iter().map(|l| l.1).fold(0.0, f64::max);
             let mut p50s: Vec<f64> = h.lag.iter().map(|l| l.2).collect();
@@ -195,17 +207,17 @@ impl Diagnoser {
                     .or_else(|| worst.map(|(_, target, _)| target.clone()));
                 let text = match (live, worst) {
                     (Some((target, ms)), _) => format!(
-                        "w{id}: {target} is holding the loop ({} so far): {}",
+                        "w{id}: {target} is holding {place} ({} so far): {}",
                         short_ms(*ms),
-                        remedy(target)
+                        remedy(target, self.tokio)
                     ),
                     (None, Some((_, target, ms))) => format!(
-                        "w{id}: {target} held the loop {}: {}",
+                        "w{id}: {target} held {place} {}: {}",
                         short_ms(*ms),
-                        remedy(target)
+                        remedy(target, self.tokio)
                     ),
                     (None, None) => format!(
-                        "w{id}: the loop was blocked {}: find the blocking call (no request poll was slow: look at timers and background tasks)",
+                        "w{id}: {place} was blocked {}: find the blocking call (no request poll was slow: look at timers and background tasks)",
                         short_ms(max)
                     ),
                 };
@@ -222,10 +234,17 @@ impl Diagnoser {
                     finding: Finding::LoopSaturated,
                     severity: median,
                     culprit: None,
-                    text: format!(
-                        "w{id}: median loop lag {}: the loop is saturated — spread the load over more workers or move CPU work off the loop",
-                        short_ms(median)
-                    ),
+                    text: if self.tokio {
+                        format!(
+                            "w{id}: median task poll {}: tasks hold the worker long between awaits — move CPU work to spawn_blocking or a CPU pool",
+                            short_ms(median)
+                        )
+                    } else {
+                        format!(
+                            "w{id}: median loop lag {}: the loop is saturated — spread the load over more workers or move CPU work off the loop",
+                            short_ms(median)
+                        )
+                    },
                 });
             } else {
                 // The longest spell of queueing in the window, ended or still going.
@@ -394,11 +413,33 @@ mod tests {
         assert!(worse.outranks(&named) && !named.outranks(&worse));
     }
 
+    /// On a multi-thread runtime the stall is one worker's, and the remedy is
+    /// tokio's.
+    #[test]
+    fn a_held_worker_of_a_multi_thread_runtime_gets_the_tokio_remedy() {
+        let mut d = Diagnoser::new();
+        let mut s = snap(200, &[(0.0, 0.0), (0.3, 0.01)], &[0, 0], vec![]);
+        s.model = Model::Tokio;
+        s.workers[0].lag_ms.samples = 0;
+        s.workers[0].stalled_for_ms = 247.0;
+        s.workers[0].stalled_in = Some("GET /block?ms=500".into());
+        d.observe(&s);
+        let found = d.diagnose();
+        assert_eq!(found.len(), 1, "only the held worker: {found:?}");
+        assert_eq!(
+            found[0].text,
+            "w0: GET /block?ms=500 is holding its worker (247 ms so far): a blocking call inside an async task: await a non-blocking call, or run it with tokio::task::spawn_blocking"
+        );
+    }
+
     #[test]
     fn a_blocking_call_gets_the_async_remedy() {
-        assert!(remedy("GET /block?ms=500").starts_with("a blocking call inside an async handler"));
-        assert!(remedy("GET /hash?iterations=5&on=loop").starts_with("move CPU-heavy"));
-        assert!(remedy("GET /other").starts_with("find what"));
+        assert!(
+            remedy("GET /block?ms=500", false)
+                .starts_with("a blocking call inside an async handler")
+        );
+        assert!(remedy("GET /hash?iterations=5&on=loop", false).starts_with("move CPU-heavy"));
+        assert!(remedy("GET /other", false).starts_with("find what"));
     }
 
     #[test]

@@ -1,7 +1,25 @@
 //! loopscope: a live profiler for event-loop concurrency.
 //!
+//! Watch your own tokio service (axum, hyper, tonic; `current_thread` or
+//! `multi_thread`) in three lines, then `loopscope attach 127.0.0.1:9464`:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let app = axum::Router::<()>::new();
+//! let mut rt = tokio::runtime::Builder::new_multi_thread();
+//! let probe = loopscope::probe::Probe::builder().telemetry("127.0.0.1:9464").install(rt.enable_all())?;
+//! rt.build()?.block_on(async {
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app.layer(probe.layer())).await
+//! })?;
+//! # Ok(()) }
+//! ```
+//!
+//! With `default-features = false, features = ["probe"]` only the probe and its
+//! telemetry server are built. The modules:
+//!
 //! - [`protocol`]: the telemetry contract (snapshots, events, server info);
-//! - [`probe`]: instrumentation for any tokio event loop, and the telemetry server;
+//! - [`probe`]: instrumentation for any tokio runtime, and the telemetry server;
 //! - [`client`]: HTTP helpers, the telemetry subscriber and the load generator;
 //! - [`workload`]: the workload catalog shared by the demo, the keys and scenarios;
 //! - [`session`]: the terminal-free core every front end drives;

@@ -1,19 +1,29 @@
-//! Instrumentation for a tokio event loop, usable by any tokio application.
+//! Instrumentation for a tokio runtime, usable by any tokio application.
 //!
-//! A [`LoopProbe`] measures one loop (one `current_thread` runtime):
-//! - timer-drift **tick lag** (Node's `monitorEventLoopDelay` method) and a heartbeat,
-//! - **loop utilization** from tokio's busy-time counter, corrected during stalls
-//!   (the counter only moves when the loop parks),
-//! - **slow polls** of instrumented futures, named after the request that held the loop,
-//! - server-side **request** counts and latency per endpoint,
-//! - which threads are the loop's, for per-thread CPU: its runtime hooks register
-//!   them in the probe's [`ThreadRegistry`] (see [`threads`]), so a loop thread
-//!   counts as the loop whatever it is called.
+//! [`Probe`] is the entry point for a service: [`Probe::builder`] installs the hooks
+//! on a runtime builder, serves telemetry and samples from threads of its own;
+//! [`Probe::layer`] instruments requests. Under it, a [`LoopProbe`] measures one
+//! runtime, of either flavor:
+//! - `current_thread` (a loop): timer-drift **tick lag** (Node's
+//!   `monitorEventLoopDelay` method) with a heartbeat, so a sampler outside the loop
+//!   sees a stall while it lasts; **loop utilization** from tokio's busy-time
+//!   counter, corrected during stalls;
+//! - `multi_thread`: per worker thread (a slot each, see `slots`), its busy share from
+//!   its park hooks, its task polls and their durations from the poll hooks, and a
+//!   **live stall** when its running poll lasts past the threshold; runtime-wide, the
+//!   lag timer's lateness is the **scheduling delay**, and tokio-metrics'
+//!   `RuntimeMonitor` gives the queues and the blocking pool;
+//! - both: **slow polls** of instrumented futures, named after the request that
+//!   held the loop or worker; server-side **request** counts and latency per
+//!   endpoint; which threads are the runtime's, for per-thread CPU: its hooks
+//!   register them in the probe's [`ThreadRegistry`] (see [`threads`]), whatever
+//!   they are called.
 //!
-//! The [`sampler`] reads it from its own thread, so a blocked loop is still reported
-//! (`stalled_for_ms` grows while the loop is stuck). Nothing here blocks the loop:
-//! the loop side only touches atomics, `try_lock`s and `try_send`s, and counts what
-//! it had to drop.
+//! The [`sampler`] reads it from its own thread. Nothing here blocks the runtime:
+//! its side only touches atomics, thread-locals, `try_lock`s and `try_send`s, and
+//! counts what it had to drop.
+//!
+//! By hand, for a loop of your own:
 //!
 //! ```no_run
 //! use loopscope::probe::{LoopProbe, ProbeConfig};

@@ -196,7 +196,17 @@ impl Target {
 
     /// The load goes to every worker the server has, so that a blocked worker's
     /// clients wait as real clients would and the others' do not.
+    /// Lanes of load: one per worker process that accepts connections of its own
+    /// (fastapi); one for a single process, whatever its threads (a connection is
+    /// not pinned to a worker thread of a multi-thread runtime).
     fn load_workers(&self) -> u32 {
+        if self
+            .info
+            .as_ref()
+            .is_some_and(|i| i.model != Model::Fastapi)
+        {
+            return 1;
+        }
         let described = self.info.as_ref().map_or(0, |i| i.workers.len());
         described.max(self.workers_seen).clamp(1, 64) as u32
     }

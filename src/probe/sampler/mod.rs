@@ -1,7 +1,7 @@
 //! The sampler: a thread of its own that reads a [`LoopProbe`], its pool and the
 //! process CPU, and hands one [`WorkerReport`] per period to a sink: one report for
 //! a `current_thread` runtime (its loop), one per worker thread for a `multi_thread`
-//! one (see [`multi`]).
+//! one (the `multi` module).
 //!
 //! It never runs on the runtime it measures, so a blocked loop is still reported. It
 //! looks for a stall every 25 ms (the loop's heartbeat, or a worker's running poll)

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::client::load::LoadStats;
 use crate::client::subscriber::TelemetryMsg;
 use crate::diagnosis::{Diagnoser, Diagnosis};
-use crate::protocol::{Event, HostSnapshot, ServerInfo, Snapshot, WorkerSnapshot};
+use crate::protocol::{Event, HostSnapshot, RuntimeSnapshot, ServerInfo, Snapshot, WorkerSnapshot};
 pub use crate::session::{LogKind, Msg};
 pub use crate::units::short_ms;
 
@@ -117,6 +117,8 @@ pub struct Dashboard {
     pub workers: BTreeMap<u32, WorkerView>,
     /// Host figures of the newest line.
     pub host: HostSnapshot,
+    /// Runtime-wide figures of the newest line (a multi-thread tokio runtime).
+    pub runtime: Option<RuntimeSnapshot>,
     /// Server time of the newest line, seconds.
     pub t_s: f64,
     /// Sample period of the server.
@@ -143,6 +145,7 @@ impl Default for Dashboard {
             connection: Connection::Connecting,
             workers: BTreeMap::new(),
             host: HostSnapshot::default(),
+            runtime: None,
             t_s: 0.0,
             period_ms: 100,
             last_seq: 0,
@@ -285,6 +288,7 @@ impl Dashboard {
             self.period_ms = snap.period_ms;
         }
         self.host = snap.host;
+        self.runtime = snap.runtime;
         let t = self.t_s;
         self.workers
             .retain(|id, _| snap.workers.iter().any(|w| w.id == *id));

@@ -9,13 +9,16 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
 
 use super::Theme;
+use crate::protocol::{CpuSnapshot, RuntimeSnapshot};
 use crate::tui::state::{Connection, Dashboard, LogKind, WorkerView, seconds_since, short_ms};
 
 pub(super) fn now_panel<'a>(d: &'a Dashboard, theme: &Theme, now: Instant) -> Paragraph<'a> {
+    // A multi-thread runtime's workers: their figures are task-poll durations.
+    let first = if d.runtime.is_some() { "poll" } else { "loop" };
     let mut lines = vec![Line::styled(
         format!(
             "{:<5}{:>7}{:>7}{:>8}{:>7}",
-            "loop", "p50", "p99", "max", "util"
+            first, "p50", "p99", "max", "util"
         ),
         theme.bold(),
     )];
@@ -119,6 +122,9 @@ fn stall_badge(
 
 /// The pool's figures now, one row per worker (the strips show their history).
 pub(super) fn pool_now<'a>(d: &'a Dashboard, theme: &Theme) -> Paragraph<'a> {
+    if let Some(rt) = &d.runtime {
+        return runtime_now(d, rt, theme);
+    }
     let mut lines = Vec::new();
     for (id, w) in &d.workers {
         let p = &w.latest.pool;
@@ -137,11 +143,63 @@ pub(super) fn pool_now<'a>(d: &'a Dashboard, theme: &Theme) -> Paragraph<'a> {
     Paragraph::new(lines).block(Block::bordered().title(" Thread pool now "))
 }
 
+/// A multi-thread runtime's pool (tokio's blocking pool, on the first worker's
+/// entry) and its scheduler: how late a ready task runs, the global queue.
+fn runtime_now<'a>(d: &'a Dashboard, rt: &RuntimeSnapshot, theme: &Theme) -> Paragraph<'a> {
+    let pool = d
+        .workers
+        .values()
+        .map(|w| &w.latest.pool)
+        .find(|p| p.size > 0)
+        .cloned()
+        .unwrap_or_default();
+    let full = pool.busy >= pool.size && pool.size > 0;
+    let delay = &rt.scheduling_delay_ms;
+    let lines = vec![
+        Line::from(vec![
+            Span::styled("blocking ", theme.bold()),
+            Span::styled(
+                format!("busy {}/{}", pool.busy, pool.size),
+                if full { theme.warn() } else { Style::new() },
+            ),
+            Span::raw(format!(" queued {}", rt.blocking_queue)),
+        ]),
+        Line::raw(format!(
+            "sched delay p99 {} max {}",
+            short_ms(delay.p99),
+            short_ms(delay.max)
+        )),
+        Line::raw(format!(
+            "global queue {} · tasks {}",
+            rt.global_queue, rt.alive_tasks
+        )),
+    ];
+    Paragraph::new(lines).block(Block::bordered().title(" Runtime now "))
+}
+
 /// CPU now, per worker: the loop thread, the pool threads and the whole process,
-/// in % of one core; and the host.
+/// in % of one core; and the host. For a multi-thread runtime: each worker
+/// thread, then the process and its blocking threads.
 pub(super) fn cpu_now<'a>(d: &'a Dashboard, theme: &Theme) -> Paragraph<'a> {
     let mut lines = Vec::new();
-    for (id, w) in &d.workers {
+    if d.runtime.is_some() {
+        let mut process = CpuSnapshot::default();
+        for (id, w) in &d.workers {
+            let c = &w.latest.cpu;
+            process.process += c.process;
+            process.pool_threads += c.pool_threads;
+            lines.push(Line::from(vec![
+                Span::styled(format!("w{id} "), theme.worker(*id)),
+                Span::raw(format!("thread {:>4}%", percent(c.loop_thread))),
+            ]));
+        }
+        lines.push(Line::raw(format!(
+            "proc {:>4}% blocking {:>4}%",
+            percent(process.process),
+            percent(process.pool_threads)
+        )));
+    }
+    for (id, w) in d.workers.iter().filter(|_| d.runtime.is_none()) {
         let c = &w.latest.cpu;
         lines.push(Line::from(vec![
             Span::styled(format!("w{id} "), theme.worker(*id)),

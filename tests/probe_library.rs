@@ -71,7 +71,7 @@ fn a_blocked_worker_is_named_while_the_other_keeps_serving() {
         let client = http::client();
         let blocker = {
             let (client, app) = (client.clone(), app.clone());
-            tokio::spawn(async move { http::get(&client, &app, "/block?ms=500").await })
+            tokio::spawn(async move { get_stamped(&client, &app, "/block?ms=500").await })
         };
         let stalled = until(&mut stream, Duration::from_secs(5), |s| {
             s.workers.iter().any(|w| w.stalled_for_ms >= 200.0)
@@ -92,7 +92,7 @@ fn a_blocked_worker_is_named_while_the_other_keeps_serving() {
         // worker. Not always: when the held worker was the one to take the new
         // connection's wake-up (about 1 time in 10 here), it waits for the block.
         // So: each block gets one try, and one of five blocks must show it.
-        let fast = hello_within(&app, Duration::from_millis(150)).await;
+        let hello_done = hello_done_at(&app).await;
         // Until the block ends and a little after: the other worker's polls were short.
         let mut lines: Vec<Snapshot> = vec![stalled];
         let deadline = Instant::now() + Duration::from_secs(3);
@@ -125,22 +125,28 @@ fn a_blocked_worker_is_named_while_the_other_keeps_serving() {
             .unwrap()
             .unwrap();
         assert_eq!(r.status, 200);
-        let mut served_during_a_block = fast;
+        let mut served_during_a_block = hello_done + Duration::from_millis(50) < r.done;
         for _ in 0..4 {
             if served_during_a_block {
                 break;
             }
             let blocker = {
                 let (client, app) = (client.clone(), app.clone());
-                tokio::spawn(async move { http::get(&client, &app, "/block?ms=500").await })
+                tokio::spawn(async move { get_stamped(&client, &app, "/block?ms=500").await })
             };
             until(&mut stream, Duration::from_secs(5), |s| {
                 s.workers.iter().any(|w| w.stalled_for_ms >= 100.0)
             })
             .await
             .expect("a stall within 5 s");
-            served_during_a_block = hello_within(&app, Duration::from_millis(150)).await;
-            let _ = tokio::time::timeout(Duration::from_secs(5), blocker).await;
+            let hello_done = hello_done_at(&app).await;
+            let block_done = tokio::time::timeout(Duration::from_secs(5), blocker)
+                .await
+                .expect("the block ends")
+                .unwrap()
+                .unwrap()
+                .done;
+            served_during_a_block = hello_done + Duration::from_millis(50) < block_done;
         }
         assert!(
             served_during_a_block,
@@ -149,10 +155,8 @@ fn a_blocked_worker_is_named_while_the_other_keeps_serving() {
     });
 }
 
-/// `/hello` on a new connection: true if answered within `bound`. Waits for the
-/// answer (≤ 5 s) either way.
-async fn hello_within(app: &str, bound: Duration) -> bool {
-    let t = Instant::now();
+/// `/hello` on a new connection: when its answer arrived (≤ 5 s).
+async fn hello_done_at(app: &str) -> Instant {
     let r = tokio::time::timeout(
         Duration::from_secs(5),
         http::get(&http::client(), app, "/hello"),
@@ -161,7 +165,24 @@ async fn hello_within(app: &str, bound: Duration) -> bool {
     .expect("/hello within 5 s")
     .expect("/hello answers");
     assert_eq!(r.status, 200);
-    t.elapsed() < bound
+    Instant::now()
+}
+
+/// A response and when it arrived.
+struct Done {
+    status: u16,
+    done: Instant,
+}
+
+/// `GET path` on a new connection, stamped with when its answer arrived.
+async fn get_stamped(client: &http::HttpClient, app: &str, path: &str) -> Result<Done, String> {
+    let r = http::get(client, app, path)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Done {
+        status: r.status,
+        done: Instant::now(),
+    })
 }
 
 /// tokio's blocking pool is the pool: 600 jobs of 20 ms on 8 threads queue (a

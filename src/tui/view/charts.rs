@@ -65,7 +65,12 @@ pub(super) fn render_lag_chart(frame: &mut Frame, area: Rect, d: &Dashboard, the
         .collect();
     let x0 = d.t_s - WINDOW_S;
     let chart = Chart::new(datasets)
-        .block(Block::bordered().title(format!(" Loop tick lag, ms (max per {} ms) ", d.period_ms)))
+        .block(Block::bordered().title(if d.runtime.is_some() {
+            // A multi-thread runtime's workers: how long task polls held each.
+            format!(" Worker poll time, ms (max per {} ms) ", d.period_ms)
+        } else {
+            format!(" Loop tick lag, ms (max per {} ms) ", d.period_ms)
+        }))
         .x_axis(
             Axis::default()
                 .bounds([x0, d.t_s.max(x0 + 1.0)])

@@ -125,14 +125,30 @@ fn traffic_rows(d: &Dashboard) -> u16 {
 }
 
 /// The pool strips: per worker, queued jobs and busy threads, as rows allow.
+/// A multi-thread runtime has one pool (tokio's blocking pool, on the first
+/// worker's entry): its strips only, named `blk`.
 fn pool_strips(d: &Dashboard, theme: &Theme, rows: usize) -> Vec<Strip> {
-    let both = rows >= d.workers.len() * 2;
+    let runtime = d.runtime.is_some();
+    let pools = d
+        .workers
+        .iter()
+        .filter(|(_, w)| !runtime || w.latest.pool.size > 0);
+    let both = rows >= pools.clone().count() * 2;
     let mut strips = Vec::new();
-    for (id, w) in &d.workers {
+    for (id, w) in pools {
+        let name = if runtime {
+            "blk".to_string()
+        } else {
+            format!("w{id}")
+        };
         let size = w.latest.pool.size.max(1) as f64;
         let peak = w.queued.iter().map(|(_, q)| *q).fold(0.0, f64::max);
         strips.push(Strip {
-            label: format!("w{id} queue"),
+            label: if runtime {
+                "blk q".into()
+            } else {
+                format!("{name} queue")
+            },
             series: points(&w.queued),
             // Bars of the queue are on the scale of its own peak (at least the pool).
             top: peak.max(size),
@@ -140,7 +156,7 @@ fn pool_strips(d: &Dashboard, theme: &Theme, rows: usize) -> Vec<Strip> {
         });
         if both {
             strips.push(Strip {
-                label: format!("w{id} busy"),
+                label: format!("{name} busy"),
                 series: points(&w.busy),
                 top: size,
                 style: theme.worker(*id),
@@ -156,16 +172,22 @@ fn cpu_strips(d: &Dashboard, theme: &Theme, rows: usize) -> Vec<Strip> {
     let both = rows >= d.workers.len() * 2;
     let cores = d.host.cores.max(1) as f64;
     let mut strips = Vec::new();
+    let runtime = d.runtime.is_some();
     for (id, w) in &d.workers {
         strips.push(Strip {
-            label: format!("w{id} loop"),
+            label: format!("w{id} {}", if runtime { "thrd" } else { "loop" }),
             series: points(&w.cpu_loop),
             top: 100.0,
             style: theme.worker(*id),
         });
-        if both {
+        // A multi-thread runtime's blocking threads are on the first entry.
+        if both && (!runtime || w.latest.pool.size > 0) {
             strips.push(Strip {
-                label: format!("w{id} pool"),
+                label: if runtime {
+                    "blk cpu".into()
+                } else {
+                    format!("w{id} pool")
+                },
                 series: points(&w.cpu_pool),
                 top: 100.0 * cores,
                 style: theme.worker(*id),
@@ -208,7 +230,8 @@ fn render_full(
     .areas(charts);
     let [now_area, pool_area, cpu_area] = Layout::vertical([
         Constraint::Fill(1),
-        Constraint::Length(workers + 2),
+        // The runtime panel of a multi-thread runtime has two lines.
+        Constraint::Length(workers.max(1 + u16::from(d.runtime.is_some())) + 2),
         Constraint::Length(workers + 3),
     ])
     .areas(figures);
@@ -253,7 +276,8 @@ pub fn render_pane(frame: &mut Frame, area: Rect, d: &Dashboard, opts: &ViewOpti
         Constraint::Length(1),
         Constraint::Min(5),
         Constraint::Length(workers + 4),
-        Constraint::Length(workers + 2),
+        // The runtime panel of a multi-thread runtime has two lines.
+        Constraint::Length(workers.max(1 + u16::from(d.runtime.is_some())) + 2),
         Constraint::Length(workers + 3),
         Constraint::Length(traffic_rows(d)),
     ])

@@ -165,13 +165,9 @@ fn runtime_now<'a>(d: &'a Dashboard, rt: &RuntimeSnapshot, theme: &Theme) -> Par
             Span::raw(format!(" queued {}", rt.blocking_queue)),
         ]),
         Line::raw(format!(
-            "sched delay p99 {} max {}",
-            short_ms(delay.p99),
-            short_ms(delay.max)
-        )),
-        Line::raw(format!(
-            "global queue {} · tasks {}",
-            rt.global_queue, rt.alive_tasks
+            "sched delay max {} · global queue {}",
+            short_ms(delay.max),
+            rt.global_queue
         )),
     ];
     Paragraph::new(lines).block(Block::bordered().title(" Runtime now "))

@@ -378,3 +378,63 @@ fn a_large_terminal_uses_the_space() {
     let s = screen(&d, &opts(), 160, 45, now);
     assert!(s.lines().count() == 45 && s.contains("m model") && s.contains("? help"));
 }
+
+/// A multi-thread runtime: the lag chart is the workers' poll time, one blocking
+/// pool (not a pool per worker), the runtime panel, each worker thread's CPU.
+#[test]
+fn a_multi_thread_runtime_shows_its_workers_and_one_blocking_pool() {
+    let now = Instant::now();
+    let mut d = Dashboard::default();
+    let mut i = info(Model::Tokio, 4242);
+    i.pool_size = 8;
+    d.apply(
+        Msg::Telemetry(TelemetryMsg::Connected(Box::new(i))),
+        now,
+        "12:00:00",
+    );
+    for seq in 1..=20 {
+        let mut held = worker(0, 3.0, if seq == 20 { 312.0 } else { 0.0 }, 120);
+        held.pool.size = 8;
+        held.pool.busy = 8;
+        held.cpu.loop_thread = 99.0;
+        held.runtime = Some(crate::protocol::WorkerThreadSnapshot::default());
+        let mut free = worker(1, 0.4, 0.0, 0);
+        free.pool = Default::default();
+        free.cpu.loop_thread = 7.0;
+        free.runtime = Some(crate::protocol::WorkerThreadSnapshot::default());
+        let mut s = snapshot(seq, vec![held, free], vec![]);
+        s.model = Model::Tokio;
+        s.runtime = Some(crate::protocol::RuntimeSnapshot {
+            workers: 2,
+            blocking_threads: 8,
+            blocking_queue: 120,
+            global_queue: 3,
+            ..Default::default()
+        });
+        d.apply(
+            Msg::Telemetry(TelemetryMsg::Snapshot(Box::new(s))),
+            now,
+            "12:00:03",
+        );
+    }
+    let s = screen(&d, &opts(), 100, 30, now);
+    for want in [
+        " Worker poll time, ms",
+        "poll     p50",
+        " Runtime now ",
+        "blocking busy 8/8 queued 120",
+        "global queue 3",
+        "blk q ",
+        "sched delay max",
+        "w0 thread   99%",
+        "w1 thread    7%",
+        "w1 thrd",
+        "■ w0 STALLED 312 ms",
+    ] {
+        assert!(s.contains(want), "{want:?} missing:\n{s}");
+    }
+    assert!(
+        !s.contains("w1 queue"),
+        "one pool, not one per worker:\n{s}"
+    );
+}

@@ -54,3 +54,47 @@ fn no_source_file_grows_past_one_idea() {
         .collect();
     assert!(long.is_empty(), "split these: {long:#?}");
 }
+
+/// A service that embeds the probe (`default-features = false, features =
+/// ["probe"]`) builds no terminal, CLI, demo or test-only crate.
+#[test]
+fn the_probe_alone_pulls_no_terminal_or_cli_crate() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "tree",
+            "-e",
+            "normal",
+            "--no-default-features",
+            "--features",
+            "probe",
+        ])
+        .args(["--prefix", "none", "--offline", "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let crates: Vec<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(crates.contains(&"tokio-metrics"), "{tree}");
+    for unwanted in [
+        "ratatui",
+        "crossterm",
+        "clap",
+        "pbkdf2",
+        "portable-pty",
+        "vt100",
+    ] {
+        assert!(
+            !crates.contains(&unwanted),
+            "{unwanted} in the probe's tree:\n{tree}"
+        );
+    }
+}

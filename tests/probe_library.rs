@@ -309,3 +309,51 @@ fn attach_headless_and_record_a_service() {
     assert!(held.iter().all(|w| w.id == held[0].id), "one worker held");
     assert!(rec.snapshots.iter().all(|s| s.runtime.is_some()));
 }
+
+/// The same three lines on a `current_thread` runtime: one loop, its lag timer,
+/// its stall named while it lasts.
+#[test]
+fn on_a_current_thread_runtime_the_loop_is_measured_as_before() {
+    let _serial = serial();
+    let mut rt = tokio::runtime::Builder::new_current_thread();
+    let probe = Probe::builder()
+        .telemetry("127.0.0.1:0")
+        .install(rt.enable_all())
+        .expect("the probe installs");
+    let rt = rt.build().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let app_addr = listener.local_addr().unwrap().to_string();
+    let tel = probe.telemetry_addr().to_string();
+    std::thread::spawn(move || {
+        rt.block_on(async move { axum::serve(listener, app().layer(probe.layer())).await })
+    });
+    runtime().block_on(async {
+        let mut stream = telemetry(&tel).await;
+        let first = next(&mut stream).await;
+        assert_eq!(first.model, Model::Custom);
+        assert_eq!(first.workers.len(), 1);
+        assert!(first.runtime.is_none());
+        let blocker =
+            tokio::spawn(
+                async move { http::get(&http::client(), &app_addr, "/block?ms=400").await },
+            );
+        let stalled = until(&mut stream, Duration::from_secs(5), |s| {
+            s.workers[0].stalled_for_ms >= 150.0
+        })
+        .await
+        .expect("the loop stalled, within 5 s");
+        assert_eq!(
+            stalled.workers[0].stalled_in.as_deref(),
+            Some("GET /block?ms=400")
+        );
+        let lag = until(&mut stream, Duration::from_secs(5), |s| {
+            s.workers[0].lag_ms.max >= 300.0
+        })
+        .await
+        .expect("the lag timer saw the block");
+        assert!(lag.workers[0].lag_ms.samples > 0);
+        let _ = tokio::time::timeout(Duration::from_secs(5), blocker).await;
+    });
+}

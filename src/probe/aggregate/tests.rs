@@ -89,3 +89,43 @@ fn host_cpu_covers_the_snapshot_period() {
     assert!(host.cpu >= 50.0, "{host:?}");
     assert!(host.cpu <= 100.0 * host.cores as f64 + 0.1, "{host:?}");
 }
+
+/// A multi-thread runtime's batch (one report per worker, the runtime's figures
+/// on the last) makes one snapshot with every worker and that batch's runtime.
+#[test]
+fn a_batch_of_worker_reports_carries_its_own_runtime_figures() {
+    use crate::protocol::{RuntimeSnapshot, WorkerReport, WorkerSnapshot};
+    let mut a = Aggregator::new(Model::Tokio, ms(100));
+    let t0 = Instant::now();
+    for id in 0..2 {
+        a.apply(Feed::WorkerStarted { id, pid: 7 }, t0);
+    }
+    for batch in 1..=3u64 {
+        let now = t0 + ms(100 * batch);
+        for id in 0..2u32 {
+            let mut w = WorkerSnapshot {
+                id,
+                pid: 7,
+                alive: true,
+                ..Default::default()
+            };
+            w.pool.threads = batch as u32;
+            let report = WorkerReport {
+                worker: w,
+                events: vec![],
+                urgent: false,
+                runtime: (id == 1).then(|| RuntimeSnapshot {
+                    blocking_threads: batch as u32,
+                    ..Default::default()
+                }),
+            };
+            let publish = a.apply(Feed::Report(Box::new(report)), now);
+            assert!(!publish);
+            assert_eq!(a.ready(now), id == 1, "batch {batch} worker {id}");
+        }
+        let s = a.snapshot(batch * 100, HostSnapshot::default(), now);
+        assert_eq!(s.workers.len(), 2);
+        assert_eq!(s.workers[0].pool.threads, batch as u32);
+        assert_eq!(s.runtime.unwrap().blocking_threads, batch as u32);
+    }
+}

@@ -38,7 +38,7 @@ use super::cpu::ThreadNames;
 use super::sampler::{Sampler, TOKIO_BLOCKING_THREADS};
 use super::server::Limits;
 use super::telemetry::{self, TelemetryHub};
-use super::{LoopProbe, ProbeConfig, ProbeLayer};
+use super::{LoopProbe, ProbeConfig, ProbeLayer, SCHEDULING_DELAY_RESOLUTION};
 use crate::protocol::{Model, PROTOCOL_VERSION, ServerInfo, Versions, WorkerInfo};
 
 /// The default telemetry address.
@@ -184,6 +184,7 @@ impl ProbeBuilder {
         let mut batch = Vec::new();
         let mut flavor: Option<RuntimeFlavor> = None;
         let blocking = self.blocking_threads;
+        let config = self.config;
         let watched = probe.clone();
         Sampler::new(probe.clone(), None, ThreadNames::none())
             .blocking_pool_size(blocking)
@@ -198,6 +199,11 @@ impl ProbeBuilder {
                     let multi = f == RuntimeFlavor::MultiThread;
                     flavor = Some(f);
                     publisher.set_model(if multi { Model::Tokio } else { Model::Custom });
+                    let lag_ms =
+                        lag_resolution(config, handle.runtime_flavor()).as_secs_f64() * 1000.0;
+                    publisher
+                        .hub()
+                        .update_info(|i| i.lag_resolution_ms = lag_ms);
                     publisher
                         .hub()
                         .update_info(|i| i.pool_size = if multi { blocking } else { 0 });
@@ -311,7 +317,9 @@ impl Probe {
 }
 
 impl LoopProbe {
-    /// Starts the lag timer on `handle` unless it runs already.
+    /// Starts the lag timer on `handle` unless it runs already: every
+    /// `lag_resolution` on a `current_thread` runtime, at least every
+    /// [`SCHEDULING_DELAY_RESOLUTION`] on a multi-thread one.
     pub fn ensure_lag_task(&self, handle: &tokio::runtime::Handle) {
         if self.shared.lag_spawned.swap(true, Ordering::AcqRel) {
             return;
@@ -319,6 +327,18 @@ impl LoopProbe {
         let _ = self.shared.runtime.set(handle.clone());
         let now = self.shared.now_ns();
         self.shared.heartbeat_ns.store(now, Ordering::Relaxed);
-        handle.spawn(super::lag::run(Arc::clone(&self.shared)));
+        handle.spawn(super::lag::run(
+            Arc::clone(&self.shared),
+            lag_resolution(self.shared.config, handle.runtime_flavor()),
+        ));
+    }
+}
+
+/// The lag timer's interval on a runtime of `flavor`.
+fn lag_resolution(config: ProbeConfig, flavor: RuntimeFlavor) -> std::time::Duration {
+    if flavor == RuntimeFlavor::MultiThread {
+        config.lag_resolution.max(SCHEDULING_DELAY_RESOLUTION)
+    } else {
+        config.lag_resolution
     }
 }

@@ -51,13 +51,13 @@ impl ParkLog {
 /// oldest are dropped (the sampler holds it for microseconds, so this stays near 0).
 const PENDING_CAP: usize = 256;
 
-pub(crate) async fn run(shared: Arc<Shared>) {
+/// Runs the lag timer every `resolution`, forever.
+pub(crate) async fn run(shared: Arc<Shared>, resolution: std::time::Duration) {
     // Tasks run on the loop (or a runtime worker): the thread that runs this is one.
     // If the sampler holds the table, the park hook registers it at the next park.
     shared
         .threads
         .try_register_current_thread(super::ThreadClass::Loop);
-    let resolution = shared.config.lag_resolution;
     let mut pending: Vec<u64> = Vec::new();
     // The timer needs the std clock; lateness is measured on the probe's clock.
     let mut deadline = Instant::now() + resolution;

@@ -71,7 +71,9 @@ use histogram::round3;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ProbeConfig {
     /// Interval of the lag timer. 1 ms catches a 5 ms block to within 1 ms and costs
-    /// about 1,000 timer wake-ups a second (see BENCHMARKS.md).
+    /// about 1,000 timer wake-ups a second (see BENCHMARKS.md). On a multi-thread
+    /// runtime the timer measures the scheduling delay only (stalls come from the
+    /// poll hooks), and [`Probe`] runs it at [`SCHEDULING_DELAY_RESOLUTION`] at least.
     pub lag_resolution: Duration,
     /// How often the sampler reports.
     pub period: Duration,
@@ -93,6 +95,11 @@ impl Default for ProbeConfig {
         }
     }
 }
+
+/// The least interval of the lag timer on a multi-thread runtime, where it samples
+/// the scheduling delay: a tenth of the wake-ups of a 1 ms timer, and no stall is
+/// missed (a worker's stall is seen in its polls).
+pub const SCHEDULING_DELAY_RESOLUTION: Duration = Duration::from_millis(10);
 
 /// Slow-poll events waiting for the sampler; more are dropped and counted.
 const EVENT_CAPACITY: usize = 1024;
@@ -254,7 +261,8 @@ impl LoopProbe {
         // The loop runs from here on: a block before the timer's first tick is a stall.
         let now = self.shared.now_ns();
         self.shared.heartbeat_ns.store(now, Ordering::Relaxed);
-        tokio::spawn(lag::run(Arc::clone(&self.shared)))
+        let resolution = self.shared.config.lag_resolution;
+        tokio::spawn(lag::run(Arc::clone(&self.shared), resolution))
     }
 
     /// Wraps a request future: times each poll, reports slow ones, counts the request.

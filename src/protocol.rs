@@ -16,8 +16,17 @@
 //!   version-1 line (a recording made before) still decodes and replays: its new
 //!   fields read as absent. A version-1 reader ignores the new fields but does not
 //!   know the model `tokio`.
+//!
+//!   Added later in protocol 2, as optional fields: [`WorkerSnapshot::totals`], a
+//!   worker's cumulative figures since its process started (a histogram of every
+//!   lag or task-poll duration, seconds stalled, CPU seconds; see [`totals`]), and
+//!   [`RuntimeSnapshot::scheduling_delay_total`]. They restart from zero when a
+//!   worker process is replaced.
 
 use serde::{Deserialize, Serialize};
+
+pub mod totals;
+pub use totals::{CpuSeconds, DurationHistogram, HISTOGRAM_BOUNDS_US, WorkerTotals};
 
 /// The version written in every snapshot's `v` field.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -100,6 +109,9 @@ pub struct RuntimeSnapshot {
     pub idle_blocking_threads: u32,
     /// `spawn_blocking` jobs waiting for a blocking thread, now.
     pub blocking_queue: u64,
+    /// Every scheduling delay since the runtime started, not only the period's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling_delay_total: Option<DurationHistogram>,
 }
 
 /// One worker thread of a multi-thread tokio runtime, over one sample period
@@ -159,6 +171,9 @@ pub struct WorkerSnapshot {
     pub cpu: CpuSnapshot,
     /// Server-side request statistics.
     pub requests: RequestSnapshot,
+    /// Cumulative figures since the worker's process started (protocol 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<WorkerTotals>,
 }
 
 /// Summary of the timer-drift lag histogram for one period, in milliseconds.
@@ -446,6 +461,9 @@ impl Snapshot {
             for x in [&mut l.p50, &mut l.p99, &mut l.max] {
                 odd |= figure(x);
             }
+            if let Some(t) = &mut r.scheduling_delay_total {
+                odd |= t.bound();
+            }
         }
         for w in &mut self.workers {
             let l = &mut w.lag_ms;
@@ -471,6 +489,9 @@ impl Snapshot {
             }
             if let Some(x) = &mut w.silent_for_ms {
                 odd |= figure(x);
+            }
+            if let Some(t) = &mut w.totals {
+                odd |= t.bound();
             }
             for e in &mut w.requests.endpoints {
                 odd |= figure(&mut e.p50_ms) | figure(&mut e.p99_ms) | figure(&mut e.max_ms);
@@ -526,102 +547,4 @@ impl ServerInfo {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn design_example_line_decodes() {
-        let line = r#"{"v":1,"seq":42,"t_ms":4200,"model":"fastapi",
- "workers":[{"id":0,"pid":4242,"alive":true,
-   "lag_ms":{"p50":0.3,"p99":1.2,"max":2.9,"samples":10},
-   "stalled_for_ms":0,
-   "loop_utilization":0.12,
-   "pool":{"size":40,"busy":3,"queued":0,"wait_ms_max":0.0},
-   "cpu":{"process":12.5,"loop_thread":10.1,"pool_threads":2.0},
-   "requests":{"in_flight":3,"completed":250}}],
- "host":{"cpu":23.0},
- "events":[{"kind":"slow_poll","worker":0,"endpoint":"GET /json","ms":412.0},
-           {"kind":"from_the_future","x":1}]}"#;
-        let snap: Snapshot = serde_json::from_str(line).unwrap();
-        assert_eq!(snap.seq, 42);
-        assert_eq!(snap.model, Model::Fastapi);
-        assert_eq!(snap.workers[0].pool.size, 40);
-        assert_eq!(snap.workers[0].lag_ms.max, 2.9);
-        assert_eq!(snap.workers[0].requests.completed, 250);
-        assert!(matches!(&snap.events[0], Event::SlowPoll { ms, .. } if *ms == 412.0));
-        assert_eq!(snap.events[1], Event::Unknown);
-    }
-
-    #[test]
-    fn snapshot_round_trips() {
-        let snap = Snapshot {
-            v: PROTOCOL_VERSION,
-            seq: 7,
-            t_ms: 700,
-            model: Model::Node,
-            period_ms: 100,
-            workers: vec![WorkerSnapshot {
-                id: 0,
-                pid: 1,
-                alive: true,
-                stalled_for_ms: 312.0,
-                stalled_in: Some("GET /block?ms=500".into()),
-                ..Default::default()
-            }],
-            host: HostSnapshot {
-                cpu: 50.0,
-                cores: 2,
-            },
-            events: vec![Event::WorkerRestarted {
-                worker: 1,
-                old_pid: 10,
-                new_pid: 11,
-            }],
-            runtime: None,
-        };
-        let line = serde_json::to_string(&snap).unwrap();
-        assert!(line.contains(r#""kind":"worker_restarted""#));
-        assert_eq!(serde_json::from_str::<Snapshot>(&line).unwrap(), snap);
-    }
-
-    #[test]
-    fn bounding_cuts_what_a_hostile_server_sends() {
-        let long = "x".repeat(1_000_000);
-        let mut snap = Snapshot {
-            v: PROTOCOL_VERSION,
-            seq: 1,
-            t_ms: 1,
-            model: Model::Node,
-            period_ms: 100,
-            workers: (0..10_000)
-                .map(|id| WorkerSnapshot {
-                    id,
-                    stalled_in: Some(long.clone()),
-                    ..Default::default()
-                })
-                .take(300)
-                .collect(),
-            host: HostSnapshot::default(),
-            events: (0..100)
-                .map(|_| Event::SlowPoll {
-                    worker: 0,
-                    endpoint: long.clone(),
-                    uri: long.clone(),
-                    ms: 1.0,
-                    t_ms: 0,
-                })
-                .collect(),
-            runtime: None,
-        };
-        let cuts = snap.bound();
-        assert_eq!(snap.workers.len(), MAX_WORKERS);
-        assert_eq!(snap.events.len(), MAX_EVENTS);
-        assert_eq!(
-            snap.workers[0].stalled_in.as_ref().unwrap().chars().count(),
-            MAX_STRING
-        );
-        assert_eq!(cuts.len(), 3, "{cuts:?}");
-        let mut fine = snap.clone();
-        assert!(fine.bound().is_empty(), "bounding twice cuts nothing more");
-    }
-}
+mod tests;

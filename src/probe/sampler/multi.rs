@@ -5,7 +5,10 @@
 //! A worker is **stalled** while the task poll it is running has lasted longer than
 //! the stall threshold: it is stuck on one task, and the request that task serves
 //! (if instrumented) is named. Its `lag_ms` is how long task polls held it in the
-//! period; its busy share comes from its park hooks. tokio's blocking pool is the
+//! period; its busy share comes from its park hooks. Its cumulative figures are
+//! every task poll's duration, the time its stalling polls held it, and its
+//! thread's CPU time (the process's and the blocking pool's on the first worker
+//! only, as in the period's figures). tokio's blocking pool is the
 //! pool: `spawn_blocking` jobs queued, blocking threads busy and started.
 
 use std::sync::atomic::Ordering;
@@ -13,10 +16,12 @@ use std::time::Duration;
 
 use crate::probe::cpu::ThreadCpu;
 use crate::probe::histogram::round3;
+use crate::probe::sampler::round6;
 use crate::probe::slots::WorkerSlot;
 use crate::probe::{LoopProbe, slot_request};
 use crate::protocol::{
-    CpuSnapshot, LagSummary, PoolSnapshot, RuntimeSnapshot, WorkerSnapshot, WorkerThreadSnapshot,
+    CpuSeconds, CpuSnapshot, DurationHistogram, LagSummary, PoolSnapshot, RuntimeSnapshot,
+    WorkerSnapshot, WorkerThreadSnapshot, WorkerTotals,
 };
 
 /// What the sampler keeps of one worker between reports.
@@ -26,6 +31,8 @@ pub(super) struct Seen {
     polls: u64,
     completed: u64,
     poll_buckets: Vec<u64>,
+    /// The stalled time reported last: reports never show less.
+    stalled: Duration,
     #[cfg(tokio_unstable)]
     steals: u64,
 }
@@ -63,11 +70,16 @@ impl MultiThread {
 
     /// The runtime-wide figures of the period; the scheduling delay is the lag
     /// timer's summary.
-    pub(super) fn runtime(&mut self, scheduling_delay: LagSummary) -> RuntimeSnapshot {
+    pub(super) fn runtime(
+        &mut self,
+        scheduling_delay: LagSummary,
+        total: DurationHistogram,
+    ) -> RuntimeSnapshot {
         let m = self.monitor.next().unwrap_or_default();
         let mut r = RuntimeSnapshot {
             workers: m.workers_count as u32,
             scheduling_delay_ms: scheduling_delay,
+            scheduling_delay_total: Some(total),
             global_queue: m.global_queue_depth as u64,
             alive_tasks: m.live_tasks_count as u64,
             ..Default::default()
@@ -103,8 +115,10 @@ impl MultiThread {
         dt: f64,
         threads: &[ThreadCpu],
         process: &CpuSnapshot,
+        process_total: &CpuSeconds,
         pool: &PoolSnapshot,
     ) -> Vec<WorkerSnapshot> {
+        let stall_ns = shared_stall_ns(probe);
         let shared = &probe.shared;
         let now = shared.now_ns();
         let pid = std::process::id();
@@ -117,7 +131,9 @@ impl MultiThread {
             }
             let busy = slot.busy_total_ns(now);
             let polls = slot.polls.load(Ordering::Relaxed);
+            let stalled_total = Duration::from_nanos(slot.stalled_total_ns(now, stall_ns));
             let seen = &mut self.seen[i];
+            seen.stalled = seen.stalled.max(stalled_total);
             let busy_delta = busy.saturating_sub(seen.busy_ns);
             seen.busy_ns = busy;
             let polls_delta = polls.saturating_sub(seen.polls);
@@ -145,10 +161,22 @@ impl MultiThread {
             }
             #[cfg(not(tokio_unstable))]
             let _ = &metrics;
-            let thread_cpu = threads
-                .iter()
-                .find(|t| t.tid == slot.tid)
-                .map_or(0.0, |t| (t.percent * 10.0).round() / 10.0);
+            let thread = threads.iter().find(|t| t.tid == slot.tid);
+            let thread_cpu = thread.map_or(0.0, |t| (t.percent * 10.0).round() / 10.0);
+            let first = out.is_empty();
+            let totals = WorkerTotals {
+                lag: slot.poll_durations.histogram(),
+                stalled_s: round6(seen.stalled.as_secs_f64()),
+                cpu_s: CpuSeconds {
+                    process: if first { process_total.process } else { 0.0 },
+                    loop_thread: thread.map_or(0.0, |t| round6(t.run_s)),
+                    pool_threads: if first {
+                        process_total.pool_threads
+                    } else {
+                        0.0
+                    },
+                },
+            };
             out.push(WorkerSnapshot {
                 id: slot.index,
                 pid,
@@ -182,10 +210,16 @@ impl MultiThread {
                     },
                 },
                 requests,
+                totals: Some(totals),
             });
         }
         out
     }
+}
+
+/// A poll longer than this stalls its worker, in ns.
+fn shared_stall_ns(probe: &LoopProbe) -> u64 {
+    probe.shared.config.stall_threshold.as_nanos() as u64
 }
 
 /// How long `slot`'s running poll has held it, if longer than `threshold`.

@@ -1,0 +1,99 @@
+//! Decoding, round trips and bounding of telemetry lines.
+
+use super::*;
+
+#[test]
+fn design_example_line_decodes() {
+    let line = r#"{"v":1,"seq":42,"t_ms":4200,"model":"fastapi",
+ "workers":[{"id":0,"pid":4242,"alive":true,
+   "lag_ms":{"p50":0.3,"p99":1.2,"max":2.9,"samples":10},
+   "stalled_for_ms":0,
+   "loop_utilization":0.12,
+   "pool":{"size":40,"busy":3,"queued":0,"wait_ms_max":0.0},
+   "cpu":{"process":12.5,"loop_thread":10.1,"pool_threads":2.0},
+   "requests":{"in_flight":3,"completed":250}}],
+ "host":{"cpu":23.0},
+ "events":[{"kind":"slow_poll","worker":0,"endpoint":"GET /json","ms":412.0},
+       {"kind":"from_the_future","x":1}]}"#;
+    let snap: Snapshot = serde_json::from_str(line).unwrap();
+    assert_eq!(snap.seq, 42);
+    assert_eq!(snap.model, Model::Fastapi);
+    assert_eq!(snap.workers[0].pool.size, 40);
+    assert_eq!(snap.workers[0].lag_ms.max, 2.9);
+    assert_eq!(snap.workers[0].requests.completed, 250);
+    assert!(matches!(&snap.events[0], Event::SlowPoll { ms, .. } if *ms == 412.0));
+    assert_eq!(snap.events[1], Event::Unknown);
+}
+
+#[test]
+fn snapshot_round_trips() {
+    let snap = Snapshot {
+        v: PROTOCOL_VERSION,
+        seq: 7,
+        t_ms: 700,
+        model: Model::Node,
+        period_ms: 100,
+        workers: vec![WorkerSnapshot {
+            id: 0,
+            pid: 1,
+            alive: true,
+            stalled_for_ms: 312.0,
+            stalled_in: Some("GET /block?ms=500".into()),
+            ..Default::default()
+        }],
+        host: HostSnapshot {
+            cpu: 50.0,
+            cores: 2,
+        },
+        events: vec![Event::WorkerRestarted {
+            worker: 1,
+            old_pid: 10,
+            new_pid: 11,
+        }],
+        runtime: None,
+    };
+    let line = serde_json::to_string(&snap).unwrap();
+    assert!(line.contains(r#""kind":"worker_restarted""#));
+    assert_eq!(serde_json::from_str::<Snapshot>(&line).unwrap(), snap);
+}
+
+#[test]
+fn bounding_cuts_what_a_hostile_server_sends() {
+    let long = "x".repeat(1_000_000);
+    let mut snap = Snapshot {
+        v: PROTOCOL_VERSION,
+        seq: 1,
+        t_ms: 1,
+        model: Model::Node,
+        period_ms: 100,
+        workers: (0..10_000)
+            .map(|id| WorkerSnapshot {
+                id,
+                stalled_in: Some(long.clone()),
+                ..Default::default()
+            })
+            .take(300)
+            .collect(),
+        host: HostSnapshot::default(),
+        events: (0..100)
+            .map(|_| Event::SlowPoll {
+                worker: 0,
+                endpoint: long.clone(),
+                uri: long.clone(),
+                ms: 1.0,
+                t_ms: 0,
+            })
+            .collect(),
+        runtime: None,
+    };
+    let cuts = snap.bound();
+    assert_eq!(snap.workers.len(), MAX_WORKERS);
+    assert_eq!(snap.events.len(), MAX_EVENTS);
+    assert_eq!(
+        snap.workers[0].stalled_in.as_ref().unwrap().chars().count(),
+        MAX_STRING
+    );
+    assert_eq!(cuts.len(), 3, "{cuts:?}");
+    let mut fine = snap.clone();
+    assert!(fine.bound().is_empty(), "bounding twice cuts nothing more");
+}

@@ -275,7 +275,9 @@ mod tests {
     use std::sync::mpsc;
 
     /// A loop blocked for 300 ms: the sampler reports the stall while it lasts,
-    /// early, then the lag histogram shows it once the loop runs again.
+    /// early, then the lag histogram shows it once the loop runs again; the
+    /// cumulative figures keep it (stalled seconds that never go down, a lag sample
+    /// above 0.25 s).
     #[test]
     fn reports_a_stall_while_it_lasts_then_the_lag() {
         let _serial = crate::test_support::timing_lock();
@@ -308,12 +310,20 @@ mod tests {
         let mut live_stall: Option<WorkerReport> = None;
         let mut max_lag = 0.0f64;
         let mut max_util = 0.0f64;
+        let mut stalled_s = Vec::new();
+        let mut last_totals = None;
+        let mut keep = |r: &WorkerReport| {
+            let t = r.worker.totals.clone().expect("cumulative figures");
+            stalled_s.push(t.stalled_s);
+            last_totals = Some(t);
+        };
         while Instant::now() < deadline && !looper.is_finished() {
             let Ok(r) = rx.recv_timeout(Duration::from_millis(500)) else {
                 continue;
             };
             max_lag = max_lag.max(r.worker.lag_ms.max);
             max_util = max_util.max(r.worker.loop_utilization);
+            keep(&r);
             if r.worker.stalled_for_ms > 100.0 && live_stall.is_none() {
                 live_stall = Some(r);
             }
@@ -321,7 +331,15 @@ mod tests {
         looper.join().unwrap();
         while let Ok(r) = rx.try_recv() {
             max_lag = max_lag.max(r.worker.lag_ms.max);
+            keep(&r);
         }
+        assert!(stalled_s.is_sorted(), "{stalled_s:?}");
+        let totals = last_totals.unwrap();
+        assert!((0.25..1.0).contains(&totals.stalled_s), "{totals:?}");
+        let above_quarter = totals.lag.count() - totals.lag.at_most()[9];
+        assert_eq!(crate::protocol::HISTOGRAM_BOUNDS_US[9], 250_000);
+        assert_eq!(above_quarter, 1, "{totals:?}");
+        assert!(totals.lag.sum_s >= 0.28, "{totals:?}");
         let stall = live_stall.expect("a report during the stall");
         assert!(stall.worker.stalled_for_ms < 300.0);
         assert_eq!(

@@ -17,16 +17,16 @@
 //!   fields read as absent. A version-1 reader ignores the new fields but does not
 //!   know the model `tokio`.
 //!
-//!   Added later in protocol 2, as optional fields: [`WorkerSnapshot::totals`], a
-//!   worker's cumulative figures since its process started (a histogram of every
-//!   lag or task-poll duration, seconds stalled, CPU seconds; see [`totals`]), and
-//!   [`RuntimeSnapshot::scheduling_delay_total`]. They restart from zero when a
-//!   worker process is replaced.
+//!   Added later in protocol 2, optional: [`WorkerSnapshot::totals`] and
+//!   [`RuntimeSnapshot::scheduling_delay_total`], cumulative figures since a
+//!   worker process started (see [`totals`]); a replacement process restarts them.
 
 use serde::{Deserialize, Serialize};
 
 pub mod totals;
-pub use totals::{CpuSeconds, DurationHistogram, HISTOGRAM_BOUNDS_US, WorkerTotals};
+pub use totals::{
+    CpuSeconds, DurationHistogram, HISTOGRAM_BOUNDS_US, HISTOGRAM_BUCKETS, WorkerTotals,
+};
 
 /// The version written in every snapshot's `v` field.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -455,6 +455,7 @@ impl Snapshot {
         }
         let mut long = false;
         let mut endpoints = false;
+        let mut buckets = false;
         let mut odd = figure(&mut self.host.cpu);
         if let Some(r) = &mut self.runtime {
             let l = &mut r.scheduling_delay_ms;
@@ -462,7 +463,7 @@ impl Snapshot {
                 odd |= figure(x);
             }
             if let Some(t) = &mut r.scheduling_delay_total {
-                odd |= t.bound();
+                t.bound(&mut buckets, &mut odd);
             }
         }
         for w in &mut self.workers {
@@ -491,7 +492,7 @@ impl Snapshot {
                 odd |= figure(x);
             }
             if let Some(t) = &mut w.totals {
-                odd |= t.bound();
+                t.bound(&mut buckets, &mut odd);
             }
             for e in &mut w.requests.endpoints {
                 odd |= figure(&mut e.p50_ms) | figure(&mut e.p99_ms) | figure(&mut e.max_ms);
@@ -519,6 +520,9 @@ impl Snapshot {
         }
         if endpoints {
             cuts.push(format!("endpoints beyond {MAX_ENDPOINTS} per worker"));
+        }
+        if buckets {
+            cuts.push(format!("histogram buckets beyond {HISTOGRAM_BUCKETS}"));
         }
         if long {
             cuts.push(format!("strings beyond {MAX_STRING} characters"));

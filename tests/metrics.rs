@@ -1,19 +1,24 @@
 //! `/metrics` read as Prometheus reads it, with an independent text-format parser,
-//! from a demo on real processes over loopback: the families, their types and base
-//! units, and a 500 ms block between two scrapes found in the second one (in the
-//! cumulative lag histogram and the stalled-seconds counter), in the node model and
-//! through the fastapi supervisor's pipes.
+//! over loopback: the families, their types and base units, and a 500 ms block
+//! between two scrapes found in the second one (in a cumulative histogram and the
+//! stalled-seconds counter): the lag of the node demo's loop, of the fastapi demo's
+//! workers through the supervisor's pipes, and the task polls of a multi-thread
+//! runtime's workers (the probe as a library, in this process).
 
 mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use axum::Router;
+use axum::routing::get as get_route;
 use common::{Demo, get, runtime, serial, telemetry};
 use loopscope::client::http::{self, HttpClient};
+use loopscope::probe::Probe;
 use prometheus_parse::{Sample, Scrape, Value};
 
 const LAG: &str = "loopscope_loop_lag_seconds";
+const POLLS: &str = "loopscope_worker_poll_duration_seconds";
 const STALLED: &str = "loopscope_loop_stalled_seconds_total";
 
 async fn scrape(client: &HttpClient, addr: &str) -> (String, Scrape) {
@@ -28,13 +33,13 @@ fn samples<'a>(s: &'a Scrape, metric: &str) -> Vec<&'a Sample> {
     s.samples.iter().filter(|x| x.metric == metric).collect()
 }
 
-/// The lag histogram's cumulative buckets (`le` -> count) of each worker.
-fn lag_buckets(s: &Scrape) -> HashMap<String, Vec<(f64, f64)>> {
-    samples(s, LAG)
+/// The cumulative buckets (`le`, count) of histogram `family`, per worker.
+fn buckets_of(s: &Scrape, family: &str) -> HashMap<String, Vec<(f64, f64)>> {
+    samples(s, family)
         .into_iter()
         .map(|x| {
             let Value::Histogram(h) = &x.value else {
-                panic!("{LAG} is a histogram: {:?}", x.value)
+                panic!("{family} is a histogram: {:?}", x.value)
             };
             let worker = x.labels.get("worker").unwrap().to_string();
             (worker, h.iter().map(|b| (b.less_than, b.count)).collect())
@@ -101,7 +106,7 @@ fn check_conventions(text: &str, s: &Scrape) {
     threads.sort();
     threads.dedup();
     assert_eq!(threads, ["loop", "pool", "process"]);
-    let buckets = lag_buckets(s);
+    let buckets = buckets_of(s, LAG);
     assert!(!buckets.is_empty());
     for (worker, h) in &buckets {
         assert!(h.len() >= 13, "{h:?}");
@@ -140,11 +145,11 @@ async fn scrape_until(
     }
 }
 
-/// What a 500 ms block left between `before` and `after`, summed over workers:
-/// lag samples above 0.25 s, growth of each bucket of 1 s and above, of the
-/// stalled seconds.
-fn block_between(before: &Scrape, after: &Scrape) -> (f64, Vec<(f64, f64)>, f64) {
-    let (b, a) = (lag_buckets(before), lag_buckets(after));
+/// What a 500 ms block left between `before` and `after` in histogram `family`
+/// and the stalled seconds, summed over workers: samples above 0.25 s, growth of
+/// each bucket of 1 s and above, of the stalled seconds.
+fn block_between(family: &str, before: &Scrape, after: &Scrape) -> (f64, Vec<(f64, f64)>, f64) {
+    let (b, a) = (buckets_of(before, family), buckets_of(after, family));
     let mut above_quarter = 0.0;
     let mut growth: Vec<(f64, f64)> = Vec::new();
     for (worker, h) in &a {
@@ -165,27 +170,28 @@ fn block_between(before: &Scrape, after: &Scrape) -> (f64, Vec<(f64, f64)>, f64)
     (above_quarter, growth, stalled(after) - stalled(before))
 }
 
-fn blocks_between_two_scrapes(model: &[&str]) {
-    let _serial = serial();
-    let demo = Demo::start(model);
-    runtime().block_on(async {
-        let _tel = telemetry(&demo.telemetry).await;
-        let client = http::client();
-        let workers = if model.contains(&"fastapi") { 2 } else { 1 };
-        let first = scrape_until(&client, &demo.telemetry, Duration::from_secs(5), |s| {
-            lag_buckets(s).len() == workers
-        })
-        .await;
-        let (text, first_again) = scrape(&client, &demo.telemetry).await;
-        check_conventions(&text, &first_again);
-
-        let r = get(&client, &demo.app, "/block?ms=500").await;
-        assert_eq!(r.status, 200);
-        let second = scrape_until(&client, &demo.telemetry, Duration::from_secs(5), |s| {
-            block_between(&first, s).0 >= 1.0 && block_between(&first, s).2 >= 0.4
-        })
-        .await;
-        let (above_quarter, growth, stalled) = block_between(&first, &second);
+/// Scrapes `tel` (whose histogram `family` has `workers` series), blocks a loop or
+/// worker of `app` for 500 ms, scrapes again: the block is in the second scrape.
+async fn block_between_two_scrapes(
+    app: &str,
+    tel: &str,
+    family: &str,
+    workers: usize,
+) -> (String, Scrape) {
+    let client = http::client();
+    let first = scrape_until(&client, tel, Duration::from_secs(5), |s| {
+        buckets_of(s, family).len() == workers
+    })
+    .await;
+    let r = get(&client, app, "/block?ms=500").await;
+    assert_eq!(r.status, 200);
+    let second = scrape_until(&client, tel, Duration::from_secs(5), |s| {
+        let (above_quarter, _, stalled) = block_between(family, &first, s);
+        above_quarter >= 1.0 && stalled >= 0.4
+    })
+    .await;
+    {
+        let (above_quarter, growth, stalled) = block_between(family, &first, &second);
         assert!(above_quarter >= 1.0, "a lag sample above 0.25 s");
         assert!(
             growth.len() >= 4 && growth.iter().all(|(_, d)| *d >= 1.0),
@@ -195,15 +201,72 @@ fn blocks_between_two_scrapes(model: &[&str]) {
             (0.4..3.0).contains(&stalled),
             "stalled seconds grew by {stalled}"
         );
+    }
+    scrape(&client, tel).await
+}
+
+fn demo_blocks_between_two_scrapes(model: &[&str]) {
+    let _serial = serial();
+    let demo = Demo::start(model);
+    runtime().block_on(async {
+        let _tel = telemetry(&demo.telemetry).await;
+        let workers = if model.contains(&"fastapi") { 2 } else { 1 };
+        let (text, scrape) =
+            block_between_two_scrapes(&demo.app, &demo.telemetry, LAG, workers).await;
+        check_conventions(&text, &scrape);
     });
 }
 
 #[test]
 fn node_metrics_follow_the_conventions_and_keep_a_block_between_scrapes() {
-    blocks_between_two_scrapes(&["--model", "node"]);
+    demo_blocks_between_two_scrapes(&["--model", "node"]);
 }
 
 #[test]
 fn fastapi_workers_totals_survive_the_supervisor() {
-    blocks_between_two_scrapes(&["--model", "fastapi", "--workers", "2"]);
+    demo_blocks_between_two_scrapes(&["--model", "fastapi", "--workers", "2"]);
+}
+
+/// A multi-thread runtime of two workers, the probe installed as a library: a
+/// poll that holds a worker for 500 ms is in its poll-duration histogram and its
+/// stalled seconds; the runtime's scheduling delay is a histogram of its own.
+#[test]
+fn multi_thread_workers_poll_durations_keep_a_block_between_scrapes() {
+    let _serial = serial();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2);
+    let probe = Probe::builder()
+        .telemetry("127.0.0.1:0")
+        .install(builder.enable_all())
+        .expect("the probe installs");
+    let rt = builder.build().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let app = listener.local_addr().unwrap().to_string();
+    let tel = probe.telemetry_addr().to_string();
+    let router = Router::new().route(
+        "/block",
+        get_route(|| async {
+            std::thread::sleep(Duration::from_millis(500));
+            "blocked\n"
+        }),
+    );
+    let _serving =
+        rt.spawn(async move { axum::serve(listener, router.layer(probe.layer())).await });
+    runtime().block_on(async {
+        let _tel = telemetry(&tel).await;
+        let (text, s) = block_between_two_scrapes(&app, &tel, POLLS, 2).await;
+        assert!(text.contains(&format!("\n# TYPE {POLLS} histogram\n")));
+        assert!(
+            !text.contains(&format!("# TYPE {LAG} ")),
+            "no loop of its own"
+        );
+        let delay = "loopscope_runtime_scheduling_delay_seconds";
+        assert!(text.contains(&format!("\n# TYPE {delay} histogram\n")));
+        assert!(matches!(samples(&s, delay)[0].value, Value::Histogram(_)));
+        let cpu = samples(&s, "loopscope_cpu_seconds_total");
+        assert_eq!(cpu.len(), 6, "three thread classes of two workers");
+    });
+    rt.shutdown_background();
 }

@@ -86,14 +86,31 @@ fn bounding_cuts_what_a_hostile_server_sends() {
             .collect(),
         runtime: None,
     };
+    snap.workers[1].totals = Some(WorkerTotals {
+        lag: DurationHistogram {
+            buckets: vec![1; 100_000],
+            sum_s: f64::NAN,
+        },
+        stalled_s: -1.0,
+        cpu_s: CpuSeconds {
+            process: f64::INFINITY,
+            ..Default::default()
+        },
+    });
     let cuts = snap.bound();
     assert_eq!(snap.workers.len(), MAX_WORKERS);
+    let totals = snap.workers[1].totals.as_ref().unwrap();
+    assert_eq!(totals.lag.buckets.len(), totals::HISTOGRAM_BUCKETS);
+    assert_eq!(
+        (totals.lag.sum_s, totals.stalled_s, totals.cpu_s.process),
+        (0.0, 0.0, MAX_FIGURE)
+    );
     assert_eq!(snap.events.len(), MAX_EVENTS);
     assert_eq!(
         snap.workers[0].stalled_in.as_ref().unwrap().chars().count(),
         MAX_STRING
     );
-    assert_eq!(cuts.len(), 3, "{cuts:?}");
+    assert_eq!(cuts.len(), 5, "{cuts:?}");
     let mut fine = snap.clone();
     assert!(fine.bound().is_empty(), "bounding twice cuts nothing more");
 }

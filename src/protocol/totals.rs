@@ -77,10 +77,11 @@ pub struct WorkerTotals {
 
 impl WorkerTotals {
     /// Brings figures from the network within bounds: at most
-    /// [`HISTOGRAM_BUCKETS`] buckets, seconds within `0..=`[`MAX_FIGURE`](super::MAX_FIGURE). True if anything was
-    /// outside.
-    pub(super) fn bound(&mut self) -> bool {
-        let mut odd = self.lag.bound();
+    /// [`HISTOGRAM_BUCKETS`] buckets, seconds within
+    /// `0..=`[`MAX_FIGURE`](super::MAX_FIGURE). Sets `cut` if buckets were cut,
+    /// `odd` if figures were outside.
+    pub(super) fn bound(&mut self, cut: &mut bool, odd: &mut bool) {
+        self.lag.bound(cut, odd);
         let c = &mut self.cpu_s;
         for x in [
             &mut self.stalled_s,
@@ -88,18 +89,17 @@ impl WorkerTotals {
             &mut c.loop_thread,
             &mut c.pool_threads,
         ] {
-            odd |= figure(x);
+            *odd |= figure(x);
         }
-        odd
     }
 }
 
 impl DurationHistogram {
     /// As [`WorkerTotals::bound`], for one histogram.
-    pub(super) fn bound(&mut self) -> bool {
-        let over = self.buckets.len() > HISTOGRAM_BUCKETS;
+    pub(super) fn bound(&mut self, cut: &mut bool, odd: &mut bool) {
+        *cut |= self.buckets.len() > HISTOGRAM_BUCKETS;
         self.buckets.truncate(HISTOGRAM_BUCKETS);
-        figure(&mut self.sum_s) | over
+        *odd |= figure(&mut self.sum_s);
     }
 }
 

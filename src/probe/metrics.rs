@@ -3,7 +3,7 @@
 //!
 //! What a scrape every 15 s must not miss is cumulative: the lag and task-poll
 //! histograms, the stalled seconds and the CPU seconds come from each worker's
-//! [`WorkerTotals`] (counted since its process started, so a stall between two
+//! [`WorkerTotals`](crate::protocol::WorkerTotals) (counted since its process started, so a stall between two
 //! scrapes is in the second one: `histogram_quantile(0.99,
 //! rate(loopscope_loop_lag_seconds_bucket[1m]))` works). Everything else is a gauge
 //! of the moment or a `_total` counter. A worker process that is replaced starts

@@ -4,7 +4,7 @@
 //! one (see [`multi`]).
 //!
 //! Each report also carries the worker's cumulative figures
-//! ([`WorkerTotals`](crate::protocol::WorkerTotals)): every lag sample (or task
+//! ([`WorkerTotals`]): every lag sample (or task
 //! poll) in fixed buckets, seconds stalled and CPU seconds since the start, so that
 //! a reader sampling far less often than once a period misses nothing.
 //!

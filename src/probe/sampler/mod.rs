@@ -3,10 +3,10 @@
 //! a `current_thread` runtime (its loop), one per worker thread for a `multi_thread`
 //! one (see [`multi`]).
 //!
-//! Each report also carries the worker's cumulative figures
-//! ([`WorkerTotals`]): every lag sample (or task
-//! poll) in fixed buckets, seconds stalled and CPU seconds since the start, so that
-//! a reader sampling far less often than once a period misses nothing.
+//! Each report also carries the worker's cumulative figures ([`WorkerTotals`]):
+//! every lag sample (or task poll) in fixed buckets, seconds stalled and CPU
+//! seconds since the start, so that a reader sampling far less often than once a
+//! period misses nothing.
 //!
 //! It never runs on the runtime it measures, so a blocked loop is still reported. It
 //! looks for a stall every 25 ms (the loop's heartbeat, or a worker's running poll)

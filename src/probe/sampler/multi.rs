@@ -5,11 +5,12 @@
 //! A worker is **stalled** while the task poll it is running has lasted longer than
 //! the stall threshold: it is stuck on one task, and the request that task serves
 //! (if instrumented) is named. Its `lag_ms` is how long task polls held it in the
-//! period; its busy share comes from its park hooks. Its cumulative figures are
-//! every task poll's duration, the time its stalling polls held it, and its
-//! thread's CPU time (the process's and the blocking pool's on the first worker
-//! only, as in the period's figures). tokio's blocking pool is the
+//! period; its busy share comes from its park hooks. tokio's blocking pool is the
 //! pool: `spawn_blocking` jobs queued, blocking threads busy and started.
+//!
+//! A worker's cumulative figures are every task poll's duration, the time its
+//! stalling polls held it, and its thread's CPU time (the process's and the
+//! blocking pool's on the first worker only, as in the period's figures).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -31,8 +32,10 @@ pub(super) struct Seen {
     polls: u64,
     completed: u64,
     poll_buckets: Vec<u64>,
-    /// The stalled time reported last: reports never show less.
+    /// The stalled time and thread CPU seconds reported last: reports never show
+    /// less.
     stalled: Duration,
+    cpu_s: f64,
     #[cfg(tokio_unstable)]
     steals: u64,
 }
@@ -118,8 +121,8 @@ impl MultiThread {
         process_total: &CpuSeconds,
         pool: &PoolSnapshot,
     ) -> Vec<WorkerSnapshot> {
-        let stall_ns = shared_stall_ns(probe);
         let shared = &probe.shared;
+        let stall_ns = shared.config.stall_threshold.as_nanos() as u64;
         let now = shared.now_ns();
         let pid = std::process::id();
         let metrics = shared.runtime.get().map(|h| h.metrics());
@@ -163,13 +166,16 @@ impl MultiThread {
             let _ = &metrics;
             let thread = threads.iter().find(|t| t.tid == slot.tid);
             let thread_cpu = thread.map_or(0.0, |t| (t.percent * 10.0).round() / 10.0);
+            if let Some(t) = thread {
+                seen.cpu_s = seen.cpu_s.max(round6(t.run_s));
+            }
             let first = out.is_empty();
             let totals = WorkerTotals {
                 lag: slot.poll_durations.histogram(),
                 stalled_s: round6(seen.stalled.as_secs_f64()),
                 cpu_s: CpuSeconds {
                     process: if first { process_total.process } else { 0.0 },
-                    loop_thread: thread.map_or(0.0, |t| round6(t.run_s)),
+                    loop_thread: seen.cpu_s,
                     pool_threads: if first {
                         process_total.pool_threads
                     } else {
@@ -215,11 +221,6 @@ impl MultiThread {
         }
         out
     }
-}
-
-/// A poll longer than this stalls its worker, in ns.
-fn shared_stall_ns(probe: &LoopProbe) -> u64 {
-    probe.shared.config.stall_threshold.as_nanos() as u64
 }
 
 /// How long `slot`'s running poll has held it, if longer than `threshold`.

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::figure;
 
 /// Upper bounds of the buckets of a [`DurationHistogram`], in microseconds
-/// (0.1 ms to 10 s); a last bucket holds what is longer.
+/// (0.1 ms to 10 s); a last bucket holds what is longer. Part of the protocol:
+/// lines carry counts, not bounds, so other bounds would need a new version.
 pub const HISTOGRAM_BOUNDS_US: [u64; 15] = [
     100, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
     2_500_000, 5_000_000, 10_000_000,

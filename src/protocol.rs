@@ -16,8 +16,17 @@
 //!   version-1 line (a recording made before) still decodes and replays: its new
 //!   fields read as absent. A version-1 reader ignores the new fields but does not
 //!   know the model `tokio`.
+//!
+//!   Added later in protocol 2, optional: [`WorkerSnapshot::totals`] and
+//!   [`RuntimeSnapshot::scheduling_delay_total`], cumulative figures since a
+//!   worker process started (see [`totals`]); a replacement process restarts them.
 
 use serde::{Deserialize, Serialize};
+
+pub mod totals;
+pub use totals::{
+    CpuSeconds, DurationHistogram, HISTOGRAM_BOUNDS_US, HISTOGRAM_BUCKETS, WorkerTotals,
+};
 
 /// The version written in every snapshot's `v` field.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -100,6 +109,9 @@ pub struct RuntimeSnapshot {
     pub idle_blocking_threads: u32,
     /// `spawn_blocking` jobs waiting for a blocking thread, now.
     pub blocking_queue: u64,
+    /// Every scheduling delay since the runtime started, not only the period's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling_delay_total: Option<DurationHistogram>,
 }
 
 /// One worker thread of a multi-thread tokio runtime, over one sample period
@@ -159,6 +171,9 @@ pub struct WorkerSnapshot {
     pub cpu: CpuSnapshot,
     /// Server-side request statistics.
     pub requests: RequestSnapshot,
+    /// Cumulative figures since the worker's process started (protocol 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<WorkerTotals>,
 }
 
 /// Summary of the timer-drift lag histogram for one period, in milliseconds.
@@ -440,11 +455,15 @@ impl Snapshot {
         }
         let mut long = false;
         let mut endpoints = false;
+        let mut buckets = false;
         let mut odd = figure(&mut self.host.cpu);
         if let Some(r) = &mut self.runtime {
             let l = &mut r.scheduling_delay_ms;
             for x in [&mut l.p50, &mut l.p99, &mut l.max] {
                 odd |= figure(x);
+            }
+            if let Some(t) = &mut r.scheduling_delay_total {
+                t.bound(&mut buckets, &mut odd);
             }
         }
         for w in &mut self.workers {
@@ -472,6 +491,9 @@ impl Snapshot {
             if let Some(x) = &mut w.silent_for_ms {
                 odd |= figure(x);
             }
+            if let Some(t) = &mut w.totals {
+                t.bound(&mut buckets, &mut odd);
+            }
             for e in &mut w.requests.endpoints {
                 odd |= figure(&mut e.p50_ms) | figure(&mut e.p99_ms) | figure(&mut e.max_ms);
             }
@@ -498,6 +520,9 @@ impl Snapshot {
         }
         if endpoints {
             cuts.push(format!("endpoints beyond {MAX_ENDPOINTS} per worker"));
+        }
+        if buckets {
+            cuts.push(format!("histogram buckets beyond {HISTOGRAM_BUCKETS}"));
         }
         if long {
             cuts.push(format!("strings beyond {MAX_STRING} characters"));

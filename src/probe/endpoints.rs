@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::protocol::EndpointLatency;
+use crate::protocol::{DurationHistogram, EndpointLatency, HISTOGRAM_BOUNDS_US};
 
 /// Endpoints kept apart; later ones share the last slot, named `(other)`.
 pub(crate) const MAX_ENDPOINTS: usize = 64;
@@ -22,8 +22,12 @@ const SUB: usize = 1 << SUB_BITS;
 const EXPONENTS: usize = 37;
 const BUCKETS: usize = EXPONENTS * SUB;
 
-/// Counts of durations in log-scale buckets (~4.7 KB), cumulative since creation.
-pub(crate) struct Buckets(Box<[AtomicU64]>);
+/// Counts of durations in log-scale buckets (~4.7 KB), and their sum, cumulative
+/// since creation.
+pub(crate) struct Buckets {
+    counts: Box<[AtomicU64]>,
+    sum_us: AtomicU64,
+}
 
 /// A period's figures from [`Buckets::take`], in milliseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -36,26 +40,35 @@ pub(crate) struct BucketSummary {
 
 impl Buckets {
     pub(crate) fn new() -> Self {
-        Self((0..BUCKETS).map(|_| AtomicU64::new(0)).collect())
+        Self {
+            counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+        }
     }
 
     /// Counts one duration of `us` microseconds; any thread.
     pub(crate) fn record_us(&self, us: u64) {
-        self.0[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+        self.counts[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
-    /// How many durations were counted at most `us` microseconds long (to within a
-    /// bucket), since creation.
-    pub(crate) fn count_at_most_us(&self, us: u64) -> u64 {
-        self.0[..=bucket_of(us)]
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// Everything counted since creation.
-    pub(crate) fn total(&self) -> u64 {
-        self.0.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    /// Everything counted since creation, in the fixed buckets of the telemetry
+    /// ([`HISTOGRAM_BOUNDS_US`]). A bound falls inside a log-scale bucket, which
+    /// counts as at most the bound whole: a duration up to 1/16 of a power of two
+    /// (~6%) longer than a bound may count as at most it.
+    pub(crate) fn histogram(&self) -> DurationHistogram {
+        let mut buckets = vec![0u64; HISTOGRAM_BOUNDS_US.len() + 1];
+        let mut bound = 0;
+        for (b, n) in self.counts.iter().enumerate() {
+            while bound < HISTOGRAM_BOUNDS_US.len() && b > bucket_of(HISTOGRAM_BOUNDS_US[bound]) {
+                bound += 1;
+            }
+            buckets[bound] += n.load(Ordering::Relaxed);
+        }
+        DurationHistogram {
+            buckets,
+            sum_s: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        }
     }
 
     /// What was counted since the previous call; `seen` keeps the reader's counts.
@@ -63,7 +76,7 @@ impl Buckets {
         seen.resize(BUCKETS, 0);
         let mut delta = [0u64; BUCKETS];
         let mut count = 0;
-        for (b, (now, before)) in self.0.iter().zip(seen.iter_mut()).enumerate() {
+        for (b, (now, before)) in self.counts.iter().zip(seen.iter_mut()).enumerate() {
             let n = now.load(Ordering::Relaxed);
             delta[b] = n.saturating_sub(*before);
             *before = n;
@@ -212,6 +225,24 @@ mod tests {
             assert!(b >= last, "monotonic at {us}");
             last = b;
         }
+    }
+
+    #[test]
+    fn cumulative_histogram_in_the_telemetry_buckets() {
+        let b = Buckets::new();
+        for us in [50, 100, 900, 2_000, 499_000, 600_000, 20_000_000] {
+            b.record_us(us);
+        }
+        let mut seen = Vec::new();
+        b.take(&mut seen);
+        let h = b.histogram();
+        assert_eq!(h.count(), 7, "taking a period leaves the totals");
+        let le = h.at_most();
+        // 100 µs, 500 µs, 1 ms, 2.5 ms, ..., 0.5 s, 1 s, ..., 10 s.
+        assert_eq!((le[0], le[1], le[2], le[3]), (2, 2, 3, 4));
+        assert_eq!((le[9], le[10], le[11]), (4, 5, 6));
+        assert_eq!(le[14], 6);
+        assert!((h.sum_s - 21.102_05).abs() < 1e-9, "{}", h.sum_s);
     }
 
     #[test]

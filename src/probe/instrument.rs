@@ -141,7 +141,8 @@ impl<F: Future> Future for Instrumented<F> {
         let poll_end = quanta::Instant::now();
         #[cfg(not(tokio_unstable))]
         if let Some(slot) = slot {
-            slot.poll_ended(shared.ns_at(poll_end));
+            let stall_ns = shared.config.stall_threshold.as_nanos() as u64;
+            slot.poll_ended(shared.ns_at(poll_end), stall_ns);
         }
 
         if let Some(slot) = slot {

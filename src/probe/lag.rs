@@ -58,6 +58,7 @@ pub(crate) async fn run(shared: Arc<Shared>, resolution: std::time::Duration) {
     shared
         .threads
         .try_register_current_thread(super::ThreadClass::Loop);
+    let stall_after_ns = (shared.config.stall_threshold + resolution).as_nanos() as u64;
     let mut pending: Vec<u64> = Vec::new();
     // The timer needs the std clock; lateness is measured on the probe's clock.
     let mut deadline = Instant::now() + resolution;
@@ -65,7 +66,13 @@ pub(crate) async fn run(shared: Arc<Shared>, resolution: std::time::Duration) {
     loop {
         tokio::time::sleep_until(deadline.into()).await;
         let now_ns = shared.now_ns();
-        shared.heartbeat_ns.store(now_ns, Ordering::Relaxed);
+        let beat = shared.heartbeat_ns.swap(now_ns, Ordering::Release);
+        // A gap the sampler saw as a stall (`LoopProbe::stalled_for`) is added once
+        // it closes, after the heartbeat moved on (see `LoopProbe::stalled_total`).
+        let gap = now_ns.saturating_sub(beat);
+        if beat != 0 && gap > stall_after_ns {
+            shared.stalled_ns.fetch_add(gap, Ordering::Release);
+        }
         // Lateness past the deadline, the resolution not counted. If the loop was
         // asleep at the deadline (tokio rounds timers up to its next 1 ms tick), the
         // timer could not be late before the loop woke: count from the wake-up.
@@ -75,6 +82,7 @@ pub(crate) async fn run(shared: Arc<Shared>, resolution: std::time::Duration) {
             .and_then(|slot| slot.parks.wake_after(deadline_ns))
             .unwrap_or(deadline_ns);
         let late_us = now_ns.saturating_sub(ready_ns.max(deadline_ns)) / 1000;
+        shared.lag_total.record_us(late_us);
         match shared.lag.try_lock() {
             Ok(mut h) => {
                 for v in pending.drain(..) {

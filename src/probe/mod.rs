@@ -120,6 +120,11 @@ pub(crate) struct Shared {
     /// When the lag timer last ran.
     pub(crate) heartbeat_ns: AtomicU64,
     pub(crate) lag: Mutex<LatencyHistogram>,
+    /// Every lag sample since the start, never reset.
+    pub(crate) lag_total: endpoints::Buckets,
+    /// Time the loop spent in stalls that ended, in ns: each heartbeat gap longer
+    /// than the stall threshold past the timer's interval, added when it closes.
+    pub(crate) stalled_ns: AtomicU64,
     /// The measured runtime, learnt by the hooks or the lag task.
     pub(crate) runtime: OnceLock<tokio::runtime::Handle>,
     /// Ids handed to instrumented requests.
@@ -169,6 +174,8 @@ impl LoopProbe {
                 epoch,
                 heartbeat_ns: AtomicU64::new(0),
                 lag: Mutex::new(LatencyHistogram::new()),
+                lag_total: endpoints::Buckets::new(),
+                stalled_ns: AtomicU64::new(0),
                 runtime: OnceLock::new(),
                 request_seq: AtomicU64::new(0),
                 slots: slots::WorkerSlots::default(),
@@ -230,6 +237,7 @@ impl LoopProbe {
         {
             let before = Arc::clone(&self.shared);
             let after = Arc::clone(&self.shared);
+            let stall_ns = self.shared.config.stall_threshold.as_nanos() as u64;
             builder
                 .on_before_task_poll(move |_| {
                     if let Some(slot) = before.slots.current() {
@@ -238,7 +246,7 @@ impl LoopProbe {
                 })
                 .on_after_task_poll(move |_| {
                     if let Some(slot) = after.slots.current_if_claimed() {
-                        slot.poll_ended(after.now_ns());
+                        slot.poll_ended(after.now_ns(), stall_ns);
                     }
                 });
         }
@@ -281,6 +289,20 @@ impl LoopProbe {
         }
         let gap = Duration::from_nanos(s.now_ns().saturating_sub(beat));
         (gap > s.config.stall_threshold + s.config.lag_resolution).then_some(gap)
+    }
+
+    /// Time the loop has spent stalled since the probe started, the stall going on
+    /// now included. Read in the order the lag timer writes (the stalls that ended,
+    /// then the heartbeat), so a stall that ends meanwhile is never counted twice; it
+    /// may be missed once, so a reader keeps the figure it reported last if larger.
+    pub(crate) fn stalled_total(&self) -> Duration {
+        let done = self.shared.stalled_ns.load(Ordering::Acquire);
+        Duration::from_nanos(done) + self.stalled_for().unwrap_or_default()
+    }
+
+    /// Every lag sample since the probe started.
+    pub(crate) fn lag_total(&self) -> crate::protocol::DurationHistogram {
+        self.shared.lag_total.histogram()
     }
 
     /// Registers endpoints before traffic arrives, so that a scan of unknown paths

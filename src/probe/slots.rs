@@ -46,6 +46,9 @@ pub(crate) struct WorkerSlot {
     pub(crate) poll_started_ns: AtomicU64,
     /// Durations of finished polls.
     pub(crate) poll_durations: Buckets,
+    /// Time held by finished polls that stalled the thread (longer than the stall
+    /// threshold), in ns.
+    pub(crate) stalled_ns: AtomicU64,
     /// The id of the instrumented request being polled now, 0 when none is.
     pub(crate) request_in_poll: AtomicU64,
     /// The target of the request being polled (or polled last).
@@ -94,12 +97,18 @@ impl WorkerSlot {
         self.poll_started_ns.store(now_ns, Ordering::Relaxed);
     }
 
-    /// The poll that started last ends at `now_ns`. Its own thread only.
-    pub(crate) fn poll_ended(&self, now_ns: u64) {
-        let start = self.poll_started_ns.swap(0, Ordering::Relaxed);
+    /// The poll that started last ends at `now_ns`; longer than `stall_ns`, it
+    /// stalled the thread. Its own thread only.
+    pub(crate) fn poll_ended(&self, now_ns: u64, stall_ns: u64) {
+        let start = self.poll_started_ns.swap(0, Ordering::Release);
         if start != 0 {
-            self.poll_durations
-                .record_us(now_ns.saturating_sub(start) / 1000);
+            let held = now_ns.saturating_sub(start);
+            self.poll_durations.record_us(held / 1000);
+            // After the poll is seen as ended: a reader that sees this sum no longer
+            // sees the poll running (see `stalled_total_ns`).
+            if held > stall_ns {
+                self.stalled_ns.fetch_add(held, Ordering::Release);
+            }
         }
     }
 
@@ -110,6 +119,19 @@ impl WorkerSlot {
         self.arrived.store(n, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         (u64::from(self.index) + 1) << 48 | (n & ((1 << 48) - 1))
+    }
+
+    /// Time stalled by finished polls, then the running poll's if it has lasted
+    /// longer than `stall_ns`, at `now_ns`. Read in the order the poll's end writes
+    /// them, so a poll that ends meanwhile is never counted twice (it may be missed
+    /// once: a reader keeps the figure it reported last if larger).
+    pub(crate) fn stalled_total_ns(&self, now_ns: u64, stall_ns: u64) -> u64 {
+        let done = self.stalled_ns.load(Ordering::Acquire);
+        let running = self
+            .polling_for_ns(now_ns)
+            .filter(|held| *held > stall_ns)
+            .unwrap_or(0);
+        done + running
     }
 
     /// How long the poll running now has run, at `now_ns`.
@@ -197,6 +219,7 @@ impl WorkerSlots {
             polls: AtomicU64::new(0),
             poll_started_ns: AtomicU64::new(0),
             poll_durations: Buckets::new(),
+            stalled_ns: AtomicU64::new(0),
             request_in_poll: AtomicU64::new(0),
             target: TargetSlot::default(),
             arrived: AtomicU64::new(0),
@@ -278,13 +301,22 @@ mod tests {
         assert_eq!(s.busy_total_ns(12_000), 6_000);
         s.poll_started(12_000);
         assert_eq!(s.polling_for_ns(20_000), Some(8_000));
-        s.poll_ended(2_012_000);
+        assert_eq!(s.stalled_total_ns(2_000_000, 1_000_000), 1_988_000);
+        s.poll_ended(2_012_000, 1_000_000);
         assert_eq!(s.polling_for_ns(2_100_000), None);
+        assert_eq!(s.stalled_total_ns(2_100_000, 1_000_000), 2_000_000);
         let mut seen = Vec::new();
         let p = s.poll_durations.take(&mut seen);
         assert_eq!(p.count, 1);
         assert!((p.max_ms - 2.0).abs() < 0.15, "{p:?}");
         assert_eq!(s.polls.load(Ordering::Relaxed), 1);
+        s.poll_started(3_000_000);
+        s.poll_ended(3_500_000, 1_000_000);
+        assert_eq!(
+            s.stalled_total_ns(4_000_000, 1_000_000),
+            2_000_000,
+            "short polls do not stall"
+        );
     }
 
     #[test]

@@ -1,18 +1,20 @@
+//! Decoding, round trips and bounding of telemetry lines.
+
 use super::*;
 
 #[test]
 fn design_example_line_decodes() {
     let line = r#"{"v":1,"seq":42,"t_ms":4200,"model":"fastapi",
-"workers":[{"id":0,"pid":4242,"alive":true,
-  "lag_ms":{"p50":0.3,"p99":1.2,"max":2.9,"samples":10},
-  "stalled_for_ms":0,
-  "loop_utilization":0.12,
-  "pool":{"size":40,"busy":3,"queued":0,"wait_ms_max":0.0},
-  "cpu":{"process":12.5,"loop_thread":10.1,"pool_threads":2.0},
-  "requests":{"in_flight":3,"completed":250}}],
-"host":{"cpu":23.0},
-"events":[{"kind":"slow_poll","worker":0,"endpoint":"GET /json","ms":412.0},
-          {"kind":"from_the_future","x":1}]}"#;
+ "workers":[{"id":0,"pid":4242,"alive":true,
+   "lag_ms":{"p50":0.3,"p99":1.2,"max":2.9,"samples":10},
+   "stalled_for_ms":0,
+   "loop_utilization":0.12,
+   "pool":{"size":40,"busy":3,"queued":0,"wait_ms_max":0.0},
+   "cpu":{"process":12.5,"loop_thread":10.1,"pool_threads":2.0},
+   "requests":{"in_flight":3,"completed":250}}],
+ "host":{"cpu":23.0},
+ "events":[{"kind":"slow_poll","worker":0,"endpoint":"GET /json","ms":412.0},
+       {"kind":"from_the_future","x":1}]}"#;
     let snap: Snapshot = serde_json::from_str(line).unwrap();
     assert_eq!(snap.seq, 42);
     assert_eq!(snap.model, Model::Fastapi);
@@ -84,14 +86,31 @@ fn bounding_cuts_what_a_hostile_server_sends() {
             .collect(),
         runtime: None,
     };
+    snap.workers[1].totals = Some(WorkerTotals {
+        lag: DurationHistogram {
+            buckets: vec![1; 100_000],
+            sum_s: f64::NAN,
+        },
+        stalled_s: -1.0,
+        cpu_s: CpuSeconds {
+            process: f64::INFINITY,
+            ..Default::default()
+        },
+    });
     let cuts = snap.bound();
     assert_eq!(snap.workers.len(), MAX_WORKERS);
+    let totals = snap.workers[1].totals.as_ref().unwrap();
+    assert_eq!(totals.lag.buckets.len(), totals::HISTOGRAM_BUCKETS);
+    assert_eq!(
+        (totals.lag.sum_s, totals.stalled_s, totals.cpu_s.process),
+        (0.0, 0.0, MAX_FIGURE)
+    );
     assert_eq!(snap.events.len(), MAX_EVENTS);
     assert_eq!(
         snap.workers[0].stalled_in.as_ref().unwrap().chars().count(),
         MAX_STRING
     );
-    assert_eq!(cuts.len(), 3, "{cuts:?}");
+    assert_eq!(cuts.len(), 5, "{cuts:?}");
     let mut fine = snap.clone();
     assert!(fine.bound().is_empty(), "bounding twice cuts nothing more");
 }

@@ -7,6 +7,12 @@
 //! when a stall begins). A worker whose reports stop (its whole process stopped,
 //! swapped out or wedged, so its own sampler is stuck too) is shown as silent, with
 //! its CPU read from `/proc` by the supervisor.
+//!
+//! A worker's cumulative figures ([`WorkerTotals`](crate::protocol::WorkerTotals))
+//! are its newest report's. A silent worker's stalled seconds go on growing with its
+//! silence, as its `stalled_for_ms` does, and never show less than the previous
+//! snapshot did while the same process reports them; a replacement process starts
+//! again from zero (a counter reset, which Prometheus' `rate()` allows for).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::cpu::{HostCpu, ThreadNames};
 use super::histogram::round3;
+use super::sampler::round6;
 use super::telemetry::TelemetryHub;
 use crate::protocol::{
     CpuSnapshot, Event, HostSnapshot, LagSummary, Model, PROTOCOL_VERSION, RuntimeSnapshot,
@@ -63,6 +70,8 @@ struct Slot {
     heard: Option<Instant>,
     /// Whether it has reported since it started.
     reported: bool,
+    /// The stalled seconds the previous snapshot showed for this process.
+    stalled_s: f64,
 }
 
 /// The merging state; pure apart from the clock readings passed in.
@@ -130,6 +139,7 @@ impl Aggregator {
                     0
                 };
                 slot.started = true;
+                slot.stalled_s = 0.0;
                 slot.pending.clear();
                 slot.heard = Some(now);
                 slot.reported = false;
@@ -251,6 +261,13 @@ impl Aggregator {
                     let ms = round3(quiet.as_secs_f64() * 1000.0);
                     w.silent_for_ms = Some(ms);
                     w.stalled_for_ms = round3(w.stalled_for_ms + ms);
+                    if let Some(t) = &mut w.totals {
+                        t.stalled_s = round6(t.stalled_s + quiet.as_secs_f64());
+                    }
+                }
+                if let Some(t) = &mut w.totals {
+                    t.stalled_s = t.stalled_s.max(slot.stalled_s);
+                    slot.stalled_s = t.stalled_s;
                 }
                 w
             })

@@ -1,6 +1,7 @@
-//! The aggregator's own clock and the CPU of a silent worker.
+//! The aggregator's own clock, the CPU of a silent worker, and cumulative figures.
 
 use super::*;
+use crate::protocol::{DurationHistogram, WorkerTotals};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -128,4 +129,59 @@ fn a_batch_of_worker_reports_carries_its_own_runtime_figures() {
         assert_eq!(s.workers[0].pool.threads, batch as u32);
         assert_eq!(s.runtime.unwrap().blocking_threads, batch as u32);
     }
+}
+
+fn with_totals(id: u32, pid: u32, stalled_s: f64, lag: Vec<u64>) -> Feed {
+    Feed::Report(Box::new(WorkerReport {
+        worker: WorkerSnapshot {
+            id,
+            pid,
+            alive: true,
+            totals: Some(WorkerTotals {
+                lag: DurationHistogram {
+                    buckets: lag,
+                    sum_s: 0.5,
+                },
+                stalled_s,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        events: vec![],
+        urgent: false,
+        runtime: None,
+    }))
+}
+
+/// Cumulative figures: the newest report's, never less than shown before for the
+/// same process, growing with a silence, from zero again for a new process.
+#[test]
+fn totals_are_the_newest_and_only_grow_per_process() {
+    let t0 = Instant::now();
+    let mut agg = Aggregator::new(Model::Fastapi, ms(100));
+    agg.apply(Feed::WorkerStarted { id: 0, pid: 10 }, t0);
+    agg.apply(with_totals(0, 10, 0.25, vec![5]), t0);
+    agg.apply(with_totals(0, 10, 0.75, vec![9, 0, 1]), t0);
+    let totals = |s: &Snapshot| s.workers[0].totals.clone().unwrap();
+    let s1 = agg.snapshot(100, HostSnapshot::default(), t0);
+    assert_eq!(totals(&s1).lag.buckets, vec![9, 0, 1]);
+    assert_eq!(totals(&s1).stalled_s, 0.75);
+    // A report that read a stall as it ended (a moment's undercount) shows no less.
+    agg.apply(with_totals(0, 10, 0.7, vec![9, 0, 1]), t0 + ms(100));
+    let s2 = agg.snapshot(200, HostSnapshot::default(), t0 + ms(100));
+    assert_eq!(totals(&s2).stalled_s, 0.75);
+    // Silent for 2 s: its stall goes on from its last report.
+    let late = t0 + ms(2100);
+    let s3 = agg.snapshot(2100, HostSnapshot::default(), late);
+    assert!(s3.workers[0].silent_for_ms.is_some());
+    assert!(
+        (totals(&s3).stalled_s - 2.7).abs() < 1e-6,
+        "{:?}",
+        totals(&s3)
+    );
+    // A new process starts from zero.
+    agg.apply(Feed::WorkerStarted { id: 0, pid: 20 }, late);
+    agg.apply(with_totals(0, 20, 0.0, vec![1]), late);
+    let s4 = agg.snapshot(2200, HostSnapshot::default(), late);
+    assert_eq!((s4.workers[0].pid, totals(&s4).stalled_s), (20, 0.0));
 }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::threads::{ThreadClass, ThreadRegistry};
-use crate::protocol::CpuSnapshot;
+use crate::protocol::{CpuSeconds, CpuSnapshot};
 
 /// CPU of one thread over the last period.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +31,8 @@ pub struct ThreadCpu {
     pub class: Option<ThreadClass>,
     /// Percent of one core.
     pub percent: f64,
+    /// Its run time since it started, in seconds.
+    pub run_s: f64,
 }
 
 /// What the sampler keeps of a thread between samples.
@@ -49,8 +51,18 @@ pub struct CpuSampler {
     last: HashMap<u32, Seen>,
     threads: Vec<ThreadCpu>,
     last_process_ns: Option<u64>,
+    /// CPU time counted so far, by class (the loop's and the pool's in ns, added
+    /// period by period so that threads that ended still count).
+    totals: Totals,
     #[cfg(not(target_os = "linux"))]
     fallback: Fallback,
+}
+
+#[derive(Default)]
+struct Totals {
+    process_ns: u64,
+    loop_ns: u64,
+    pool_ns: u64,
 }
 
 impl CpuSampler {
@@ -64,6 +76,7 @@ impl CpuSampler {
             last: HashMap::new(),
             threads: Vec::new(),
             last_process_ns: None,
+            totals: Totals::default(),
             #[cfg(not(target_os = "linux"))]
             fallback: Fallback::new(),
         };
@@ -76,6 +89,18 @@ impl CpuSampler {
     /// next sample on); with several registries, the first one added wins.
     pub fn watch(&mut self, registry: ThreadRegistry) {
         self.registries.push(registry);
+    }
+
+    /// CPU time up to the last sample, since the process started (the loop's and
+    /// the pool's: since this sampler started, and the whole life of the threads
+    /// that ran then).
+    pub fn totals(&self) -> CpuSeconds {
+        let s = |ns: u64| (ns as f64 / 1e6).round() / 1e3;
+        CpuSeconds {
+            process: s(self.totals.process_ns),
+            loop_thread: s(self.totals.loop_ns),
+            pool_threads: s(self.totals.pool_ns),
+        }
     }
 
     /// Per-thread figures of the last sample.
@@ -124,8 +149,14 @@ impl CpuSampler {
             let percent = (run_ns - prev_ns) as f64 / elapsed_ns * 100.0;
             snap.process += percent;
             match class {
-                Some(ThreadClass::Loop) => snap.loop_thread += percent,
-                Some(ThreadClass::Pool) => snap.pool_threads += percent,
+                Some(ThreadClass::Loop) => {
+                    snap.loop_thread += percent;
+                    self.totals.loop_ns += run_ns - prev_ns;
+                }
+                Some(ThreadClass::Pool) => {
+                    snap.pool_threads += percent;
+                    self.totals.pool_ns += run_ns - prev_ns;
+                }
                 None => {}
             }
             self.threads.push(ThreadCpu {
@@ -133,6 +164,7 @@ impl CpuSampler {
                 name: name_str.unwrap_or_default().to_string(),
                 class,
                 percent,
+                run_s: run_ns as f64 / 1e9,
             });
             current.insert(tid, Seen { name, run_ns });
         }
@@ -144,6 +176,9 @@ impl CpuSampler {
             snap.process = now_ns.saturating_sub(prev_ns) as f64 / elapsed_ns * 100.0;
         }
         self.last_process_ns = process_ns;
+        if let Some(ns) = process_ns {
+            self.totals.process_ns = self.totals.process_ns.max(ns);
+        }
         snap.process = round1(snap.process);
         snap.loop_thread = round1(snap.loop_thread);
         snap.pool_threads = round1(snap.pool_threads);
@@ -154,8 +189,10 @@ impl CpuSampler {
     #[cfg(not(target_os = "linux"))]
     pub fn sample(&mut self) -> CpuSnapshot {
         self.last_at = Instant::now();
+        let (percent, total_ms) = self.fallback.process();
+        self.totals.process_ns = self.totals.process_ns.max(total_ms * 1_000_000);
         CpuSnapshot {
-            process: round1(self.fallback.process_percent()),
+            process: round1(percent),
             ..Default::default()
         }
     }
@@ -244,12 +281,15 @@ impl Fallback {
         }
     }
 
-    fn process_percent(&mut self) -> f64 {
+    /// CPU percent since the previous call and CPU time since start, in ms.
+    fn process(&mut self) -> (f64, u64) {
         let Some(sys) = &mut self.sys else {
-            return 0.0;
+            return (0.0, 0);
         };
         sys.refresh_processes(sysinfo::ProcessesToUpdate::Some(&[self.pid]), true);
-        sys.process(self.pid).map_or(0.0, |p| p.cpu_usage() as f64)
+        sys.process(self.pid).map_or((0.0, 0), |p| {
+            (p.cpu_usage() as f64, p.accumulated_cpu_time())
+        })
     }
 }
 

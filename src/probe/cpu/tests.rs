@@ -105,6 +105,20 @@ fn a_spinning_named_thread_is_counted_as_the_loop() {
     assert_eq!(snap.loop_thread, round1(t.percent), "{snap:?} {t:?}");
     assert_eq!(snap.pool_threads, 0.0, "{snap:?}");
     assert!(snap.process + 1.0 >= snap.loop_thread, "{snap:?}");
+    // CPU seconds: all of its run time (it started after the sampler), which stay
+    // counted once the thread is gone.
+    let totals = sampler.totals();
+    assert!(
+        (totals.loop_thread - t.run_s).abs() < 0.002,
+        "{totals:?} {t:?}"
+    );
+    assert!(totals.process + 0.002 >= totals.loop_thread, "{totals:?}");
+    drop(spinner);
+    sampler.sample();
+    assert!(
+        sampler.totals().loop_thread >= totals.loop_thread,
+        "{totals:?}"
+    );
 }
 
 /// The bug this guards against: the sampler read the name of a thread that had

@@ -3,6 +3,11 @@
 //! a `current_thread` runtime (its loop), one per worker thread for a `multi_thread`
 //! one (the `multi` module).
 //!
+//! Each report also carries the worker's cumulative figures ([`WorkerTotals`]):
+//! every lag sample (or task poll) in fixed buckets, seconds stalled and CPU
+//! seconds since the start, so that a reader sampling far less often than once a
+//! period misses nothing.
+//!
 //! It never runs on the runtime it measures, so a blocked loop is still reported. It
 //! looks for a stall every 25 ms (the loop's heartbeat, or a worker's running poll)
 //! and sends an early (`urgent`) report the moment one begins, so a reader sees it
@@ -18,7 +23,12 @@ use tokio::runtime::RuntimeFlavor;
 use super::cpu::{CpuSampler, ThreadNames};
 use super::histogram::round3;
 use super::{LoopProbe, Pool};
-use crate::protocol::{WorkerReport, WorkerSnapshot};
+use crate::protocol::{WorkerReport, WorkerSnapshot, WorkerTotals};
+
+/// Rounds seconds to microseconds (keeps lines short).
+pub(crate) fn round6(s: f64) -> f64 {
+    (s * 1e6).round() / 1e6
+}
 
 /// tokio's default cap on blocking threads.
 pub const TOKIO_BLOCKING_THREADS: u32 = 512;
@@ -40,6 +50,8 @@ pub struct Sampler {
     credited: Duration,
     last_completed: u64,
     last_pool_completed: u64,
+    /// The stalled time reported last: reports never show less.
+    last_stalled: Duration,
     /// Set once the runtime is seen to be a multi-thread one.
     multi: Option<multi::MultiThread>,
     blocking_pool_size: u32,
@@ -67,6 +79,7 @@ impl Sampler {
             last_at: now,
             last_completed: 0,
             last_pool_completed: 0,
+            last_stalled: Duration::ZERO,
             multi: None,
             blocking_pool_size: TOKIO_BLOCKING_THREADS,
         }
@@ -173,9 +186,10 @@ impl Sampler {
         let Some(multi) = &mut self.multi else {
             return Vec::new();
         };
-        let runtime = multi.runtime(delay);
+        let runtime = multi.runtime(delay, self.probe.lag_total());
         let pool = multi.pool(&runtime, dt);
-        let workers = multi.workers(&self.probe, dt, self.cpu.threads(), &cpu, &pool);
+        let totals = self.cpu.totals();
+        let workers = multi.workers(&self.probe, dt, self.cpu.threads(), &cpu, &totals, &pool);
         let mut events = self.probe.take_events();
         let n = workers.len();
         workers
@@ -205,6 +219,8 @@ impl Sampler {
             .max(1e-6);
         self.last_at = now;
 
+        // The stalls that ended first, then the one going on (their writing order).
+        self.last_stalled = self.last_stalled.max(self.probe.stalled_total());
         let stalled = self.probe.stalled_for();
         let utilization = self.utilization(dt, stalled);
         let mut requests = self.probe.take_requests();
@@ -222,6 +238,12 @@ impl Sampler {
             None => Default::default(),
         };
 
+        let cpu = self.cpu.sample();
+        let totals = WorkerTotals {
+            lag: self.probe.lag_total(),
+            stalled_s: round6(self.last_stalled.as_secs_f64()),
+            cpu_s: self.cpu.totals(),
+        };
         WorkerReport {
             worker: WorkerSnapshot {
                 id: self.probe.worker_id(),
@@ -235,8 +257,9 @@ impl Sampler {
                 loop_utilization: round3(utilization),
                 runtime: None,
                 pool,
-                cpu: self.cpu.sample(),
+                cpu,
                 requests,
+                totals: Some(totals),
             },
             events: self.probe.take_events(),
             urgent,
@@ -252,7 +275,9 @@ mod tests {
     use std::sync::mpsc;
 
     /// A loop blocked for 300 ms: the sampler reports the stall while it lasts,
-    /// early, then the lag histogram shows it once the loop runs again.
+    /// early, then the lag histogram shows it once the loop runs again; the
+    /// cumulative figures keep it (stalled seconds that never go down, a lag sample
+    /// above 0.25 s).
     #[test]
     fn reports_a_stall_while_it_lasts_then_the_lag() {
         let _serial = crate::test_support::timing_lock();
@@ -285,12 +310,20 @@ mod tests {
         let mut live_stall: Option<WorkerReport> = None;
         let mut max_lag = 0.0f64;
         let mut max_util = 0.0f64;
+        let mut stalled_s = Vec::new();
+        let mut last_totals = None;
+        let mut keep = |r: &WorkerReport| {
+            let t = r.worker.totals.clone().expect("cumulative figures");
+            stalled_s.push(t.stalled_s);
+            last_totals = Some(t);
+        };
         while Instant::now() < deadline && !looper.is_finished() {
             let Ok(r) = rx.recv_timeout(Duration::from_millis(500)) else {
                 continue;
             };
             max_lag = max_lag.max(r.worker.lag_ms.max);
             max_util = max_util.max(r.worker.loop_utilization);
+            keep(&r);
             if r.worker.stalled_for_ms > 100.0 && live_stall.is_none() {
                 live_stall = Some(r);
             }
@@ -298,7 +331,15 @@ mod tests {
         looper.join().unwrap();
         while let Ok(r) = rx.try_recv() {
             max_lag = max_lag.max(r.worker.lag_ms.max);
+            keep(&r);
         }
+        assert!(stalled_s.is_sorted(), "{stalled_s:?}");
+        let totals = last_totals.unwrap();
+        assert!((0.25..1.0).contains(&totals.stalled_s), "{totals:?}");
+        let above_quarter = totals.lag.count() - totals.lag.at_most()[9];
+        assert_eq!(crate::protocol::HISTOGRAM_BOUNDS_US[9], 250_000);
+        assert_eq!(above_quarter, 1, "{totals:?}");
+        assert!(totals.lag.sum_s >= 0.28, "{totals:?}");
         let stall = live_stall.expect("a report during the stall");
         assert!(stall.worker.stalled_for_ms < 300.0);
         assert_eq!(

@@ -7,16 +7,22 @@
 //! (if instrumented) is named. Its `lag_ms` is how long task polls held it in the
 //! period; its busy share comes from its park hooks. tokio's blocking pool is the
 //! pool: `spawn_blocking` jobs queued, blocking threads busy and started.
+//!
+//! A worker's cumulative figures are every task poll's duration, the time its
+//! stalling polls held it, and its thread's CPU time (the process's and the
+//! blocking pool's on the first worker only, as in the period's figures).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::probe::cpu::ThreadCpu;
 use crate::probe::histogram::round3;
+use crate::probe::sampler::round6;
 use crate::probe::slots::WorkerSlot;
 use crate::probe::{LoopProbe, slot_request};
 use crate::protocol::{
-    CpuSnapshot, LagSummary, PoolSnapshot, RuntimeSnapshot, WorkerSnapshot, WorkerThreadSnapshot,
+    CpuSeconds, CpuSnapshot, DurationHistogram, LagSummary, PoolSnapshot, RuntimeSnapshot,
+    WorkerSnapshot, WorkerThreadSnapshot, WorkerTotals,
 };
 
 /// What the sampler keeps of one worker between reports.
@@ -26,6 +32,10 @@ pub(super) struct Seen {
     polls: u64,
     completed: u64,
     poll_buckets: Vec<u64>,
+    /// The stalled time and thread CPU seconds reported last: reports never show
+    /// less.
+    stalled: Duration,
+    cpu_s: f64,
     #[cfg(tokio_unstable)]
     steals: u64,
 }
@@ -63,12 +73,17 @@ impl MultiThread {
 
     /// The runtime-wide figures of the period; the scheduling delay is the lag
     /// timer's summary.
-    pub(super) fn runtime(&mut self, scheduling_delay: LagSummary) -> RuntimeSnapshot {
+    pub(super) fn runtime(
+        &mut self,
+        scheduling_delay: LagSummary,
+        total: DurationHistogram,
+    ) -> RuntimeSnapshot {
         let m = self.monitor.next().unwrap_or_default();
         #[cfg_attr(not(tokio_unstable), allow(unused_mut))]
         let mut r = RuntimeSnapshot {
             workers: m.workers_count as u32,
             scheduling_delay_ms: scheduling_delay,
+            scheduling_delay_total: Some(total),
             global_queue: m.global_queue_depth as u64,
             alive_tasks: m.live_tasks_count as u64,
             ..Default::default()
@@ -104,9 +119,11 @@ impl MultiThread {
         dt: f64,
         threads: &[ThreadCpu],
         process: &CpuSnapshot,
+        process_total: &CpuSeconds,
         pool: &PoolSnapshot,
     ) -> Vec<WorkerSnapshot> {
         let shared = &probe.shared;
+        let stall_ns = shared.config.stall_threshold.as_nanos() as u64;
         let now = shared.now_ns();
         let pid = std::process::id();
         let metrics = shared.runtime.get().map(|h| h.metrics());
@@ -118,7 +135,9 @@ impl MultiThread {
             }
             let busy = slot.busy_total_ns(now);
             let polls = slot.polls.load(Ordering::Relaxed);
+            let stalled_total = Duration::from_nanos(slot.stalled_total_ns(now, stall_ns));
             let seen = &mut self.seen[i];
+            seen.stalled = seen.stalled.max(stalled_total);
             let busy_delta = busy.saturating_sub(seen.busy_ns);
             seen.busy_ns = busy;
             let polls_delta = polls.saturating_sub(seen.polls);
@@ -147,10 +166,25 @@ impl MultiThread {
             }
             #[cfg(not(tokio_unstable))]
             let _ = &metrics;
-            let thread_cpu = threads
-                .iter()
-                .find(|t| t.tid == slot.tid)
-                .map_or(0.0, |t| (t.percent * 10.0).round() / 10.0);
+            let thread = threads.iter().find(|t| t.tid == slot.tid);
+            let thread_cpu = thread.map_or(0.0, |t| (t.percent * 10.0).round() / 10.0);
+            if let Some(t) = thread {
+                seen.cpu_s = seen.cpu_s.max(round6(t.run_s));
+            }
+            let first = out.is_empty();
+            let totals = WorkerTotals {
+                lag: slot.poll_durations.histogram(),
+                stalled_s: round6(seen.stalled.as_secs_f64()),
+                cpu_s: CpuSeconds {
+                    process: if first { process_total.process } else { 0.0 },
+                    loop_thread: seen.cpu_s,
+                    pool_threads: if first {
+                        process_total.pool_threads
+                    } else {
+                        0.0
+                    },
+                },
+            };
             out.push(WorkerSnapshot {
                 id: slot.index,
                 pid,
@@ -184,6 +218,7 @@ impl MultiThread {
                     },
                 },
                 requests,
+                totals: Some(totals),
             });
         }
         out

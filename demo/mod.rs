@@ -69,6 +69,11 @@ pub struct DemoArgs {
     /// Address both ports bind to.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
+    /// tokio: a worker that parked on the I/O driver hands it to a sleeping worker
+    /// before it polls a task (tokio's unstable `enable_eager_driver_handoff`), so a
+    /// task that blocks that worker does not stop I/O for the others.
+    #[arg(long)]
+    pub eager_driver_handoff: bool,
     /// Start console-subscriber in each worker process (127.0.0.1:6669 + worker id) for tokio-console.
     #[arg(long)]
     pub console: bool,
@@ -183,6 +188,9 @@ impl DemoArgs {
 /// Runs the demo server until it is killed.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     raise_descriptor_limit();
+    if args.eager_driver_handoff && args.model != ModelArg::Tokio {
+        bail!("--eager-driver-handoff applies to --model tokio only");
+    }
     match (args.model, args.worker_id, args.listen_fd) {
         (ModelArg::Node, None, None) => node::run(&args),
         (ModelArg::Tokio, None, None) => tokio_model::run(&args),

@@ -31,6 +31,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .worker_threads(args.workers as usize)
         .max_blocking_threads(pool_size as usize)
         .enable_all();
+    if args.eager_driver_handoff {
+        eager_driver_handoff(&mut builder)?;
+    }
     let probe = match telemetry_listener {
         None => None,
         Some(tl) => Some(
@@ -66,4 +69,15 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         }
     });
     anyhow::bail!("the application server stopped")
+}
+
+#[cfg(tokio_unstable)]
+fn eager_driver_handoff(builder: &mut tokio::runtime::Builder) -> anyhow::Result<()> {
+    builder.enable_eager_driver_handoff();
+    Ok(())
+}
+
+#[cfg(not(tokio_unstable))]
+fn eager_driver_handoff(_: &mut tokio::runtime::Builder) -> anyhow::Result<()> {
+    anyhow::bail!("--eager-driver-handoff needs a build with RUSTFLAGS=\"--cfg tokio_unstable\"")
 }

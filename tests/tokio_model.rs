@@ -1,0 +1,170 @@
+//! The tokio model on a real process over loopback: `loopscope demo --model tokio`,
+//! a multi-thread runtime of two worker threads, its telemetry one entry per worker.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Demo, get, runtime, serial, telemetry, until};
+use loopscope::client::http::{TelemetryStream, client_without_keepalive};
+use loopscope::protocol::{Model, Snapshot};
+
+/// Waits until both worker threads report (each appears once it first runs or parks).
+async fn both_workers(tel: &mut TelemetryStream) -> Snapshot {
+    until(tel, Duration::from_secs(10), |s| {
+        s.model == Model::Tokio && s.workers.len() == 2 && s.workers.iter().all(|w| w.alive)
+    })
+    .await
+    .expect("two worker threads report within 10 s")
+}
+
+/// Workers held by a poll of 50 ms or more.
+fn held(s: &Snapshot) -> Vec<(u32, Option<String>)> {
+    s.workers
+        .iter()
+        .filter(|w| w.stalled_for_ms >= 50.0)
+        .map(|w| (w.id, w.stalled_in.clone()))
+        .collect()
+}
+
+/// One worker of two blocked for 500 ms, with the I/O driver handed over eagerly:
+/// exactly that worker shows the stall with the request named, and the other
+/// answers `/hello` on new connections at once while it lasts.
+#[test]
+fn a_blocked_worker_is_named_and_the_other_keeps_serving() {
+    let _serial = serial();
+    let demo = Demo::start(&[
+        "--model",
+        "tokio",
+        "--workers",
+        "2",
+        "--eager-driver-handoff",
+    ]);
+    runtime().block_on(async {
+        let mut tel = telemetry(&demo.telemetry).await;
+        let info = both_workers(&mut tel).await;
+        assert_eq!(info.workers[0].pool.size, 512, "the blocking pool is w0's");
+
+        let fresh = client_without_keepalive();
+        let (c, app) = (fresh.clone(), demo.app.clone());
+        let block = tokio::spawn(async move { get(&c, &app, "/block?ms=500").await });
+        let live = until(&mut tel, Duration::from_secs(3), |s| {
+            s.workers.iter().any(|w| w.stalled_for_ms >= 100.0)
+        })
+        .await
+        .expect("a worker stalls within 3 s");
+        assert!(!block.is_finished(), "seen while it lasts");
+        let stalled = held(&live);
+        assert_eq!(stalled.len(), 1, "exactly one worker held: {stalled:?}");
+        let (blocked, culprit) = stalled[0].clone();
+        assert_eq!(culprit.as_deref(), Some("GET /block?ms=500"));
+
+        let mut during = 0;
+        while !block.is_finished() {
+            let t = Instant::now();
+            let r = get(&fresh, &demo.app, "/hello").await;
+            assert_eq!(r.status, 200);
+            if !block.is_finished() {
+                let served_by = r.json().unwrap()["worker"].as_u64().unwrap() as u32;
+                assert_ne!(served_by, blocked, "the blocked worker answered");
+                assert!(
+                    t.elapsed() < Duration::from_millis(200),
+                    "/hello took {:?}",
+                    t.elapsed()
+                );
+                during += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            during >= 3,
+            "only {during} /hello answered during the block"
+        );
+        let r = block.await.unwrap();
+        assert_eq!(r.json().unwrap()["worker"].as_u64(), Some(blocked as u64));
+    });
+}
+
+/// The same block on tokio's default runtime: the stall is named on one worker
+/// alone whichever way the race for the I/O driver goes, and `/hello` is answered
+/// (at once, or when the block ends).
+#[test]
+fn without_driver_handoff_the_block_is_still_named_on_one_worker() {
+    let _serial = serial();
+    let demo = Demo::start(&["--model", "tokio", "--workers", "2"]);
+    runtime().block_on(async {
+        let mut tel = telemetry(&demo.telemetry).await;
+        both_workers(&mut tel).await;
+        let fresh = client_without_keepalive();
+        let (c, app) = (fresh.clone(), demo.app.clone());
+        let block = tokio::spawn(async move { get(&c, &app, "/block?ms=500").await });
+        let live = until(&mut tel, Duration::from_secs(3), |s| {
+            s.workers.iter().any(|w| w.stalled_for_ms >= 100.0)
+        })
+        .await
+        .expect("a worker stalls within 3 s");
+        let stalled = held(&live);
+        assert_eq!(stalled.len(), 1, "exactly one worker held: {stalled:?}");
+        assert_eq!(stalled[0].1.as_deref(), Some("GET /block?ms=500"));
+        let t = Instant::now();
+        let r = get(&fresh, &demo.app, "/hello").await;
+        assert_eq!(r.status, 200);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(block.await.unwrap().status, 200);
+    });
+}
+
+/// Both workers blocked (two concurrent blocks of 1 s): both show the stall, and a
+/// `/hello` sent meanwhile is answered only when a block ends.
+#[test]
+fn blocking_every_worker_stalls_everything() {
+    let _serial = serial();
+    let demo = Demo::start(&[
+        "--model",
+        "tokio",
+        "--workers",
+        "2",
+        "--eager-driver-handoff",
+    ]);
+    runtime().block_on(async {
+        let mut tel = telemetry(&demo.telemetry).await;
+        both_workers(&mut tel).await;
+        let fresh = client_without_keepalive();
+        let sent = Instant::now();
+        let blocks: Vec<_> = (0..2)
+            .map(|_| {
+                let (c, app) = (fresh.clone(), demo.app.clone());
+                tokio::spawn(async move { get(&c, &app, "/block?ms=1000").await })
+            })
+            .collect();
+        let live = until(&mut tel, Duration::from_secs(3), |s| {
+            s.workers.iter().all(|w| w.stalled_for_ms >= 50.0)
+        })
+        .await
+        .expect("both workers stall within 3 s");
+        for (_, culprit) in held(&live) {
+            assert_eq!(culprit.as_deref(), Some("GET /block?ms=1000"));
+        }
+
+        let asked = Instant::now();
+        let r = get(&fresh, &demo.app, "/hello").await;
+        let done = Instant::now();
+        assert_eq!(r.status, 200);
+        // Neither block can end before 1 s after it was sent.
+        assert!(
+            done - sent >= Duration::from_millis(950),
+            "/hello answered {:?} after the blocks were sent",
+            done - sent
+        );
+        // It waited for most of what was left of the blocks.
+        let left = Duration::from_millis(1000).saturating_sub(asked - sent);
+        assert!(
+            done - asked >= left * 4 / 5,
+            "/hello waited {:?}, {left:?} of the blocks were left",
+            done - asked
+        );
+        for b in blocks {
+            assert_eq!(b.await.unwrap().status, 200);
+        }
+    });
+}

@@ -80,6 +80,7 @@ thread_local! {
 }
 
 impl Worker {
+    /// The id of the worker running the caller.
     pub fn id(&self) -> u32 {
         let hub = match self {
             Worker::Loop(id) => return *id,
@@ -105,7 +106,7 @@ impl Worker {
     }
 }
 
-/// Everything a handler needs; one per worker process.
+/// Everything a handler needs; one per process (per worker process with fastapi).
 pub struct App {
     pub model: Model,
     pub worker: Worker,

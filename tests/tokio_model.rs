@@ -168,3 +168,28 @@ fn blocking_every_worker_stalls_everything() {
         }
     });
 }
+
+/// The driver hand-off is a tokio runtime setting: the other models refuse it.
+#[test]
+fn eager_driver_handoff_is_for_the_tokio_model_only() {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_loopscope"))
+        .args([
+            "demo",
+            "--model",
+            "node",
+            "--port",
+            "0",
+            "--telemetry-port",
+            "0",
+        ])
+        .arg("--eager-driver-handoff")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the demo binary");
+    let out = common::output_within(child, Duration::from_secs(20), "demo", || {});
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--model tokio only"), "{stderr}");
+}

@@ -169,6 +169,53 @@ fn blocking_every_worker_stalls_everything() {
     });
 }
 
+/// Pool work goes through `spawn_blocking`: it shows as w0's pool (tokio's blocking
+/// pool) while no worker is held.
+#[test]
+fn pool_work_runs_on_the_blocking_pool_and_holds_no_worker() {
+    let _serial = serial();
+    let demo = Demo::start(&["--model", "tokio", "--workers", "2", "--pool", "8"]);
+    runtime().block_on(async {
+        let mut tel = telemetry(&demo.telemetry).await;
+        both_workers(&mut tel).await;
+        let fresh = client_without_keepalive();
+        let offload = get(&fresh, &demo.app, "/offload?mb=1").await;
+        assert_eq!(offload.status, 200);
+        let reply = offload.json().unwrap();
+        assert_eq!(
+            (reply["model"].as_str(), reply["ran_on"].as_str()),
+            (Some("tokio"), Some("pool"))
+        );
+        assert!(reply["queued_ms"].is_number(), "{reply}");
+
+        let (c, app) = (fresh.clone(), demo.app.clone());
+        let sync = tokio::spawn(async move { get(&c, &app, "/sync?ms=800").await });
+        let busy = until(&mut tel, Duration::from_secs(3), |s| {
+            s.workers[0].pool.busy >= 1
+        })
+        .await
+        .expect("a busy blocking thread within 3 s");
+        assert_eq!(busy.workers[0].pool.size, 8);
+        assert!(
+            held(&busy).is_empty(),
+            "a worker was held: {:?}",
+            held(&busy)
+        );
+        assert!(!sync.is_finished(), "seen while it runs");
+        let t = Instant::now();
+        assert_eq!(get(&fresh, &demo.app, "/hello").await.status, 200);
+        assert!(
+            t.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            sync.await.unwrap().json().unwrap()["ran_on"].as_str(),
+            Some("pool")
+        );
+    });
+}
+
 /// The driver hand-off is a tokio runtime setting: the other models refuse it.
 #[test]
 fn eager_driver_handoff_is_for_the_tokio_model_only() {

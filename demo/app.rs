@@ -1,9 +1,13 @@
-//! The demo application: the workload endpoints of DESIGN.md, on one event loop.
+//! The demo application: the workload endpoints of README.md, on one event loop or
+//! on the worker threads of a multi-thread runtime.
 //!
 //! Where work runs is the whole point: `/json`, `/block`, `/spin` and `/hash?on=loop`
-//! run on the loop and hold it; `/sync`, `/hash`, `/fs` and `/offload` go through the
-//! pool and leave the loop free; `/sleep` waits without holding anything.
+//! run on the loop (or worker thread) and hold it; `/sync`, `/hash`, `/fs` and
+//! `/offload` go through the pool and leave the loop free; `/sleep` waits without
+//! holding anything. The pool is the demo's own (node, fastapi) or tokio's blocking
+//! pool (tokio).
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +17,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, body::Bytes};
-use loopscope::probe::Pool;
+use loopscope::probe::pool::PoolClosed;
+use loopscope::probe::telemetry::TelemetryHub;
+use loopscope::probe::{Pool, PoolJob};
 use loopscope::protocol::Model;
 use loopscope::workload::{CATALOG, Reply, Workload};
 use serde_json::{Value, json};
@@ -21,12 +27,91 @@ use serde_json::{Value, json};
 use super::params::{BadParam, Params};
 use super::workloads::{self, JsonDocs, ScratchFile};
 
-/// Everything a handler needs; one per worker process.
+/// Where pool work runs.
+pub enum Jobs {
+    /// The demo's own instrumented pool.
+    Pool(Pool),
+    /// tokio's blocking pool, through `spawn_blocking`.
+    Blocking,
+}
+
+impl Jobs {
+    /// Runs `f` off the loop; resolves when it finished, with its queue wait and run
+    /// time.
+    pub async fn run<F, R>(&self, f: F) -> Result<PoolJob<R>, PoolClosed>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        match self {
+            Jobs::Pool(pool) => pool.run(f).await,
+            Jobs::Blocking => {
+                let submitted = Instant::now();
+                tokio::task::spawn_blocking(move || {
+                    let start = Instant::now();
+                    let value = f();
+                    PoolJob {
+                        value,
+                        queued: start - submitted,
+                        ran: start.elapsed(),
+                    }
+                })
+                .await
+                // The job panicked, or the runtime is shutting down.
+                .map_err(|_| PoolClosed)
+            }
+        }
+    }
+}
+
+/// Which worker a request is served by.
+pub enum Worker {
+    /// The one loop of this process.
+    Loop(u32),
+    /// A worker thread of a multi-thread runtime: its id in the probe's snapshots,
+    /// found by kernel thread id in the newest one (0 before the thread appears
+    /// there, and without telemetry).
+    Thread(Option<Arc<TelemetryHub>>),
+}
+
+thread_local! {
+    /// This thread's worker id in the probe's snapshots, once found.
+    static THREAD_WORKER: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+impl Worker {
+    /// The id of the worker running the caller.
+    pub fn id(&self) -> u32 {
+        let hub = match self {
+            Worker::Loop(id) => return *id,
+            Worker::Thread(None) => return 0,
+            Worker::Thread(Some(hub)) => hub,
+        };
+        if let Some(id) = THREAD_WORKER.get() {
+            return id;
+        }
+        let Some(tid) = loopscope::probe::threads::current_tid() else {
+            return 0;
+        };
+        let found = hub.latest().and_then(|s| {
+            s.workers
+                .iter()
+                .find(|w| w.runtime.as_ref().is_some_and(|r| r.tid == tid))
+                .map(|w| w.id)
+        });
+        if let Some(id) = found {
+            THREAD_WORKER.set(Some(id));
+        }
+        found.unwrap_or(0)
+    }
+}
+
+/// Everything a handler needs; one per process (per worker process with fastapi).
 pub struct App {
     pub model: Model,
-    pub worker: u32,
+    pub worker: Worker,
     pub pid: u32,
-    pub pool: Pool,
+    pub pool: Jobs,
     pub docs: JsonDocs,
     pub scratch: Arc<ScratchFile>,
     /// Bounds the memory that concurrent big requests hold (see `MEMORY_BUDGET_MB`).
@@ -35,10 +120,9 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(model: Model, worker: u32, pool: Pool) -> Self {
+    pub fn new(model: Model, worker: Worker, pool: Jobs) -> Self {
         let pid = std::process::id();
-        let hello = serde_json::to_vec(&json!({"hello": "world", "worker": worker, "pid": pid}))
-            .expect("static json");
+        let hello = hello_body(worker.id(), pid);
         Self {
             model,
             worker,
@@ -49,7 +133,15 @@ impl App {
             memory: Arc::new(tokio::sync::Semaphore::new(
                 workloads::MEMORY_BUDGET_MB as usize,
             )),
-            hello: Bytes::from(hello),
+            hello,
+        }
+    }
+
+    /// `/hello`'s answer: built once for a loop, per request for a worker thread.
+    fn hello(&self) -> Bytes {
+        match self.worker {
+            Worker::Loop(_) => self.hello.clone(),
+            Worker::Thread(_) => hello_body(self.worker.id(), self.pid),
         }
     }
 
@@ -77,7 +169,7 @@ impl App {
         Json(Reply {
             workload: workload.spec().name.to_string(),
             model: self.model,
-            worker: self.worker,
+            worker: self.worker.id(),
             pid: self.pid,
             ran_on: ran_on.to_string(),
             took_ms: ms(took),
@@ -97,6 +189,11 @@ fn param(workload: Workload, q: Option<&str>, also: &[&str]) -> Result<(Params, 
     let params = Params::parse(q, &accepted)?;
     let value = params.int(p.name, p.range())?;
     Ok((params, value))
+}
+
+fn hello_body(worker: u32, pid: u32) -> Bytes {
+    let body = json!({"hello": "world", "worker": worker, "pid": pid});
+    Bytes::from(serde_json::to_vec(&body).expect("static json"))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -132,11 +229,7 @@ async fn hello(State(app): State<Arc<App>>, Query(q): Query) -> Response {
     if let Err(e) = Params::parse(q.as_deref(), &[]) {
         return e.into_response();
     }
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        app.hello.clone(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], app.hello()).into_response()
 }
 
 async fn json_on_loop(State(app): State<Arc<App>>, Query(q): Query) -> Response {

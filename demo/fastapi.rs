@@ -27,7 +27,7 @@ use loopscope::probe::{LoopProbe, Pool, PoolKind};
 use loopscope::protocol::{Model, WorkerInfo, WorkerReport};
 
 use super::DemoArgs;
-use super::app::App;
+use super::app::{App, Jobs, Worker};
 use super::loop_thread::{self, LoopSetup};
 
 /// A worker that dies sooner than this after its start is respawned after a pause,
@@ -226,7 +226,7 @@ pub fn work(args: &DemoArgs, id: u32, fd: RawFd) -> anyhow::Result<()> {
     };
     loop_thread::run(LoopSetup {
         listener,
-        app: App::new(Model::Fastapi, id, pool),
+        app: App::new(Model::Fastapi, Worker::Loop(id), Jobs::Pool(pool)),
         probe,
         console: args.console,
         limits: args.app_limits(),

@@ -24,7 +24,7 @@ pub struct LoopSetup {
 /// Runs the loop on a thread named `loop` and waits for it (it serves forever).
 pub fn run(setup: LoopSetup) -> anyhow::Result<()> {
     if setup.console {
-        start_console(setup.app.worker)?;
+        start_console(setup.app.worker.id())?;
     }
     let handle = std::thread::Builder::new()
         .name("loop".into())
@@ -74,7 +74,7 @@ fn serve(setup: LoopSetup) -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "console")]
-fn start_console(worker: u32) -> anyhow::Result<()> {
+pub(super) fn start_console(worker: u32) -> anyhow::Result<()> {
     let port = 6669u16
         .checked_add(u16::try_from(worker).unwrap_or(u16::MAX))
         .context("worker id too large for a console port")?;
@@ -86,6 +86,6 @@ fn start_console(worker: u32) -> anyhow::Result<()> {
 }
 
 #[cfg(not(feature = "console"))]
-fn start_console(_worker: u32) -> anyhow::Result<()> {
+pub(super) fn start_console(_worker: u32) -> anyhow::Result<()> {
     anyhow::bail!("this build has no console support: rebuild with the `console` feature")
 }

@@ -1,15 +1,18 @@
-//! The demo server, in two concurrency models (see DESIGN.md's table):
+//! The demo server, in three concurrency models (see README.md's table):
 //! - `node`: one process, one `current_thread` loop on a thread named `loop`, a
 //!   process-wide pool of 4 threads;
 //! - `fastapi`: a supervisor binds one socket and starts N worker processes (this
 //!   executable again) that inherit it and all accept on it; each has its own loop
-//!   and a lazy 40-token pool. The supervisor respawns workers that die.
+//!   and a lazy 40-token pool. The supervisor respawns workers that die;
+//! - `tokio`: one process, one `multi_thread` runtime of N worker threads that steal
+//!   each other's tasks, and tokio's blocking pool (`spawn_blocking`).
 
 mod app;
 mod fastapi;
 mod loop_thread;
 mod node;
 mod params;
+mod tokio_model;
 mod workloads;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -30,6 +33,8 @@ pub enum ModelArg {
     Node,
     /// A supervisor and N worker processes, each with a loop and 40 pool tokens (uvicorn + anyio).
     Fastapi,
+    /// One multi-thread tokio runtime: N worker threads and tokio's blocking pool (512 threads).
+    Tokio,
 }
 
 impl From<ModelArg> for Model {
@@ -37,6 +42,7 @@ impl From<ModelArg> for Model {
         match m {
             ModelArg::Node => Model::Node,
             ModelArg::Fastapi => Model::Fastapi,
+            ModelArg::Tokio => Model::Tokio,
         }
     }
 }
@@ -47,10 +53,11 @@ pub struct DemoArgs {
     /// Concurrency model.
     #[arg(long, value_enum, default_value_t = ModelArg::Node)]
     pub model: ModelArg,
-    /// Worker processes (fastapi).
+    /// Worker processes (fastapi) or worker threads (tokio).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub workers: u32,
-    /// Pool size per worker [node: 4, or UV_THREADPOOL_SIZE; fastapi: 40 tokens].
+    /// Pool size per worker [node: 4, or UV_THREADPOOL_SIZE; fastapi: 40 tokens; tokio: 512
+    /// blocking threads].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub pool: Option<u32>,
     /// Application port; 0 picks a free one.
@@ -62,7 +69,12 @@ pub struct DemoArgs {
     /// Address both ports bind to.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
-    /// Start console-subscriber in each worker (127.0.0.1:6669 + worker id) for tokio-console.
+    /// tokio: a worker that parked on the I/O driver hands it to a sleeping worker
+    /// before it polls a task (tokio's unstable `enable_eager_driver_handoff`), so a
+    /// task that blocks that worker does not stop I/O for the others.
+    #[arg(long)]
+    pub eager_driver_handoff: bool,
+    /// Start console-subscriber in each worker process (127.0.0.1:6669 + worker id) for tokio-console.
     #[arg(long)]
     pub console: bool,
     /// No probe and no telemetry port: the bare server (to measure the probe's cost).
@@ -111,7 +123,8 @@ impl DemoArgs {
     /// The bounds of the application port, within this process's descriptors.
     fn app_limits(&self) -> Limits {
         let mut budget = descriptor_budget();
-        if self.model == ModelArg::Node && !self.no_telemetry {
+        // One process serves both ports, except with fastapi.
+        if self.model != ModelArg::Fastapi && !self.no_telemetry {
             let telemetry = self.limits(self.telemetry_max_connections);
             budget = budget.saturating_sub(telemetry.within(budget / 2).descriptors());
         }
@@ -166,6 +179,8 @@ impl DemoArgs {
                 Err(_) => 4,
             },
             ModelArg::Fastapi => 40,
+            // tokio's default `max_blocking_threads`.
+            ModelArg::Tokio => 512,
         })
     }
 }
@@ -173,8 +188,12 @@ impl DemoArgs {
 /// Runs the demo server until it is killed.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     raise_descriptor_limit();
+    if args.eager_driver_handoff && args.model != ModelArg::Tokio {
+        bail!("--eager-driver-handoff applies to --model tokio only");
+    }
     match (args.model, args.worker_id, args.listen_fd) {
         (ModelArg::Node, None, None) => node::run(&args),
+        (ModelArg::Tokio, None, None) => tokio_model::run(&args),
         (ModelArg::Fastapi, None, None) => fastapi::supervise(&args),
         (ModelArg::Fastapi, Some(id), Some(fd)) => fastapi::work(&args, id, fd),
         _ => {

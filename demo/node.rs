@@ -9,7 +9,7 @@ use loopscope::probe::{LoopProbe, Pool, PoolKind};
 use loopscope::protocol::{Model, WorkerInfo};
 
 use super::DemoArgs;
-use super::app::App;
+use super::app::{App, Jobs, Worker};
 use super::loop_thread::{self, LoopSetup};
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
@@ -51,7 +51,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 
     loop_thread::run(LoopSetup {
         listener,
-        app: App::new(Model::Node, 0, pool),
+        app: App::new(Model::Node, Worker::Loop(0), Jobs::Pool(pool)),
         probe,
         console: args.console,
         limits: args.app_limits(),

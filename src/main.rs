@@ -26,7 +26,7 @@ struct Cli {
     /// Concurrency model of the demo server the dashboard starts.
     #[arg(long, value_enum, default_value_t = demo::ModelArg::Node)]
     model: demo::ModelArg,
-    /// Worker processes (fastapi model).
+    /// Worker processes (fastapi model) or worker threads (tokio model).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: u32,
     /// Run a node and a fastapi demo side by side; each key fires at both.

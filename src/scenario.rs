@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! name = "Node: one JSON parse stalls every request"
-//! model = "node"            # or "fastapi"; workers = 2
+//! model = "node"            # or "fastapi", "tokio"; workers = 2
 //!
 //! [[step]]
 //! caption = "A quiet Node server: one loop, lag near zero."
@@ -59,7 +59,7 @@ pub struct Scenario {
     pub name: String,
     /// The model the demo starts in.
     pub model: Model,
-    /// Workers of the fastapi model.
+    /// Workers of the fastapi model (processes) or the tokio model (threads).
     pub workers: u32,
     /// The steps.
     pub steps: Vec<Step>,
@@ -98,7 +98,10 @@ fn model_named(name: &str) -> Result<Model, String> {
     match name {
         "node" => Ok(Model::Node),
         "fastapi" => Ok(Model::Fastapi),
-        other => Err(format!("model {other:?} is not one of: node, fastapi")),
+        "tokio" => Ok(Model::Tokio),
+        other => Err(format!(
+            "model {other:?} is not one of: node, fastapi, tokio"
+        )),
     }
 }
 

@@ -147,3 +147,69 @@ fn fastapi_pool_exhaustion_fills_forty_tokens() {
     assert_eq!((peak.size, peak.busy), (40, 40), "{peak:?}");
     assert!(peak.queued >= 15, "{peak:?}");
 }
+
+#[test]
+fn tokio_blocking_call_holds_one_worker_and_spawn_blocking_holds_none() {
+    let _serial = serial();
+    let lines = play("tokio-blocked-worker.toml");
+    // A worker thread appears once it first runs or parks.
+    assert!(
+        lines.iter().all(|s| s.workers.len() <= 2) && lines.iter().any(|s| s.workers.len() == 2),
+        "two workers"
+    );
+    let polls = slow_polls(&lines);
+    assert!(
+        polls
+            .iter()
+            .any(|(_, t, ms)| t == "GET /block?ms=500" && *ms >= 450.0),
+        "the block held a worker: {polls:?}"
+    );
+    // The worker held, by the stall it shows (a slow poll names the probe, not the
+    // worker thread).
+    let blocked = lines
+        .iter()
+        .flat_map(|s| &s.workers)
+        .find(|w| w.stalled_for_ms >= 100.0 && w.stalled_in.as_deref() == Some("GET /block?ms=500"))
+        .map(|w| w.id)
+        .expect("the stall was seen");
+    // While it was held, the other worker answered the background load.
+    let held = |s: &&Snapshot| {
+        s.workers
+            .iter()
+            .any(|w| w.id == blocked && w.stalled_for_ms >= 100.0)
+    };
+    assert!(
+        lines.iter().filter(held).any(|s| s
+            .workers
+            .iter()
+            .any(|w| w.id != blocked && w.requests.per_s > 0.0)),
+        "the other worker served during the block"
+    );
+    // Held by a request: a poll of anything else can be preempted that long.
+    assert!(
+        !lines.iter().any(|s| s
+            .workers
+            .iter()
+            .all(|w| w.stalled_for_ms >= 100.0 && w.stalled_in.is_some())),
+        "both workers were never held at once"
+    );
+    assert!(
+        polls.iter().any(|(_, t, _)| t == "GET /json?mb=20"),
+        "the parse in the handler held its worker: {polls:?}"
+    );
+    assert!(
+        !polls
+            .iter()
+            .any(|(_, t, _)| t.starts_with("GET /sync") || t.starts_with("GET /offload")),
+        "spawn_blocking work held a worker: {polls:?}"
+    );
+    // tokio's blocking pool is worker 0's pool.
+    let peak = lines
+        .iter()
+        .map(|s| &s.workers[0].pool)
+        .max_by_key(|p| p.busy);
+    assert!(
+        peak.is_some_and(|p| p.size == 512 && p.busy >= 1),
+        "{peak:?}"
+    );
+}

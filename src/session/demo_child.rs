@@ -24,7 +24,7 @@ pub struct DemoChild {
     child: Option<Child>,
     /// Its model.
     pub model: Model,
-    /// Its workers (fastapi).
+    /// Its workers (fastapi processes, tokio threads).
     pub workers: u32,
     /// Its addresses (empty until its first line was read).
     pub address: AddressLine,

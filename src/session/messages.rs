@@ -19,7 +19,7 @@ pub enum TargetSpec {
     Demo {
         /// Model to start with.
         model: Model,
-        /// Workers (fastapi).
+        /// Workers (fastapi processes, tokio threads).
         workers: u32,
     },
     /// Attach to a server started by hand, at this telemetry address.

@@ -247,10 +247,7 @@ impl Session {
             }
             Command::SwitchModel => {
                 if self.can_switch() {
-                    let next = match self.targets[0].model() {
-                        Some(Model::Node) => Model::Fastapi,
-                        _ => Model::Node,
-                    };
+                    let next = next_model(self.targets[0].model());
                     let workers = self.targets[0].workers().max(2);
                     self.switch_model(0, next, workers);
                 }
@@ -439,6 +436,15 @@ impl Session {
             let (kind, line) = fire::fire(client, app, request).await;
             let _ = tx.send((i, kind, line)).await;
         });
+    }
+}
+
+/// The model `m` switches to: node → fastapi → tokio → node (anything else: node).
+fn next_model(current: Option<Model>) -> Model {
+    match current {
+        Some(Model::Node) => Model::Fastapi,
+        Some(Model::Fastapi) => Model::Tokio,
+        _ => Model::Node,
     }
 }
 

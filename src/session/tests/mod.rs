@@ -161,6 +161,15 @@ fn a_model_switch_never_blocks_the_session() {
 }
 
 #[test]
+fn the_model_key_cycles_node_fastapi_tokio() {
+    assert_eq!(next_model(Some(Model::Node)), Model::Fastapi);
+    assert_eq!(next_model(Some(Model::Fastapi)), Model::Tokio);
+    assert_eq!(next_model(Some(Model::Tokio)), Model::Node);
+    assert_eq!(next_model(Some(Model::Custom)), Model::Node);
+    assert_eq!(next_model(None), Model::Node);
+}
+
+#[test]
 fn a_step_that_switches_the_model_fires_at_the_new_server() {
     let _timing = crate::test_support::timing_lock();
     let rt = runtime();

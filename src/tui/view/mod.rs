@@ -366,6 +366,7 @@ fn header_line<'a>(
         parts.push(Span::styled(info.model.as_str(), theme.bold()));
         parts.push(Span::raw(match info.model {
             Model::Fastapi => format!("{workers} workers"),
+            Model::Tokio => format!("1 process, {workers} worker threads"),
             _ => "1 process".to_string(),
         }));
         parts.push(Span::raw(format!("pool {}", info.pool_size)));

@@ -154,7 +154,14 @@ impl<F: Future> Future for Instrumented<F> {
             LoopProbe::emit(
                 shared,
                 Event::SlowPoll {
-                    worker: shared.worker_id,
+                    // A multi-thread runtime's worker is its slot; a loop is the
+                    // probe's worker.
+                    worker: match (slot, shared.runtime.get().map(|h| h.runtime_flavor())) {
+                        (Some(slot), Some(tokio::runtime::RuntimeFlavor::MultiThread)) => {
+                            slot.index
+                        }
+                        _ => shared.worker_id,
+                    },
                     endpoint: this.tag.endpoint().to_string(),
                     uri: this.tag.target().to_string(),
                     ms: ms(held),

@@ -46,6 +46,12 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
                 .install(&mut builder)?,
         ),
     };
+    // Before the workers start: each takes the list when it first parks.
+    if let Some(probe) = &probe {
+        probe
+            .loop_probe()
+            .register_endpoints(loopscope::workload::endpoints().iter().map(String::as_str));
+    }
     let runtime = builder.build().context("cannot build the runtime")?;
     let listener = {
         let _runtime = runtime.enter();
@@ -59,9 +65,6 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         let router = app::router(Arc::new(app));
         match probe {
             Some(probe) => {
-                probe.loop_probe().register_endpoints(
-                    loopscope::workload::endpoints().iter().map(String::as_str),
-                );
                 // Outermost, so that it times everything a request does on a worker.
                 server::serve(listener, probe.layer().layer(router), limits).await
             }

@@ -14,8 +14,12 @@ use common::{runtime, serial};
 use loopscope::client::http;
 use loopscope::protocol::{AddressLine, Event, Model, ServerInfo, Snapshot};
 
-const AGENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/agents/node/loopscope.js");
+const AGENT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/assets/agents/node/loopscope.js"
+);
 const SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents/node_server.js");
+const CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents/node_cluster.js");
 
 /// True when `node` runs; otherwise says why the test is skipped, or fails when
 /// `LOOPSCOPE_REQUIRE_AGENTS=1`.
@@ -32,7 +36,9 @@ fn node_present() -> bool {
             std::env::var("LOOPSCOPE_REQUIRE_AGENTS").as_deref() != Ok("1"),
             "LOOPSCOPE_REQUIRE_AGENTS=1 but `node` does not run"
         );
-        eprintln!("skipped: `node` is not installed (set LOOPSCOPE_REQUIRE_AGENTS=1 to fail instead)");
+        eprintln!(
+            "skipped: `node` is not installed (set LOOPSCOPE_REQUIRE_AGENTS=1 to fail instead)"
+        );
     }
     ok
 }
@@ -133,8 +139,7 @@ fn a_json_parse_shows_as_a_live_stall_naming_its_request_then_as_lag() {
         let mut stream = common::telemetry(&node.telemetry).await;
         let client = http::client();
         let app = node.app.clone();
-        let request =
-            tokio::spawn(async move { common::get(&client, &app, "/json?mb=20").await });
+        let request = tokio::spawn(async move { common::get(&client, &app, "/json?mb=20").await });
         let stall = common::until(&mut stream, Duration::from_secs(10), |s| {
             s.workers[0].stalled_for_ms >= 100.0
         })
@@ -219,7 +224,11 @@ fn a_taken_telemetry_port_warns_once_and_the_app_serves_on() {
     let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("in use")).collect();
     assert_eq!(warnings.len(), 1, "stderr:\n{stderr}");
     assert!(warnings[0].contains(&addr), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "nothing else on stderr:\n{stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "nothing else on stderr:\n{stderr}"
+    );
 }
 
 #[test]
@@ -258,7 +267,11 @@ fn loopscope_attach_reads_the_agent_headless() {
     });
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     let row: Vec<&str> = stdout
         .lines()
         .find(|l| l.starts_with("w0 "))
@@ -335,8 +348,7 @@ fn every_agent_line_is_a_snapshot_and_info_a_server_info() {
         let mut prev: Option<u64> = None;
         let mut slow_polls = 0;
         for line in &lines {
-            let s: Snapshot =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            let s: Snapshot = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
             assert_eq!((s.v, s.model, s.period_ms), (2, Model::Node, 100), "{line}");
             if let Some(p) = prev {
                 assert_eq!(s.seq, p + 1, "seq goes up by one");
@@ -358,7 +370,88 @@ fn every_agent_line_is_a_snapshot_and_info_a_server_info() {
         }
         assert_eq!(slow_polls, 1, "one slow_poll event for the 5 MB parse");
         let last: Snapshot = serde_json::from_str(lines.last().unwrap()).unwrap();
-        assert!(last.workers[0].requests.completed >= 22, "{:?}", last.workers[0].requests);
-        assert!(last.workers[0].pool.completed >= 6, "{:?}", last.workers[0].pool);
+        assert!(
+            last.workers[0].requests.completed >= 22,
+            "{:?}",
+            last.workers[0].requests
+        );
+        assert!(
+            last.workers[0].pool.completed >= 6,
+            "{:?}",
+            last.workers[0].pool
+        );
+    });
+}
+
+#[test]
+fn a_cluster_shows_every_worker_and_a_restarted_one() {
+    if !node_present() {
+        return;
+    }
+    let _serial = serial();
+    let node = NodeServer::start(CLUSTER, "127.0.0.1:0", true, &[("WORKERS", "2")]);
+    let primary = node.child.id();
+    runtime().block_on(async {
+        let mut stream = common::telemetry(&node.telemetry).await;
+        let both = common::until(&mut stream, Duration::from_secs(10), |s| {
+            s.workers.len() == 2 && s.workers.iter().all(|w| w.alive)
+        })
+        .await
+        .expect("two live workers within 10 s");
+        let pids: Vec<u32> = both.workers.iter().map(|w| w.pid).collect();
+        assert!(pids[0] != pids[1] && !pids.contains(&primary), "{pids:?}");
+        let info = common::get(&http::client(), &node.telemetry, "/info").await;
+        let info: ServerInfo = serde_json::from_slice(&info.body).unwrap();
+        assert_eq!(info.pid, primary);
+        assert_eq!(info.app, node.app);
+        let info_pids: Vec<(u32, u32)> = info.workers.iter().map(|w| (w.id, w.pid)).collect();
+        assert_eq!(info_pids, vec![(0, pids[0]), (1, pids[1])]);
+
+        // A stall in one worker process, seen while it lasts.
+        let client = http::client();
+        let app = node.app.clone();
+        let request = tokio::spawn(async move { common::get(&client, &app, "/json?mb=20").await });
+        let stall = common::until(&mut stream, Duration::from_secs(10), |s| {
+            s.workers.iter().any(|w| w.stalled_for_ms >= 100.0)
+        })
+        .await
+        .expect("a worker's stall shows while it lasts");
+        let stalled = stall
+            .workers
+            .iter()
+            .find(|w| w.stalled_for_ms >= 100.0)
+            .unwrap();
+        assert_eq!(stalled.stalled_in.as_deref(), Some("GET /json?mb=20"));
+        assert_eq!(request.await.unwrap().status, 200);
+
+        // A worker killed and replaced keeps its slot and counts the restart.
+        // SAFETY: kill(2) on a worker process of the cluster this test started.
+        unsafe { libc::kill(pids[1] as i32, libc::SIGKILL) };
+        let (mut exited, mut restarted) = (false, None);
+        let back = common::until(&mut stream, Duration::from_secs(10), |s| {
+            for e in &s.events {
+                match e {
+                    Event::WorkerExited { worker: 1, pid, .. } if *pid == pids[1] => exited = true,
+                    Event::WorkerRestarted {
+                        worker: 1,
+                        old_pid,
+                        new_pid,
+                    } if *old_pid == pids[1] => restarted = Some(*new_pid),
+                    _ => {}
+                }
+            }
+            let w = &s.workers[1];
+            exited && restarted == Some(w.pid) && w.alive && w.restarts == 1
+        })
+        .await;
+        assert!(
+            back.is_some(),
+            "worker_exited {exited}, worker_restarted {restarted:?}, then the new pid reports"
+        );
+        assert_eq!(
+            back.unwrap().workers[0].pid,
+            pids[0],
+            "the other worker stays"
+        );
     });
 }

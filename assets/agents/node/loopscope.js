@@ -169,7 +169,7 @@ function startMain() {
   let primary = null;
   if (cluster && cluster.isPrimary) {
     try {
-      primary = setupPrimary(cluster, post);
+      primary = setupPrimary(cluster, post, onApp);
     } catch (e) {
       warnOnce('primary', `cluster setup failed: ${e && e.message}`);
     }
@@ -218,6 +218,12 @@ function startMain() {
     Atomics.store(i32, I_REQ_LEN, n);
     Atomics.add(i32, I_REQ_SEQ, 1);
   };
+  function onApp(addr) {
+    if (appAddr || !addr) return;
+    appAddr = addr;
+    post({ type: 'app', app: appAddr });
+    maybeAnnounce();
+  }
   const maybeAnnounce = () => {
     if (config.announce && !announced && appAddr && telemetryAddr) {
       announced = true;
@@ -239,9 +245,7 @@ function startMain() {
     proto.emit = function loopscopeEmit(event, req, res) {
       if (event === 'listening' && !appAddr) {
         try {
-          appAddr = addrString(this.address());
-          if (appAddr) post({ type: 'app', app: appAddr });
-          maybeAnnounce();
+          onApp(addrString(this.address()));
         } catch (e) {
           warnOnce('listening', `app address: ${e && e.message}`);
         }
@@ -376,7 +380,7 @@ function safeRequire(name) {
 // worker takes its slot and counts as a restart. The agent thread learns of forks
 // and exits by message; the reports come straight from the workers' agent threads,
 // which learn the primary's telemetry address by IPC.
-function setupPrimary(cluster, post) {
+function setupPrimary(cluster, post, onApp) {
   const slots = []; // slot -> {pid, alive}
   const slotOf = new Map(); // cluster worker id -> slot
   const workers = new Map(); // cluster worker id -> cluster worker
@@ -417,6 +421,14 @@ function setupPrimary(cluster, post) {
       post({ type: 'exit', slot, pid: w.process.pid, status });
     } catch (e) {
       warnOnce('exit', `cluster exit: ${e && e.message}`);
+    }
+  });
+  // The application's address: where the workers listen (they share one port).
+  cluster.on('listening', (_w, a) => {
+    try {
+      if (a && a.port) onApp(addrString({ address: a.address || '127.0.0.1', port: a.port }));
+    } catch (e) {
+      warnOnce('cluster-listening', `cluster listening: ${e && e.message}`);
     }
   });
   return {
@@ -744,8 +756,9 @@ function startAgentThread(config) {
         if (s.report) {
           const silentMs = Number(now - s.at) / 1e6;
           if (s.alive && silentMs > 2 * PERIOD_MS) base.silent_for_ms = r3(silentMs);
-          // Once reported, a period's lag and events are not repeated.
-          s.report = { ...s.report, lag_ms: { p50: 0, p99: 0, max: 0, samples: 0 } };
+          // Once published, a period's lag is not repeated.
+          if (s.fresh) s.fresh = false;
+          else base.lag_ms = { p50: 0, p99: 0, max: 0, samples: 0 };
         }
         return base;
       })
@@ -788,10 +801,13 @@ function startAgentThread(config) {
       path: '/report',
       headers: { 'content-type': 'application/x-ndjson' },
     });
-    req.on('error', () => {
+    const retry = () => {
+      if (reportSocket !== req) return;
       reportSocket = null;
       setTimeout(connectPrimary, 500).unref();
-    });
+    };
+    req.on('error', retry);
+    req.on('close', retry);
     req.on('response', (res) => res.resume());
     req.flushHeaders();
     reportSocket = req;
@@ -807,7 +823,20 @@ function startAgentThread(config) {
     const slot = slots.findIndex((s) => s && s.pid === m.pid);
     if (slot < 0 || !m.report || !m.report.worker) return false;
     const s = slots[slot];
-    s.report = m.report.worker;
+    const w = m.report.worker;
+    // A report not yet published is merged into, not lost: its lag stays counted.
+    if (s.report && s.fresh) {
+      const a = s.report.lag_ms;
+      const b = w.lag_ms;
+      w.lag_ms = {
+        p50: Math.max(a.p50, b.p50),
+        p99: Math.max(a.p99, b.p99),
+        max: Math.max(a.max, b.max),
+        samples: a.samples + b.samples,
+      };
+    }
+    s.report = w;
+    s.fresh = true;
     s.at = hr();
     for (const e of m.report.events || []) {
       if (e && e.kind === 'slow_poll') e.worker = slot;

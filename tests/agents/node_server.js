@@ -6,6 +6,7 @@
 //                       answers {"parse_ms":...} as measured around JSON.parse
 //   GET /pbkdf2?n=12    n concurrent crypto.pbkdf2 calls; answers when all are done
 //   GET /promises?n=1000  awaits n resolved promises (an async_hooks-heavy path)
+//   GET /fs             one fs.stat on the libuv pool
 //   GET /exit           the process exits (code 0)
 const http = require('http');
 const crypto = require('crypto');
@@ -52,6 +53,10 @@ const server = http.createServer(async (req, res) => {
     let sum = 0;
     for (let i = 0; i < n; i++) sum += await Promise.resolve(i);
     return send({ sum });
+  }
+  if (url.pathname === '/fs') {
+    // An asynchronous file read: one libuv pool job per request.
+    return require('fs').stat(__filename, (e, st) => send({ size: e ? 0 : st.size }));
   }
   if (url.pathname === '/exit') {
     send({ bye: true });

@@ -37,6 +37,7 @@ const MAX_STRING = 200;
 const MAX_CLIENTS = 32;
 const MAX_BUFFERED = 256 * 1024;
 const MAX_POOL_TRACKED = 65536;
+const POOL_JOB_FORGET_MS = 300000;
 const MAX_EVENTS = 64;
 const POOL_TYPES = new Set([
   'FSREQCALLBACK', 'FSREQPROMISE', 'FILEHANDLECLOSEREQ',
@@ -153,7 +154,6 @@ function startMain() {
   let worker;
   try {
     worker = new Worker(__filename, { workerData: config, execArgv: [], stdout: false, stderr: false });
-    worker.unref();
     worker.on('error', (e) => warnOnce('worker', `telemetry thread failed: ${e && e.message}`));
   } catch (e) {
     warnOnce('worker', `cannot start the telemetry thread: ${e && e.message}`);
@@ -176,9 +176,14 @@ function startMain() {
   }
   if (isChild) {
     // The primary's agent tells each worker where to send its reports.
-    process.on('message', (m) => {
-      if (m && typeof m.loopscopePrimary === 'string') post({ type: 'primary', addr: m.loopscopePrimary });
-    });
+    // The listener holds the IPC channel only until that message came.
+    const onMessage = (m) => {
+      if (m && typeof m.loopscopePrimary === 'string') {
+        process.off('message', onMessage);
+        if (m.loopscopePrimary) post({ type: 'primary', addr: m.loopscopePrimary });
+      }
+    };
+    process.on('message', onMessage);
   }
 
   // Lag: a 1 ms timer, re-armed from now each time; lateness past its interval.
@@ -230,13 +235,18 @@ function startMain() {
       process.stdout.write(JSON.stringify({ app: appAddr, telemetry: telemetryAddr, pid: process.pid }) + '\n');
     }
   };
+  // A 'message' listener refs the worker's port: unref everything after adding it,
+  // so that the agent never keeps the process alive.
   worker.on('message', (m) => {
     if (m && m.type === 'listening') {
       telemetryAddr = m.telemetry;
       if (primary) primary.listening(telemetryAddr);
       maybeAnnounce();
+    } else if (m && m.type === 'listen-failed') {
+      if (primary) primary.listening('');
     }
   });
+  worker.unref();
 
   const patch = (proto) => {
     if (!proto || proto.__loopscopePatched) return;
@@ -343,16 +353,22 @@ function startMain() {
       };
       const hook = require('async_hooks').createHook({
         init(id, type) {
-          if (POOL_TYPES.has(type) && pending.size < MAX_POOL_TRACKED) {
+          if (!POOL_TYPES.has(type)) return;
+          // A job whose callback never ran (none is known) is forgotten after
+          // POOL_JOB_FORGET_MS rather than counted in flight forever.
+          if (pending.size !== 0) {
+            const [oldId, t] = pending.entries().next().value;
+            if (Number(hr() - t) / 1e6 > POOL_JOB_FORGET_MS) finish(oldId);
+          }
+          if (pending.size < MAX_POOL_TRACKED) {
             pending.set(id, hr());
             Atomics.add(i32, I_POOL_INFLIGHT, 1);
             if (pending.size > poolSize) publishOldest();
           }
         },
+        // No destroy hook: with one, Node tracks every promise's collection, which
+        // costs several times the init and after hooks together.
         after(id) {
-          if (pending.size !== 0) finish(id);
-        },
-        destroy(id) {
           if (pending.size !== 0) finish(id);
         },
       });
@@ -385,9 +401,10 @@ function setupPrimary(cluster, post, onApp) {
   const slotOf = new Map(); // cluster worker id -> slot
   const workers = new Map(); // cluster worker id -> cluster worker
   let telemetry = '';
+  let told = false;
   const tell = (w) => {
     try {
-      if (telemetry && w.isConnected()) w.send({ loopscopePrimary: telemetry });
+      if (told && w.isConnected()) w.send({ loopscopePrimary: telemetry });
     } catch (e) {
       warnOnce('tell', `cluster message: ${e && e.message}`);
     }
@@ -434,6 +451,7 @@ function setupPrimary(cluster, post, onApp) {
   return {
     listening(addr) {
       telemetry = addr;
+      told = true;
       for (const w of workers.values()) tell(w);
     },
   };
@@ -697,6 +715,7 @@ function startAgentThread(config) {
 
   // --- the telemetry server ----------------------------------------------
   let seq = 0;
+  let rebase = () => {};
   let latest = null; // the latest line
   let latestSnapshot = null;
   let skippedLines = 0;
@@ -881,6 +900,7 @@ function startAgentThread(config) {
         }
         res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-cache' });
         req.socket.setNoDelay(true);
+        rebase();
         if (latest) res.write(latest);
         clients.add(res);
         res.on('close', () => clients.delete(res));
@@ -892,6 +912,8 @@ function startAgentThread(config) {
         return;
       }
       if (path === '/metrics') {
+        rebase();
+        watchedUntil = hr() + 60000000000n;
         res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
         res.end(metrics(latestSnapshot, skippedLines));
         return;
@@ -908,6 +930,7 @@ function startAgentThread(config) {
     }
   });
   server.on('error', (e) => {
+    if (!server.listening) parentPort.postMessage({ type: 'listen-failed' });
     if (e && e.code === 'EADDRINUSE') {
       warnOnce('listen', `telemetry address ${config.telemetry} is in use; no telemetry is served (the application runs on)`);
     } else {
@@ -934,13 +957,42 @@ function startAgentThread(config) {
       const urgent = onset || urgentPending;
       urgentPending = false;
       if (urgent || now >= nextReport) {
-        line(now, urgent);
+        if (config.clusterChild || watched(now)) line(now, urgent);
+        else idlePeriod();
         const period = BigInt(PERIOD_MS) * 1000000n;
         nextReport = urgent || now >= nextReport + period ? now + period : nextReport + period;
       }
     } catch (e) {
       warnOnce('step', `sampling: ${e && e.message}`);
     }
+  };
+  // Nobody watching (no /telemetry client, no /metrics scrape in the last minute):
+  // the samples of the period are dropped instead of summarised, and the next
+  // client starts from fresh baselines.
+  let idle = false;
+  let watchedUntil = 0n;
+  const watched = (now) => clients.size > 0 || now < watchedUntil;
+  const idlePeriod = () => {
+    idle = true;
+    lagRead = Atomics.load(i32, I_LAG_W);
+    waitRead = Atomics.load(i32, I_WAIT_W);
+    events.length = 0;
+  };
+  rebase = () => {
+    if (!idle) return;
+    idle = false;
+    const now = hr();
+    lastAt = now;
+    lastProcUs = cpuUs();
+    lastThreads = new Map();
+    sampleThreads(1);
+    lastHost = hostTimes();
+    lastBusyUs = null;
+    creditedUs = 0;
+    lagRead = Atomics.load(i32, I_LAG_W);
+    waitRead = Atomics.load(i32, I_WAIT_W);
+    lastReqDone = Atomics.load(i64, B_REQ_DONE);
+    lastPoolDone = Atomics.load(i64, B_POOL_DONE);
   };
   const schedule = () => {
     step();

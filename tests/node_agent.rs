@@ -455,3 +455,25 @@ fn a_cluster_shows_every_worker_and_a_restarted_one() {
         );
     });
 }
+
+#[test]
+fn the_agent_never_keeps_a_finished_process_alive() {
+    if !node_present() {
+        return;
+    }
+    let child = Command::new("node")
+        .args(["--require", AGENT, "-e", "setTimeout(() => {}, 200)"])
+        .env("LOOPSCOPE_TELEMETRY", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start node");
+    let out = common::output_within(child, Duration::from_secs(10), "node with the agent", || {});
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

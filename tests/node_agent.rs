@@ -154,15 +154,12 @@ fn a_json_parse_shows_as_a_live_stall_naming_its_request_then_as_lag() {
         assert_eq!(answer.status, 200);
         let parse_ms = answer.json().unwrap()["parse_ms"].as_f64().unwrap();
         assert!(parse_ms > 100.0, "a 20 MB parse takes a while: {parse_ms}");
-        // The line after the stall carries the lateness of the tick it held up.
+        // A line after the stall carries the lateness of the tick it held up.
         let mut lag_max = 0.0f64;
-        let end = Instant::now() + Duration::from_secs(2);
+        let end = Instant::now() + Duration::from_secs(1);
         while Instant::now() < end {
             let s = common::next(&mut stream).await;
             lag_max = lag_max.max(s.workers[0].lag_ms.max);
-            if s.events.iter().any(|e| matches!(e, Event::SlowPoll { .. })) {
-                break;
-            }
         }
         assert!(
             (lag_max - parse_ms).abs() <= parse_ms * 0.10,

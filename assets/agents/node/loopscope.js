@@ -589,7 +589,6 @@ function startAgentThread(config) {
   let lastThreads = new Map();
   let lastHost = hostTimes();
   let lastBusyUs = null;
-  let creditedUs = 0;
   let lastReqDone = 0n;
   let lastPoolDone = 0n;
   function cpuUs() {
@@ -640,14 +639,7 @@ function startAgentThread(config) {
     let busyUs = Number(Atomics.load(i64, B_ELU_ACTIVE));
     if (stall > 0 && eluAt > 0n) busyUs += Math.max(0, Number(now - eluAt) / 1000);
     let util = 0;
-    if (lastBusyUs !== null) {
-      let delta = busyUs - lastBusyUs;
-      const absorbed = Math.min(Math.max(delta, 0), creditedUs);
-      creditedUs -= absorbed;
-      delta -= absorbed;
-      util = Math.min(Math.max(delta / (dtMs * 1000), 0), 1);
-    }
-    if (stall > 0 && eluAt > 0n) creditedUs = 0;
+    if (lastBusyUs !== null) util = Math.min(Math.max((busyUs - lastBusyUs) / (dtMs * 1000), 0), 1);
     lastBusyUs = busyUs;
 
     const procUs = cpuUs();
@@ -759,7 +751,7 @@ function startAgentThread(config) {
     }
   };
 
-  const workersOf = (now, urgent) => {
+  const workersOf = (now) => {
     const own = sample(now);
     if (!clusterMode) return [own];
     // Cluster primary: the workers' latest reports. A worker silent for more than
@@ -782,11 +774,10 @@ function startAgentThread(config) {
         return base;
       })
       .filter(Boolean);
-    void urgent;
   };
 
-  const emitLine = (now, urgent) => {
-    const workers = workersOf(now, urgent);
+  const emitLine = (now) => {
+    const workers = workersOf(now);
     const snapshot = {
       v: 2,
       seq: seq++,
@@ -988,7 +979,6 @@ function startAgentThread(config) {
     sampleThreads(1);
     lastHost = hostTimes();
     lastBusyUs = null;
-    creditedUs = 0;
     lagRead = Atomics.load(i32, I_LAG_W);
     waitRead = Atomics.load(i32, I_WAIT_W);
     lastReqDone = Atomics.load(i64, B_REQ_DONE);

@@ -192,6 +192,13 @@ fn twelve_pbkdf2_calls_queue_eight_behind_four_pool_threads() {
         .expect("pool.queued >= 6 while 12 pbkdf2 calls are in flight");
         let pool = &queued.workers[0].pool;
         assert_eq!((pool.size, pool.busy), (4, 4), "{pool:?}");
+        // The pool's threads are told apart: their CPU shows while they hash.
+        let hashing = common::until(&mut stream, Duration::from_secs(5), |s| {
+            let w = &s.workers[0];
+            w.pool.threads == 4 && w.cpu.pool_threads >= 50.0
+        })
+        .await;
+        assert!(hashing.is_some(), "the pool threads' CPU shows");
         assert_eq!(request.await.unwrap().status, 200);
         // Once all are done the gauge drains and counts them.
         let drained = common::until(&mut stream, Duration::from_secs(5), |s| {

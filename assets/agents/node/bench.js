@@ -91,6 +91,7 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
       const { child, app, telemetry } = await start(v);
       await sleep(500);
       await load(app, '/hello', 500);
+      await sleep(1000);
       const c0 = cpuMs(child.pid);
       await sleep(IDLE_S * 1000);
       results[i].idle.push(((cpuMs(child.pid) - c0) / (IDLE_S * 1000)) * 100);

@@ -121,22 +121,17 @@ function tidsOf() {
 function startMain() {
   const { Worker } = require('worker_threads');
   const { performance } = require('perf_hooks');
-  const fs = require('fs');
   const http = require('http');
   const cluster = safeRequire('cluster');
 
   const isChild = !!(cluster && cluster.isWorker);
-  const poolSize = poolSizeFromEnv();
+  // Read again at the pool's first job: an application may set it before then.
+  let poolSize = poolSizeFromEnv();
   const sab = new SharedArrayBuffer(SAB_BYTES);
   const { i64, i32, bytes } = views(sab);
   const hr = process.hrtime.bigint;
   const started = hr();
 
-  // libuv starts all its pool threads at the first job, synchronously: the threads
-  // that appear across one async call are the pool's (none if it already ran).
-  const before = tidsOf();
-  fs.stat(__filename, () => {});
-  const poolTids = tidsOf().filter((t) => !before.includes(t)).map(Number);
 
   const config = {
     loopscopeAgent: true,
@@ -144,7 +139,6 @@ function startMain() {
     pid: process.pid,
     started: started.toString(),
     poolSize,
-    poolTids,
     telemetry: process.env.LOOPSCOPE_TELEMETRY || '127.0.0.1:9465',
     announce: process.env.LOOPSCOPE_ANNOUNCE === '1',
     poolHooks: process.env.LOOPSCOPE_POOL_HOOKS !== '0',
@@ -202,14 +196,14 @@ function startMain() {
         Atomics.store(i64, B_ELU_ACTIVE, BigInt(Math.round(elu.active * 1000)));
         Atomics.store(i64, B_ELU_AT, now);
       }
-      armedAt = hr();
     } catch (e) {
       warnOnce('tick', `lag timer: ${e && e.message}`);
     }
-    timer = setTimeout(tick, LAG_RESOLUTION_MS);
-    timer.unref();
+    // Re-armed from now (the same timer object: nothing allocated per tick).
+    armedAt = hr();
+    timer.refresh();
   };
-  let timer = setTimeout(tick, LAG_RESOLUTION_MS);
+  const timer = setTimeout(tick, LAG_RESOLUTION_MS);
   timer.unref();
 
   // The request whose synchronous handler holds the loop, and slow handlers.
@@ -311,6 +305,25 @@ function startMain() {
   const https = safeRequire('https');
   if (https) patch(https.Server.prototype);
 
+  // libuv starts all its pool threads at the first job, synchronously, right after
+  // the job's init hook: the threads that appear by the next tick are the pool's.
+  // (The agent does not start the pool itself: the application may still set
+  // UV_THREADPOOL_SIZE before its first job.)
+  let poolSeen = false;
+  const notePoolStart = () => {
+    poolSeen = true;
+    poolSize = poolSizeFromEnv();
+    const before = tidsOf();
+    process.nextTick(() => {
+      try {
+        const fresh = tidsOf().filter((t) => !before.includes(t));
+        post({ type: 'pool', size: poolSize, tids: fresh.length === poolSize ? fresh.map(Number) : [] });
+      } catch (e) {
+        warnOnce('pool-threads', `pool threads: ${e && e.message}`);
+      }
+    });
+  };
+
   // The libuv pool: jobs started (init) and not yet finished (their callback ran).
   if (config.poolHooks) {
     try {
@@ -354,6 +367,7 @@ function startMain() {
       const hook = require('async_hooks').createHook({
         init(id, type) {
           if (!POOL_TYPES.has(type)) return;
+          if (!poolSeen) notePoolStart();
           // A job whose callback never ran (none is known) is forgotten after
           // POOL_JOB_FORGET_MS rather than counted in flight forever.
           if (pending.size !== 0) {
@@ -469,8 +483,8 @@ function startAgentThread(config) {
   const hr = process.hrtime.bigint;
   const started = BigInt(config.started);
   const pid = config.pid;
-  const poolSize = config.poolSize;
-  const poolTids = new Set(config.poolTids);
+  let poolSize = config.poolSize;
+  let poolTids = new Set();
 
   let app = '';
   let clusterMode = false; // this process is a cluster primary with workers
@@ -485,6 +499,10 @@ function startAgentThread(config) {
     try {
       if (!m) return;
       if (m.type === 'app') app = m.app;
+      else if (m.type === 'pool') {
+        poolSize = m.size;
+        poolTids = new Set(m.tids);
+      }
       else if (m.type === 'event') pushEvent(m.event);
       else if (m.type === 'primary') {
         if (!primaryAddr) {

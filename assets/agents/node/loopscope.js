@@ -36,6 +36,7 @@ const REQ_BYTES = 1024;
 const MAX_STRING = 200;
 const MAX_CLIENTS = 32;
 const MAX_BUFFERED = 256 * 1024;
+const STUCK_CLIENT_MS = 60000;
 const MAX_POOL_TRACKED = 65536;
 const POOL_JOB_FORGET_MS = 300000;
 const MAX_EVENTS = 64;
@@ -758,10 +759,14 @@ function startAgentThread(config) {
       try {
         // A client that does not read gets no more than MAX_BUFFERED bytes queued:
         // lines beyond are skipped for it (its seq shows the gap).
+        // One that has read nothing for STUCK_CLIENT_MS is closed.
         if (res.writableLength > MAX_BUFFERED) {
           skippedLines++;
+          if (!res.loopscopeStuckSince) res.loopscopeStuckSince = Date.now();
+          else if (Date.now() - res.loopscopeStuckSince > STUCK_CLIENT_MS) res.destroy();
           continue;
         }
+        res.loopscopeStuckSince = 0;
         res.write(latest);
       } catch (e) {
         clients.delete(res);

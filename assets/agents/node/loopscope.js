@@ -39,6 +39,7 @@ const MAX_BUFFERED = 256 * 1024;
 const STUCK_CLIENT_MS = 60000;
 const MAX_POOL_TRACKED = 65536;
 const POOL_JOB_FORGET_MS = 300000;
+const POOL_DETECT_MS = 10000;
 const MAX_EVENTS = 64;
 const POOL_TYPES = new Set([
   'FSREQCALLBACK', 'FSREQPROMISE', 'FILEHANDLECLOSEREQ',
@@ -390,6 +391,23 @@ function startMain() {
       hook.enable();
     } catch (e) {
       warnOnce('hooks', `pool hooks: ${e && e.message}`);
+    }
+  } else {
+    // Without the gauge, a hook only to find the pool's threads at its first job,
+    // for at most POOL_DETECT_MS.
+    try {
+      const hook = require('async_hooks').createHook({
+        init(_id, type) {
+          if (!poolSeen && POOL_TYPES.has(type)) {
+            notePoolStart();
+            process.nextTick(() => hook.disable());
+          }
+        },
+      });
+      hook.enable();
+      setTimeout(() => hook.disable(), POOL_DETECT_MS).unref();
+    } catch (e) {
+      warnOnce('hooks', `pool threads: ${e && e.message}`);
     }
   }
 }

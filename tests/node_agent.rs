@@ -1,0 +1,483 @@
+//! The Node.js agent (`assets/agents/node/loopscope.js`) on a real Node process: a
+//! plain `http` server (`tests/agents/node_server.js`) started with the agent
+//! `--require`d, on free ports. Skipped (and passing) when `node` is absent, unless
+//! `LOOPSCOPE_REQUIRE_AGENTS=1`, which makes a missing `node` a failure.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{runtime, serial};
+use loopscope::client::http;
+use loopscope::protocol::{AddressLine, Event, Model, ServerInfo, Snapshot};
+
+const AGENT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/assets/agents/node/loopscope.js"
+);
+const SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents/node_server.js");
+const CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents/node_cluster.js");
+
+/// True when `node` runs; otherwise says why the test is skipped, or fails when
+/// `LOOPSCOPE_REQUIRE_AGENTS=1`.
+fn node_present() -> bool {
+    let ok = Command::new("node")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("LOOPSCOPE_REQUIRE_AGENTS").as_deref() != Ok("1"),
+            "LOOPSCOPE_REQUIRE_AGENTS=1 but `node` does not run"
+        );
+        eprintln!(
+            "skipped: `node` is not installed (set LOOPSCOPE_REQUIRE_AGENTS=1 to fail instead)"
+        );
+    }
+    ok
+}
+
+/// A Node server with the agent, killed when dropped.
+struct NodeServer {
+    child: Child,
+    app: String,
+    telemetry: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl NodeServer {
+    /// Starts `script` with the agent on `telemetry` and waits (≤ 20 s) for its
+    /// address line: the agent's, with the telemetry address, when `announced`;
+    /// otherwise the server's own.
+    fn start(script: &str, telemetry: &str, announced: bool, env: &[(&str, &str)]) -> NodeServer {
+        let mut child = Command::new("node")
+            .args(["--require", AGENT, script])
+            .env("LOOPSCOPE_TELEMETRY", telemetry)
+            .env("LOOPSCOPE_ANNOUNCE", "1")
+            .env("UV_THREADPOOL_SIZE", "4")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start node");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(a) = serde_json::from_str::<AddressLine>(line.trim()) {
+                    let _ = tx.send(a);
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut server = NodeServer {
+            child,
+            app: String::new(),
+            telemetry: String::new(),
+            stderr,
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let a = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no address line within 20 s; stderr:\n{}",
+                    server.stderr.lock().unwrap()
+                )
+            });
+            server.app = a.app;
+            if let Some(t) = a.telemetry {
+                server.telemetry = t;
+            }
+            if !announced || !server.telemetry.is_empty() {
+                return server;
+            }
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for NodeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_json_parse_shows_as_a_live_stall_naming_its_request_then_as_lag() {
+    if !node_present() {
+        return;
+    }
+    let _serial = serial();
+    let node = NodeServer::start(SERVER, "127.0.0.1:0", true, &[]);
+    runtime().block_on(async {
+        let mut stream = common::telemetry(&node.telemetry).await;
+        let client = http::client();
+        let app = node.app.clone();
+        let request = tokio::spawn(async move { common::get(&client, &app, "/json?mb=20").await });
+        let stall = common::until(&mut stream, Duration::from_secs(10), |s| {
+            s.workers[0].stalled_for_ms >= 100.0
+        })
+        .await
+        .expect("stalled_for_ms >= 100 while the parse runs");
+        assert_eq!(
+            stall.workers[0].stalled_in.as_deref(),
+            Some("GET /json?mb=20"),
+            "{stall:?}"
+        );
+        let answer = request.await.unwrap();
+        assert_eq!(answer.status, 200);
+        let parse_ms = answer.json().unwrap()["parse_ms"].as_f64().unwrap();
+        assert!(parse_ms > 100.0, "a 20 MB parse takes a while: {parse_ms}");
+        // A line after the stall carries the lateness of the tick it held up.
+        let mut lag_max = 0.0f64;
+        let end = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < end {
+            let s = common::next(&mut stream).await;
+            lag_max = lag_max.max(s.workers[0].lag_ms.max);
+        }
+        assert!(
+            (lag_max - parse_ms).abs() <= parse_ms * 0.10,
+            "lag max {lag_max} ms against the parse's own {parse_ms} ms"
+        );
+    });
+}
+
+#[test]
+fn twelve_pbkdf2_calls_queue_eight_behind_four_pool_threads() {
+    if !node_present() {
+        return;
+    }
+    let _serial = serial();
+    let node = NodeServer::start(
+        SERVER,
+        "127.0.0.1:0",
+        true,
+        &[("PBKDF2_ITERATIONS", "1000000")],
+    );
+    runtime().block_on(async {
+        let mut stream = common::telemetry(&node.telemetry).await;
+        let client = http::client();
+        let app = node.app.clone();
+        let request = tokio::spawn(async move { common::get(&client, &app, "/pbkdf2?n=12").await });
+        let queued = common::until(&mut stream, Duration::from_secs(10), |s| {
+            s.workers[0].pool.queued >= 6
+        })
+        .await
+        .expect("pool.queued >= 6 while 12 pbkdf2 calls are in flight");
+        let pool = &queued.workers[0].pool;
+        assert_eq!((pool.size, pool.busy), (4, 4), "{pool:?}");
+        // The pool's threads are told apart: their CPU shows while they hash.
+        let hashing = common::until(&mut stream, Duration::from_secs(5), |s| {
+            let w = &s.workers[0];
+            w.pool.threads == 4 && w.cpu.pool_threads >= 25.0
+        })
+        .await;
+        assert!(hashing.is_some(), "the pool threads' CPU shows");
+        assert_eq!(request.await.unwrap().status, 200);
+        // Once all are done the gauge drains and counts them.
+        let drained = common::until(&mut stream, Duration::from_secs(5), |s| {
+            s.workers[0].pool.busy == 0 && s.workers[0].pool.completed >= 12
+        })
+        .await;
+        assert!(drained.is_some(), "the pool gauge drains after the calls");
+    });
+}
+
+#[test]
+fn a_taken_telemetry_port_warns_once_and_the_app_serves_on() {
+    if !node_present() {
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let node = NodeServer::start(SERVER, &addr, false, &[]);
+    runtime().block_on(async {
+        let r = common::get(&http::client(), &node.app, "/hello").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = common::get(&http::client(), &node.app, "/hello").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    });
+    let stderr = node.stderr();
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("in use")).collect();
+    assert_eq!(warnings.len(), 1, "stderr:\n{stderr}");
+    assert!(warnings[0].contains(&addr), "{stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "nothing else on stderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn loopscope_attach_reads_the_agent_headless() {
+    if !node_present() {
+        return;
+    }
+    let _serial = serial();
+    let node = NodeServer::start(SERVER, "127.0.0.1:0", true, &[]);
+    let log = std::env::temp_dir().join(format!("loopscope-node-agent-{}.log", std::process::id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_loopscope"))
+        .args([
+            "attach",
+            &node.telemetry,
+            "--headless",
+            "--duration",
+            "3s",
+            "--format",
+            "table",
+            "--no-load",
+            "--log-file",
+            log.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start loopscope");
+    let app = node.app.clone();
+    let out = common::output_within(child, Duration::from_secs(30), "loopscope attach", || {
+        std::thread::sleep(Duration::from_millis(800));
+        runtime().block_on(async {
+            let r = common::get(&http::client(), &app, "/json?mb=20").await;
+            assert_eq!(r.status, 200);
+        });
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let row: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with("w0 "))
+        .unwrap_or_else(|| panic!("no w0 row:\n{stdout}\nstderr:\n{stderr}"))
+        .split_whitespace()
+        .collect();
+    let lag_max: f64 = row[3].parse().unwrap();
+    assert!(lag_max >= 100.0, "the parse shows in the table: {stdout}");
+}
+
+/// Reads raw `/telemetry` lines (not through the client) for `within`.
+async fn raw_lines(addr: &str, within: Duration) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(format!("GET /telemetry HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut data = Vec::new();
+    let end = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 65536];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(end, sock.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8(data).unwrap();
+    let (_, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let mut lines: Vec<String> = body.lines().map(str::to_string).collect();
+    // The line cut short at the end of the read.
+    if !body.ends_with('\n') {
+        lines.pop();
+    }
+    lines
+}
+
+#[test]
+fn every_agent_line_is_a_snapshot_and_info_a_server_info() {
+    if !node_present() {
+        return;
+    }
+    let _serial = serial();
+    let node = NodeServer::start(SERVER, "127.0.0.1:0", true, &[]);
+    runtime().block_on(async {
+        let client = http::client();
+        let info = common::get(&client, &node.telemetry, "/info").await;
+        let info: ServerInfo = serde_json::from_slice(&info.body)
+            .unwrap_or_else(|e| panic!("/info {}: {e}", info.text()));
+        assert_eq!(info.v, 2);
+        assert_eq!(info.model, Model::Node);
+        assert_eq!(info.app, node.app);
+        assert_eq!(info.telemetry, node.telemetry);
+        assert_eq!(info.pid, node.child.id());
+        assert_eq!(info.workers.len(), 1);
+        assert_eq!(info.workers[0].pid, node.child.id());
+        assert_eq!((info.pool_size, info.period_ms), (4, 100));
+        assert_eq!((info.lag_resolution_ms, info.slow_poll_ms), (1.0, 50.0));
+        assert_eq!(info.versions.loopscope, "agent-node");
+        assert_eq!(info.versions.protocol, 2);
+
+        let app = node.app.clone();
+        let load = tokio::spawn(async move {
+            let c = http::client();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            common::get(&c, &app, "/json?mb=5").await;
+            common::get(&c, &app, "/pbkdf2?n=6").await;
+            for _ in 0..20 {
+                common::get(&c, &app, "/hello").await;
+            }
+        });
+        let lines = raw_lines(&node.telemetry, Duration::from_millis(2500)).await;
+        load.await.unwrap();
+        assert!(lines.len() >= 15, "{} lines in 2.5 s", lines.len());
+        let mut prev: Option<u64> = None;
+        let mut slow_polls = 0;
+        for line in &lines {
+            let s: Snapshot = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!((s.v, s.model, s.period_ms), (2, Model::Node, 100), "{line}");
+            if let Some(p) = prev {
+                assert_eq!(s.seq, p + 1, "seq goes up by one");
+            }
+            prev = Some(s.seq);
+            assert_eq!(s.workers.len(), 1, "{line}");
+            let w = &s.workers[0];
+            assert_eq!((w.id, w.pid, w.alive), (0, node.child.id(), true), "{line}");
+            assert!(s.host.cores >= 1, "{line}");
+            for e in &s.events {
+                assert!(!matches!(e, Event::Unknown), "{line}");
+                if let Event::SlowPoll { endpoint, uri, .. } = e
+                    && endpoint == "GET /json"
+                {
+                    assert_eq!(uri, "GET /json?mb=5", "{line}");
+                    slow_polls += 1;
+                }
+            }
+        }
+        assert_eq!(slow_polls, 1, "one slow_poll event for the 5 MB parse");
+        let last: Snapshot = serde_json::from_str(lines.last().unwrap()).unwrap();
+        assert!(
+            last.workers[0].requests.completed >= 22,
+            "{:?}",
+            last.workers[0].requests
+        );
+        assert!(
+            last.workers[0].pool.completed >= 6,
+            "{:?}",
+            last.workers[0].pool
+        );
+    });
+}
+
+#[test]
+fn a_cluster_shows_every_worker_and_a_restarted_one() {
+    if !node_present() {
+        return;
+    }
+    let _serial = serial();
+    let node = NodeServer::start(CLUSTER, "127.0.0.1:0", true, &[("WORKERS", "2")]);
+    let primary = node.child.id();
+    runtime().block_on(async {
+        let mut stream = common::telemetry(&node.telemetry).await;
+        let both = common::until(&mut stream, Duration::from_secs(10), |s| {
+            s.workers.len() == 2 && s.workers.iter().all(|w| w.alive)
+        })
+        .await
+        .expect("two live workers within 10 s");
+        let pids: Vec<u32> = both.workers.iter().map(|w| w.pid).collect();
+        assert!(pids[0] != pids[1] && !pids.contains(&primary), "{pids:?}");
+        let info = common::get(&http::client(), &node.telemetry, "/info").await;
+        let info: ServerInfo = serde_json::from_slice(&info.body).unwrap();
+        assert_eq!(info.pid, primary);
+        assert_eq!(info.app, node.app);
+        let info_pids: Vec<(u32, u32)> = info.workers.iter().map(|w| (w.id, w.pid)).collect();
+        assert_eq!(info_pids, vec![(0, pids[0]), (1, pids[1])]);
+
+        // A stall in one worker process, seen while it lasts.
+        let client = http::client();
+        let app = node.app.clone();
+        let request = tokio::spawn(async move { common::get(&client, &app, "/json?mb=20").await });
+        let stall = common::until(&mut stream, Duration::from_secs(10), |s| {
+            s.workers.iter().any(|w| w.stalled_for_ms >= 100.0)
+        })
+        .await
+        .expect("a worker's stall shows while it lasts");
+        let stalled = stall
+            .workers
+            .iter()
+            .find(|w| w.stalled_for_ms >= 100.0)
+            .unwrap();
+        assert_eq!(stalled.stalled_in.as_deref(), Some("GET /json?mb=20"));
+        assert_eq!(request.await.unwrap().status, 200);
+
+        // A worker killed and replaced keeps its slot and counts the restart.
+        // SAFETY: kill(2) on a worker process of the cluster this test started.
+        unsafe { libc::kill(pids[1] as i32, libc::SIGKILL) };
+        let (mut exited, mut restarted) = (false, None);
+        let back = common::until(&mut stream, Duration::from_secs(10), |s| {
+            for e in &s.events {
+                match e {
+                    Event::WorkerExited { worker: 1, pid, .. } if *pid == pids[1] => exited = true,
+                    Event::WorkerRestarted {
+                        worker: 1,
+                        old_pid,
+                        new_pid,
+                    } if *old_pid == pids[1] => restarted = Some(*new_pid),
+                    _ => {}
+                }
+            }
+            let w = &s.workers[1];
+            exited && restarted == Some(w.pid) && w.alive && w.restarts == 1
+        })
+        .await;
+        assert!(
+            back.is_some(),
+            "worker_exited {exited}, worker_restarted {restarted:?}, then the new pid reports"
+        );
+        assert_eq!(
+            back.unwrap().workers[0].pid,
+            pids[0],
+            "the other worker stays"
+        );
+    });
+}
+
+#[test]
+fn the_agent_never_keeps_a_finished_process_alive() {
+    if !node_present() {
+        return;
+    }
+    let child = Command::new("node")
+        .args(["--require", AGENT, "-e", "setTimeout(() => {}, 200)"])
+        .env("LOOPSCOPE_TELEMETRY", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start node");
+    let out = common::output_within(child, Duration::from_secs(10), "node with the agent", || {});
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

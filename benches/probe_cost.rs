@@ -81,10 +81,11 @@ impl Server {
     }
 
     /// The axum service of `examples/bench_service.rs` in `setup` (`--probe`,
-    /// `--bare`, `--console`): this program, started again.
+    /// `--bare`, `--console`, and `--lag-ms N` after `--probe`): this program,
+    /// started again.
     fn service(label: &str, setup: &str, cpu: Option<usize>) -> Server {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["serve", setup]);
+        cmd.arg("serve").args(setup.split_whitespace());
         Self::start(label, cmd, cpu)
     }
 
@@ -108,11 +109,6 @@ impl Server {
         threads(self.pid)
     }
 
-    /// Run time of all the process's threads, in ns.
-    fn cpu_ns(&self) -> u64 {
-        self.threads().iter().map(|t| t.run_ns).sum()
-    }
-}
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -189,7 +185,7 @@ fn class(comm: &str, main: bool) -> &'static str {
         _ if main => "main",
         "loopscope-sampl" => "probe sampler",
         "loopscope-telem" => "probe telemetry",
-        "tokio-runtime-w" => "runtime workers",
+        "tokio-runtime-w" | "tokio-rt-worker" => "runtime workers",
         "loop" => "demo loop",
         "console_subscri" => "console-subscriber",
         c if c.starts_with("pool-") => "demo pool",
@@ -372,11 +368,24 @@ fn fixed(quick: bool) {
         Server::node("node demo, --no-telemetry", &["--no-telemetry"], None),
         Server::node("node demo, probe, no reader", &[], None),
         Server::node("node demo, probe, 1 reader", &[], None),
+        Server::node(
+            "node demo, probe, lag timer 10 ms",
+            &["--lag-resolution-ms", "10"],
+            None,
+        ),
         Server::service("axum 2 workers, bare", "--bare", None),
         Server::service("axum 2 workers, probe, no reader", "--probe", None),
         Server::service("axum 2 workers, probe, 1 reader", "--probe", None),
+        Server::service(
+            "axum 2 workers, probe, lag timer 10 ms",
+            "--probe --lag-ms 10",
+            None,
+        ),
         Server::service("axum 2 workers, console-subscriber", "--console", None),
     ];
+    // Which are which, by index above.
+    const READERS: [usize; 2] = [2, 6];
+    const CONSOLE: usize = 8;
     let warm = Duration::from_secs(3);
     let total = warm + Duration::from_secs_f64(window) + Duration::from_secs(2);
     // The readers: one telemetry stream each, bounded by time; they add up the task
@@ -384,7 +393,7 @@ fn fixed(quick: bool) {
     let polls: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let counting = Arc::new(AtomicBool::new(false));
     let reader = {
-        let addrs = [servers[2].telemetry.clone(), servers[5].telemetry.clone()];
+        let addrs = READERS.map(|i| servers[i].telemetry.clone());
         let (polls, counting) = (Arc::clone(&polls), Arc::clone(&counting));
         std::thread::spawn(move || {
             current_thread().block_on(async move {
@@ -442,32 +451,30 @@ fn fixed(quick: bool) {
     }
     let class_ms = |i: usize, c: &str| by_class[i].get(c).map_or(0.0, |v| v.0 as f64 / 1e6 / dt);
     let class_wakes = |i: usize, c: &str| by_class[i].get(c).map_or(0.0, |v| v.1 as f64 / dt);
-    for (name, bare, probed, runtime) in [
-        ("node demo", 0, [1, 2], "demo loop"),
-        ("axum", 3, [4, 5], "runtime workers"),
-    ] {
-        for (p, reader) in probed.iter().zip(["no reader", "1 reader"]) {
-            let extra = totals[*p] - totals[bare];
+    for (bare, probed, runtime) in [(0, 1..4, "demo loop"), (4, 5..8, "runtime workers")] {
+        for p in probed {
+            let extra = totals[p] - totals[bare];
             println!(
-                "{name}, {reader}: the probe costs {extra:.3} ms/s ({:.3}% of a core): sampler {:.3}, telemetry {:.3}, {runtime} {:+.3} ms/s ({:+.0} wake-ups/s)",
+                "{}: the probe costs {extra:.3} ms/s ({:.3}% of a core): sampler {:.3}, telemetry {:.3}, {runtime} {:+.3} ms/s ({:+.0} wake-ups/s)",
+                servers[p].label,
                 extra / 10.0,
-                class_ms(*p, "probe sampler"),
-                class_ms(*p, "probe telemetry"),
-                class_ms(*p, runtime) - class_ms(bare, runtime),
-                class_wakes(*p, runtime) - class_wakes(bare, runtime),
+                class_ms(p, "probe sampler"),
+                class_ms(p, "probe telemetry"),
+                class_ms(p, runtime) - class_ms(bare, runtime),
+                class_wakes(p, runtime) - class_wakes(bare, runtime),
             );
         }
     }
-    let extra = totals[6] - totals[3];
+    let extra = totals[CONSOLE] - totals[4];
     println!(
         "axum: console-subscriber costs {extra:.3} ms/s ({:.3}% of a core) idle",
         extra / 10.0
     );
-    for (i, label) in [(2, "node demo"), (5, "axum")] {
-        let p = polls[if i == 2 { 0 } else { 1 }].load(Ordering::Relaxed);
+    for (n, i) in READERS.into_iter().enumerate() {
         println!(
-            "{label}, 1 reader: task polls counted by the probe: {:.0}/s",
-            p as f64 / dt
+            "{}: task polls counted by the probe: {:.0}/s",
+            servers[i].label,
+            polls[n].load(Ordering::Relaxed) as f64 / dt
         );
     }
     drop(servers);
@@ -506,13 +513,18 @@ fn axum_cpu(quick: bool) {
     ];
     let mut per_req: [Vec<f64>; 3] = Default::default();
     let (mut total_cpu, mut total_n) = ([0.0f64; 3], [0u64; 3]);
+    let mut classes: [BTreeMap<&'static str, u64>; 3] = Default::default();
     let mut bad = 0;
     for round in 0..rounds {
         for i in ORDERS[round % 6] {
             let s = &servers[i];
-            let cpu0 = s.cpu_ns();
+            let before = s.threads();
             let a = rt.block_on(drive(&s.app, &Plan::closed("/hello", 0.5)));
-            let cpu = (s.cpu_ns() - cpu0) as f64;
+            let d = delta(&before, &s.threads());
+            let cpu = d.values().map(|v| v.0).sum::<u64>() as f64;
+            for (class, (ns, _)) in d {
+                *classes[i].entry(class).or_default() += ns;
+            }
             bad += a.bad;
             per_req[i].push(cpu / a.ok as f64);
             total_cpu[i] += cpu;
@@ -530,6 +542,14 @@ fn axum_cpu(quick: bool) {
             quantile(&per_req[i], 0.25) / 1000.0,
             quantile(&per_req[i], 0.75) / 1000.0,
             total_cpu[i] / total_n[i] as f64 / 1000.0,
+        );
+        println!(
+            "         by thread, µs per request: {}",
+            classes[i]
+                .iter()
+                .map(|(c, ns)| format!("{c} {:.3}", *ns as f64 / total_n[i] as f64 / 1000.0))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     for i in [1, 2] {
@@ -553,6 +573,40 @@ fn axum_cpu(quick: bool) {
     set_affinity(&cpus);
 }
 
+/// A load of `plan` against `s`, its RSS read every second; the load stops early
+/// when RSS passes `cap_mb`. Returns the answers, the time taken, the samples and
+/// when it was stopped, if it was.
+fn watched(
+    rt: &tokio::runtime::Runtime,
+    s: &Server,
+    plan: Plan,
+    cap_mb: f64,
+) -> (Answered, f64, Vec<f64>, Option<f64>) {
+    let stop = Arc::clone(&plan.stop);
+    let (app, pid) = (s.app.clone(), s.pid);
+    rt.block_on(async move {
+        let t0 = Instant::now();
+        let load = tokio::spawn(async move { drive(&app, &plan).await });
+        let mut samples = Vec::new();
+        let mut stopped = None;
+        let mut next = t0;
+        while !load.is_finished() {
+            next += Duration::from_secs(1);
+            while Instant::now() < next && !load.is_finished() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let r = rss_mb(pid);
+            samples.push(r);
+            if r > cap_mb && stopped.is_none() {
+                stop.store(true, Ordering::Relaxed);
+                stopped = Some(t0.elapsed().as_secs_f64());
+            }
+        }
+        let answered = load.await.unwrap();
+        (answered, t0.elapsed().as_secs_f64(), samples, stopped)
+    })
+}
+
 /// RSS of the service while every request spawns one task.
 fn churn(quick: bool) {
     let env = |k: &str, d: f64| {
@@ -571,69 +625,54 @@ fn churn(quick: bool) {
     println!("(RSS from /proc/PID/status every second; a run stops when RSS passes {cap_mb} MB)");
     println!("load average before: {}", load_average());
     let rt = current_thread();
+    let plan = |secs: f64| Plan {
+        path: "/spawn",
+        conns: 32,
+        secs,
+        max: (rate * secs) as u64,
+        rate: Some(rate),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{r:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     for (label, setup) in [
         ("bare", "--bare"),
         ("probe", "--probe"),
         ("console", "--console"),
     ] {
         let s = Server::service(label, setup, None);
-        let plan = |secs: f64| Plan {
-            path: "/spawn",
-            conns: 32,
-            secs,
-            max: (rate * secs) as u64,
-            rate: Some(rate),
-            stop: Arc::new(AtomicBool::new(false)),
-        };
-        let w = rt.block_on(drive(&s.app, &plan(warm)));
+        let start = rss_mb(s.pid);
+        let (w, w_took, w_samples, w_stopped) = watched(&rt, &s, plan(warm), cap_mb);
+        println!(
+            "{label:<8} started at {start:.1} MB; warm-up {:.0} req/s, RSS each second: {}",
+            w.ok as f64 / w_took,
+            list(&w_samples)
+        );
+        if let Some(t) = w_stopped {
+            println!("         stopped in the warm-up at {t:.1} s, past {cap_mb} MB");
+            continue;
+        }
         let base = rss_mb(s.pid);
-        let run = plan(secs);
-        let stop = Arc::clone(&run.stop);
-        let app = s.app.clone();
-        let (answered, took, samples, stopped) = rt.block_on(async move {
-            let t0 = Instant::now();
-            let load = tokio::spawn(async move { drive(&app, &run).await });
-            let mut samples = Vec::new();
-            let mut stopped = None;
-            let mut next = t0;
-            while !load.is_finished() {
-                next += Duration::from_secs(1);
-                while Instant::now() < next && !load.is_finished() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let r = rss_mb(s.pid);
-                samples.push(r);
-                if r > cap_mb && stopped.is_none() {
-                    stop.store(true, Ordering::Relaxed);
-                    stopped = Some(t0.elapsed().as_secs_f64());
-                }
-            }
-            let answered = load.await.unwrap();
-            (answered, t0.elapsed().as_secs_f64(), samples, stopped)
-        });
+        let (answered, took, samples, stopped) = watched(&rt, &s, plan(secs), cap_mb);
         let end = rss_mb(s.pid);
         std::thread::sleep(Duration::from_secs(2));
         let later = rss_mb(s.pid);
         let max = samples.iter().cloned().fold(end, f64::max);
         println!(
-            "{label:<8} {:.0} req/s reached ({} ok, {} not 200; warm-up {:.0} req/s); RSS after warm-up {base:.1} MB, end {end:.1} MB, max {max:.1} MB, growth {:+.1} MB; 2 s later {later:.1} MB{}",
+            "         {:.0} req/s reached ({} ok, {} not 200); RSS after warm-up {base:.1} MB, end {end:.1} MB, max {max:.1} MB, growth {:+.1} MB; 2 s later {later:.1} MB{}",
             answered.ok as f64 / took,
             answered.ok,
             answered.bad,
-            w.ok as f64 / warm,
             end - base,
             stopped.map_or(String::new(), |t| format!(
                 "; stopped at {t:.1} s, past {cap_mb} MB"
             )),
         );
-        println!(
-            "         RSS each second: {}",
-            samples
-                .iter()
-                .map(|r| format!("{r:.0}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        println!("         RSS each second: {}", list(&samples));
     }
     println!("load average after: {}", load_average());
 }
@@ -717,11 +756,9 @@ fn stall(quick: bool) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("serve") {
-        let setup = args
-            .get(1)
-            .and_then(|f| service::Setup::from_flag(f))
-            .expect("serve --probe|--console|--bare");
-        if let Err(e) = service::run(setup) {
+        let (setup, lag) =
+            service::parse(&args[1..]).expect("serve --probe|--console|--bare [--lag-ms N]");
+        if let Err(e) = service::run(setup, lag) {
             eprintln!("probe_cost serve: {e}");
             std::process::exit(1);
         }

@@ -5,6 +5,7 @@
 //! cargo run --release --example bench_service -- --probe     # loopscope's probe
 //! cargo run --release --example bench_service -- --console   # console-subscriber
 //! cargo run --release --example bench_service -- --bare      # neither
+//! cargo run --release --example bench_service -- --probe --lag-ms 10  # a slower lag timer
 //! ```
 //!
 //! Routes:
@@ -93,14 +94,20 @@ fn free_port() -> std::io::Result<std::net::SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
-/// Serves in `setup` until killed.
-pub fn run(setup: Setup) -> Result<(), Box<dyn std::error::Error>> {
+/// Serves in `setup` until killed; `lag` is the probe's lag timer interval (its
+/// default, 1 ms, if `None`).
+pub fn run(setup: Setup, lag: Option<Duration>) -> Result<(), Box<dyn std::error::Error>> {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.worker_threads(2).enable_all();
     let (probe, telemetry) = match setup {
         Setup::Probe => {
+            let mut config = loopscope::probe::ProbeConfig::default();
+            if let Some(lag) = lag {
+                config.lag_resolution = lag;
+            }
             let probe = loopscope::probe::Probe::builder()
                 .telemetry("127.0.0.1:0")
+                .config(config)
                 .install(&mut rt)?;
             let addr = probe.telemetry_addr().to_string();
             (Some(probe), Some(addr))
@@ -131,9 +138,22 @@ pub fn run(setup: Setup) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The setup and lag timer interval from arguments: `--probe|--console|--bare
+/// [--lag-ms N]`.
+pub fn parse(args: &[String]) -> Option<(Setup, Option<Duration>)> {
+    let setup = Setup::from_flag(args.first().map_or("--probe", String::as_str))?;
+    let lag = match args.get(1).map(String::as_str) {
+        Some("--lag-ms") => Some(Duration::from_millis(args.get(2)?.parse().ok()?)),
+        Some(_) => return None,
+        None => None,
+    };
+    Some((setup, lag))
+}
+
 #[allow(dead_code)]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let flag = std::env::args().nth(1).unwrap_or_else(|| "--probe".into());
-    let setup = Setup::from_flag(&flag).ok_or("usage: bench_service --probe|--console|--bare")?;
-    run(setup)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (setup, lag) =
+        parse(&args).ok_or("usage: bench_service --probe|--console|--bare [--lag-ms N]")?;
+    run(setup, lag)
 }

@@ -108,7 +108,7 @@ impl Server {
     fn threads(&self) -> Vec<ThreadStat> {
         threads(self.pid)
     }
-
+}
 
 impl Drop for Server {
     fn drop(&mut self) {

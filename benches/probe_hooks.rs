@@ -3,7 +3,7 @@
 //! ```sh
 //! cargo bench --bench probe_hooks              # both groups, ~1 minute
 //! cargo bench --bench probe_hooks -- request   # the request wrapper only
-//! cargo bench --bench probe_hooks -- task_poll # the runtime's poll hooks only
+//! cargo bench --bench probe_hooks -- task_poll # the runtime's hooks only
 //! ```
 //!
 //! - `request`: a trivial tower service answering `GET /hello`, called and its
@@ -12,22 +12,48 @@
 //!   Every iteration builds its request (`Request::get`) in both, so the difference
 //!   is the layer's: the tag copied from the request, the slot look-up, two clock
 //!   reads, the counters and the latency bucket.
-//! - `task_poll`: a `multi_thread` runtime with two workers, built with
-//!   [`LoopProbe::install_hooks`] or without; a task spawns a trivial task and awaits
-//!   it, `iters` times. The difference per iteration, divided by the task polls per
-//!   iteration (tokio's `worker_poll_count`, printed), is the hooks' cost per poll.
+//! - `task_poll_current_thread`, `task_poll_multi_thread` (two workers): a trivial
+//!   task spawned and awaited, `iters` times, on a runtime built bare, with hooks
+//!   that only count their calls (the calls per iteration are printed), or with
+//!   [`LoopProbe::install_hooks`]. The difference per iteration, divided by the hook
+//!   calls per iteration, is the probe's cost per call.
+//!
+//! Times are CPU times, not wall time (the calling thread's, or the process's on a
+//! multi-thread runtime), so that other processes taking the CPU do not count.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hyper::http::Request;
 use loopscope::probe::{LoopProbe, ProbeConfig, ProbeLayer, RequestTag};
 use tower_layer::Layer;
 use tower_service::Service;
+
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`) or of the whole
+/// process (`CLOCK_PROCESS_CPUTIME_ID`): other processes on the machine taking the
+/// CPU do not count, as they would on a wall clock.
+fn cpu_time(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn thread_cpu() -> Duration {
+    cpu_time(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+fn process_cpu() -> Duration {
+    cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
 
 /// The cheapest service there is: answers every request at once.
 #[derive(Clone, Copy)]
@@ -61,12 +87,12 @@ where
     S: Service<Request<()>, Response = &'static str, Error = Infallible>,
 {
     rt.block_on(async move {
-        let start = Instant::now();
+        let start = thread_cpu();
         for _ in 0..iters {
             let req = Request::get("/hello").body(()).unwrap();
             black_box(svc.call(req).await.unwrap());
         }
-        start.elapsed()
+        thread_cpu() - start
     })
 }
 
@@ -84,81 +110,133 @@ fn request(c: &mut Criterion) {
     g.bench_function("future_bare", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
-                let start = Instant::now();
+                let start = thread_cpu();
                 for _ in 0..iters {
                     black_box(async { black_box(1u64) }.await);
                 }
-                start.elapsed()
+                thread_cpu() - start
             })
         })
     });
     g.bench_function("future_instrumented", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
-                let start = Instant::now();
+                let start = thread_cpu();
                 for _ in 0..iters {
                     let tag = RequestTag::new("GET", "/hello");
                     black_box(probe.instrument(tag, async { black_box(1u64) }).await);
                 }
-                start.elapsed()
+                thread_cpu() - start
             })
         })
     });
     g.finish();
 }
 
-fn multi_thread(hooks: bool) -> tokio::runtime::Runtime {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    b.worker_threads(2).enable_all();
-    if hooks {
-        LoopProbe::new(0, ProbeConfig::default()).install_hooks(&mut b);
+/// Hook calls of the runtimes built with [`Hooks::Counting`].
+static POLLS: AtomicU64 = AtomicU64::new(0);
+static PARKS: AtomicU64 = AtomicU64::new(0);
+static UNPARKS: AtomicU64 = AtomicU64::new(0);
+
+/// The hook calls counted so far: task polls, parks, unparks.
+fn counted() -> [u64; 3] {
+    [&POLLS, &PARKS, &UNPARKS].map(|c| c.load(Ordering::Relaxed))
+}
+
+/// What a runtime under test is built with.
+#[derive(Clone, Copy, PartialEq)]
+enum Hooks {
+    /// No hooks.
+    Bare,
+    /// Park, unpark and poll hooks that count their calls (a relaxed atomic add):
+    /// how many calls there are, and what a hook that does nearly nothing costs.
+    Counting,
+    /// The probe's, from [`LoopProbe::install_hooks`].
+    Probe,
+}
+
+fn runtime(multi: bool, hooks: Hooks) -> tokio::runtime::Runtime {
+    let mut b = if multi {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all();
+    match hooks {
+        Hooks::Bare => {}
+        Hooks::Counting => {
+            b.on_thread_park(|| {
+                PARKS.fetch_add(1, Ordering::Relaxed);
+            })
+            .on_thread_unpark(|| {
+                UNPARKS.fetch_add(1, Ordering::Relaxed);
+            })
+            .on_before_task_poll(|_| {
+                POLLS.fetch_add(1, Ordering::Relaxed);
+            })
+            .on_after_task_poll(|_| {
+                black_box(());
+            });
+        }
+        Hooks::Probe => LoopProbe::new(0, ProbeConfig::default()).install_hooks(&mut b),
     }
     b.build().unwrap()
 }
 
-/// Task polls so far, all workers together.
-fn polls(rt: &tokio::runtime::Runtime) -> u64 {
-    let m = rt.metrics();
-    (0..m.num_workers()).map(|w| m.worker_poll_count(w)).sum()
-}
-
-/// `iters` spawn-and-await rounds run by a task on `rt`; their time, and the task
-/// polls they took.
-fn churn(rt: &tokio::runtime::Runtime, iters: u64) -> (Duration, u64) {
-    let before = polls(rt);
-    let took = rt.block_on(async move {
-        tokio::spawn(async move {
-            let start = Instant::now();
-            for _ in 0..iters {
-                black_box(tokio::spawn(async { black_box(1u64) }).await.unwrap());
-            }
-            start.elapsed()
-        })
-        .await
-        .unwrap()
-    });
-    (took, polls(rt) - before)
+/// `iters` spawn-and-await rounds on `rt`; the CPU time they took: the calling
+/// thread's on a current-thread runtime, the process's (both workers, and the
+/// calling thread waiting) on a multi-thread one, where they run in a task (the
+/// `block_on` future is not one) so that both the spawner and the spawned are
+/// polled by a worker.
+fn churn(rt: &tokio::runtime::Runtime, multi: bool, iters: u64) -> Duration {
+    let rounds = async move {
+        for _ in 0..iters {
+            black_box(tokio::spawn(async { black_box(1u64) }).await.unwrap());
+        }
+    };
+    if multi {
+        let start = process_cpu();
+        rt.block_on(async move { tokio::spawn(rounds).await.unwrap() });
+        process_cpu() - start
+    } else {
+        let start = thread_cpu();
+        rt.block_on(rounds);
+        thread_cpu() - start
+    }
 }
 
 fn task_poll(c: &mut Criterion) {
-    let mut g = c.benchmark_group("task_poll");
-    for (name, hooks) in [("spawn_await_bare", false), ("spawn_await_hooks", true)] {
-        let rt = multi_thread(hooks);
-        let (mut iters, mut polled) = (0u64, 0u64);
-        g.bench_function(name, |b| {
-            b.iter_custom(|n| {
-                let (took, p) = churn(&rt, n);
-                iters += n;
-                polled += p;
-                took
-            })
-        });
-        println!(
-            "task_poll/{name}: {:.3} task polls per iteration ({polled} polls, {iters} iterations)",
-            polled as f64 / iters.max(1) as f64
-        );
+    for (group, multi) in [("task_poll_current_thread", false), ("task_poll_multi_thread", true)] {
+        let mut g = c.benchmark_group(group);
+        for (name, hooks) in [
+            ("spawn_await_bare", Hooks::Bare),
+            ("spawn_await_counting_hooks", Hooks::Counting),
+            ("spawn_await_probe_hooks", Hooks::Probe),
+        ] {
+            let rt = runtime(multi, hooks);
+            let mut iters = 0u64;
+            let before = counted();
+            g.bench_function(name, |b| {
+                b.iter_custom(|n| {
+                    iters += n;
+                    churn(&rt, multi, n)
+                })
+            });
+            if hooks == Hooks::Counting {
+                let after = counted();
+                let per = |i: usize| (after[i] - before[i]) as f64 / iters.max(1) as f64;
+                println!(
+                    "{group}/{name}: per iteration {:.3} task polls, {:.4} parks, {:.4} unparks ({iters} iterations)",
+                    per(0),
+                    per(1),
+                    per(2)
+                );
+            }
+        }
+        g.finish();
     }
-    g.finish();
 }
 
 fn config() -> Criterion {

@@ -18,8 +18,8 @@
 //!   [`LoopProbe::install_hooks`]. The difference per iteration, divided by the hook
 //!   calls per iteration, is the probe's cost per call.
 //!
-//! Times are CPU times, not wall time (the calling thread's, or the process's on a
-//! multi-thread runtime), so that other processes taking the CPU do not count.
+//! Times are the calling thread's CPU time, so that other processes taking the CPU
+//! do not count, except on the multi-thread runtime (wall time; see `churn`).
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
@@ -34,9 +34,8 @@ use loopscope::probe::{LoopProbe, ProbeConfig, ProbeLayer, RequestTag};
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`) or of the whole
-/// process (`CLOCK_PROCESS_CPUTIME_ID`): other processes on the machine taking the
-/// CPU do not count, as they would on a wall clock.
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`): other processes
+/// on the machine taking the CPU do not count, as they would on a wall clock.
 fn cpu_time(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -49,10 +48,6 @@ fn cpu_time(clock: libc::clockid_t) -> Duration {
 
 fn thread_cpu() -> Duration {
     cpu_time(libc::CLOCK_THREAD_CPUTIME_ID)
-}
-
-fn process_cpu() -> Duration {
-    cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
 /// The cheapest service there is: answers every request at once.
@@ -185,24 +180,32 @@ fn runtime(multi: bool, hooks: Hooks) -> tokio::runtime::Runtime {
     b.build().unwrap()
 }
 
-/// `iters` spawn-and-await rounds on `rt`; the CPU time they took: the calling
-/// thread's on a current-thread runtime, the process's (both workers, and the
-/// calling thread waiting) on a multi-thread one, where they run in a task (the
-/// `block_on` future is not one) so that both the spawner and the spawned are
-/// polled by a worker.
+/// `iters` spawn-and-await rounds on `rt`; the time they took. On a current-thread
+/// runtime, the calling thread's CPU time. On a multi-thread one they run in a task
+/// (the `block_on` future is not one), so that both the spawner and the spawned
+/// are polled by a worker, timed on the wall clock from inside that task: the
+/// spawner may move to the other worker, and the other worker's CPU (waking to look
+/// for work, then parking) varies by hundreds of ns per iteration between runs.
 fn churn(rt: &tokio::runtime::Runtime, multi: bool, iters: u64) -> Duration {
-    let rounds = async move {
-        for _ in 0..iters {
-            black_box(tokio::spawn(async { black_box(1u64) }).await.unwrap());
-        }
-    };
     if multi {
-        let start = process_cpu();
-        rt.block_on(async move { tokio::spawn(rounds).await.unwrap() });
-        process_cpu() - start
+        rt.block_on(async move {
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    black_box(tokio::spawn(async { black_box(1u64) }).await.unwrap());
+                }
+                start.elapsed()
+            })
+            .await
+            .unwrap()
+        })
     } else {
         let start = thread_cpu();
-        rt.block_on(rounds);
+        rt.block_on(async move {
+            for _ in 0..iters {
+                black_box(tokio::spawn(async { black_box(1u64) }).await.unwrap());
+            }
+        });
         thread_cpu() - start
     }
 }

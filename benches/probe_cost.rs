@@ -553,9 +553,7 @@ fn axum_cpu(quick: bool) {
         );
     }
     for i in [1, 2] {
-        let ratios: Vec<f64> = (0..rounds)
-            .map(|r| per_req[i][r] / per_req[0][r])
-            .collect();
+        let ratios: Vec<f64> = (0..rounds).map(|r| per_req[i][r] / per_req[0][r]).collect();
         let m = quantile(&ratios, 0.5);
         println!(
             "{} / bare over {rounds} rounds: median {m:.4} ({:+.2}%), interquartile {:.4}..{:.4}; ratio of totals {:.4}",

@@ -211,7 +211,10 @@ fn churn(rt: &tokio::runtime::Runtime, multi: bool, iters: u64) -> Duration {
 }
 
 fn task_poll(c: &mut Criterion) {
-    for (group, multi) in [("task_poll_current_thread", false), ("task_poll_multi_thread", true)] {
+    for (group, multi) in [
+        ("task_poll_current_thread", false),
+        ("task_poll_multi_thread", true),
+    ] {
         let mut g = c.benchmark_group(group);
         for (name, hooks) in [
             ("spawn_await_bare", Hooks::Bare),

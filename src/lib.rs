@@ -31,6 +31,8 @@
 //! - [`units`]: figures as people read them;
 //! - [`scenario`]: timed steps for workshops and scripts.
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "cli")]
 pub mod client;
 #[cfg(feature = "cli")]

@@ -24,9 +24,10 @@ pub struct WorkerSummary {
     pub longest_stall_ms: f64,
     /// Most jobs queued at once.
     pub max_queued: u32,
-    /// Mean process CPU, % of one core.
+    /// Mean process CPU, % of one core (a multi-thread runtime's worker: its
+    /// thread's CPU).
     pub cpu_mean: f64,
-    /// Peak process CPU, % of one core.
+    /// Peak process CPU, % of one core (a worker thread's, as the mean).
     pub cpu_max: f64,
     p50s: Vec<f64>,
     cpu_sum: f64,
@@ -66,8 +67,15 @@ impl Summary {
             s.lag_max_ms = s.lag_max_ms.max(w.lag_ms.max).max(w.stalled_for_ms);
             s.longest_stall_ms = s.longest_stall_ms.max(w.stalled_for_ms);
             s.max_queued = s.max_queued.max(w.pool.queued);
-            s.cpu_sum += w.cpu.process;
-            s.cpu_max = s.cpu_max.max(w.cpu.process);
+            // A worker thread of a multi-thread runtime has a thread of its own,
+            // not a process: the process CPU is on the first entry only.
+            let cpu = if w.runtime.is_some() {
+                w.cpu.loop_thread
+            } else {
+                w.cpu.process
+            };
+            s.cpu_sum += cpu;
+            s.cpu_max = s.cpu_max.max(cpu);
             s.lines += 1;
         }
         for e in &snap.events {
@@ -119,6 +127,9 @@ impl Summary {
                 s.cpu_mean,
                 s.cpu_max
             ));
+        }
+        if self.workers.keys().any(|(m, _)| *m == Model::Tokio) {
+            out.push_str("(tokio: a worker's lag is its task-poll times, its CPU its thread's)\n");
         }
         out.push_str("(lag and stalls in ms; CPU in % of one core)\n");
         out

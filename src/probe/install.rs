@@ -63,7 +63,7 @@ pub enum InstallError {
         /// What the system said.
         source: std::io::Error,
     },
-    /// A probe thread could not be started.
+    /// The probe's sampler thread could not be started.
     #[error("loopscope: cannot start the probe's {what} thread: {source}")]
     Thread {
         /// Which thread.
@@ -172,17 +172,16 @@ impl ProbeBuilder {
             },
         };
         let hub = Arc::new(TelemetryHub::new(info, epoch));
-        telemetry::serve(listener, Arc::clone(&hub), self.limits).map_err(|source| {
-            InstallError::Thread {
-                what: "telemetry",
-                source,
-            }
-        })?;
+        // Served from when the runtime first runs, once its flavor (the model) is
+        // known; a reader connecting before waits in the listen backlog.
+        let mut listener = Some(listener);
+        let limits = self.limits;
         let mut publisher = Publisher::new(
             Aggregator::new(Model::Custom, self.config.period),
             Arc::clone(&hub),
         );
         let mut known: Vec<u32> = Vec::new();
+        let mut batch = Vec::new();
         let mut flavor: Option<RuntimeFlavor> = None;
         let blocking = self.blocking_threads;
         let watched = probe.clone();
@@ -203,14 +202,40 @@ impl ProbeBuilder {
                         .hub()
                         .update_info(|i| i.pool_size = if multi { blocking } else { 0 });
                 }
-                let id = report.worker.id;
-                if !known.contains(&id) {
-                    known.push(id);
-                    publisher.feed(Feed::WorkerStarted { id, pid });
+                if let Some(listener) = listener.take()
+                    && let Err(e) = telemetry::serve(listener, Arc::clone(publisher.hub()), limits)
+                {
+                    // The service runs on without telemetry.
+                    eprintln!("loopscope: cannot start the telemetry thread: {e}");
+                }
+                // A report taken before the sampler knew the runtime's flavor.
+                if flavor == Some(RuntimeFlavor::MultiThread) && report.worker.runtime.is_none() {
+                    return true;
+                }
+                // A multi-thread runtime's reports come as a batch, one per worker,
+                // the runtime's figures on the last: fed together, so that the
+                // snapshot they make has every worker and the runtime.
+                let last = flavor != Some(RuntimeFlavor::MultiThread) || report.runtime.is_some();
+                batch.push(report);
+                if !last {
+                    return true;
+                }
+                let fresh: Vec<u32> = batch
+                    .iter()
+                    .map(|r| r.worker.id)
+                    .filter(|id| !known.contains(id))
+                    .collect();
+                if !fresh.is_empty() {
+                    for &id in &fresh {
+                        publisher.note(Feed::WorkerStarted { id, pid });
+                    }
+                    known.extend(fresh);
                     let workers = known.iter().map(|&id| WorkerInfo { id, pid }).collect();
                     publisher.hub().update_info(|i| i.workers = workers);
                 }
-                publisher.feed(Feed::Report(Box::new(report)));
+                for report in batch.drain(..) {
+                    publisher.feed(Feed::Report(Box::new(report)));
+                }
                 true
             })
             .map_err(|source| InstallError::Thread {

@@ -88,13 +88,18 @@ pin_project_lite::pin_project! {
 
 impl<F> Instrumented<F> {
     pub(crate) fn new(shared: Arc<Shared>, tag: RequestTag, inner: F) -> Self {
-        let id = shared.request_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let (home, endpoint) = match shared.slots.current() {
-            Some(slot) => {
-                slot.in_flight.fetch_add(1, Ordering::Relaxed);
-                (Some(slot.index), slot.endpoints.index(tag.endpoint()))
-            }
-            None => (None, 0),
+        let (id, home, endpoint) = match shared.slots.current() {
+            Some(slot) => (
+                slot.arrive(),
+                Some(slot.index),
+                slot.endpoints.index(tag.endpoint()),
+            ),
+            // No slot left for this thread: ids from the shared counter.
+            None => (
+                shared.request_seq.fetch_add(1, Ordering::Relaxed) + 1,
+                None,
+                0,
+            ),
         };
         Self {
             inner,

@@ -50,6 +50,8 @@ pub(crate) struct WorkerSlot {
     pub(crate) request_in_poll: AtomicU64,
     /// The target of the request being polled (or polled last).
     pub(crate) target: TargetSlot,
+    /// Requests that arrived on this thread so far; written by it alone.
+    pub(crate) arrived: AtomicU64,
     /// Requests that arrived on this thread and are not answered yet.
     pub(crate) in_flight: AtomicU64,
     /// Requests that arrived on this thread and were answered.
@@ -99,6 +101,15 @@ impl WorkerSlot {
             self.poll_durations
                 .record_us(now_ns.saturating_sub(start) / 1000);
         }
+    }
+
+    /// A new request arrives on this thread: its id, unique in the probe (the slot
+    /// in the top bits), made without a read-modify-write. Its own thread only.
+    pub(crate) fn arrive(&self) -> u64 {
+        let n = self.arrived.load(Ordering::Relaxed) + 1;
+        self.arrived.store(n, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        (u64::from(self.index) + 1) << 48 | (n & ((1 << 48) - 1))
     }
 
     /// How long the poll running now has run, at `now_ns`.
@@ -188,6 +199,7 @@ impl WorkerSlots {
             poll_durations: Buckets::new(),
             request_in_poll: AtomicU64::new(0),
             target: TargetSlot::default(),
+            arrived: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             endpoints: EndpointTable::default(),

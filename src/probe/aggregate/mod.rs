@@ -355,6 +355,12 @@ impl Publisher {
         self.hub.update_info(|info| info.model = model);
     }
 
+    /// Takes one input without publishing (a worker's start announced with its
+    /// first report, which publishes).
+    pub fn note(&mut self, feed: Feed) {
+        self.aggregator.apply(feed, Instant::now());
+    }
+
     /// Takes one input and publishes if a snapshot is due: at a stall onset, or when
     /// every live worker has reported.
     pub fn feed(&mut self, feed: Feed) {

@@ -65,6 +65,7 @@ impl MultiThread {
     /// timer's summary.
     pub(super) fn runtime(&mut self, scheduling_delay: LagSummary) -> RuntimeSnapshot {
         let m = self.monitor.next().unwrap_or_default();
+        #[cfg_attr(not(tokio_unstable), allow(unused_mut))]
         let mut r = RuntimeSnapshot {
             workers: m.workers_count as u32,
             scheduling_delay_ms: scheduling_delay,
@@ -127,6 +128,7 @@ impl MultiThread {
             let mut requests = probe.take_requests_of(i);
             requests.per_s = round3(requests.completed.saturating_sub(seen.completed) as f64 / dt);
             seen.completed = requests.completed;
+            #[cfg_attr(not(tokio_unstable), allow(unused_mut))]
             let mut runtime = WorkerThreadSnapshot {
                 tid: slot.tid,
                 polls: polls_delta,

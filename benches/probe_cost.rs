@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench probe_cost                   # everything (~3 minutes)
-//! cargo bench --bench probe_cost -- fixed          # or one of: fixed axum churn stall
+//! cargo bench --bench probe_cost -- fixed          # or one of: fixed request axum churn stall
 //! cargo bench --bench probe_cost -- fixed --quick  # shorter windows and fewer rounds
 //! ```
 //!
@@ -12,6 +12,9 @@
 //!   with and without its probe, the multi-thread axum service (two workers) bare,
 //!   probed and with console-subscriber; the probed ones once with no reader and once
 //!   with a telemetry reader attached.
+//! - `request`: the request wrapper around a trivial tower service, and the
+//!   runtime hooks around a spawned trivial task, bare and probed in alternating
+//!   rounds of 100,000 to 200,000 (30 rounds, 6 quick).
 //! - `axum`: server CPU per `/hello` of the axum service, bare vs probed vs
 //!   console-subscriber, in alternating 0.5 s slices (24 rounds, 6 quick).
 //! - `churn`: RSS of the same service while every request spawns a task, at up to
@@ -29,6 +32,7 @@
 mod service;
 
 use std::collections::BTreeMap;
+use std::hint::black_box;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -750,6 +754,161 @@ fn stall(quick: bool) {
     println!("load average after: {}", load_average());
 }
 
+/// The cheapest tower service there is: answers every request at once.
+#[derive(Clone, Copy)]
+struct Hello;
+
+impl tower_service::Service<hyper::http::Request<()>> for Hello {
+    type Response = &'static str;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<&'static str, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: hyper::http::Request<()>) -> Self::Future {
+        black_box(&req);
+        std::future::ready(Ok("hello\n"))
+    }
+}
+
+/// CPU time of the calling thread, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// ns per request of `n` requests through `svc` on `rt`, the thread's CPU time.
+fn serve_ns<S>(rt: &tokio::runtime::Runtime, mut svc: S, n: u64) -> f64
+where
+    S: tower_service::Service<
+            hyper::http::Request<()>,
+            Response = &'static str,
+            Error = std::convert::Infallible,
+        >,
+{
+    rt.block_on(async move {
+        let start = thread_cpu_ns();
+        for _ in 0..n {
+            let req = hyper::http::Request::get("/hello").body(()).unwrap();
+            black_box(svc.call(req).await.unwrap());
+        }
+        (thread_cpu_ns() - start) as f64 / n as f64
+    })
+}
+
+/// ns per spawn-and-await of a trivial task, `n` times: on a current-thread
+/// runtime the thread's CPU time; on a multi-thread one, wall time inside the task
+/// that spawns (it may move between workers).
+fn spawn_ns(rt: &tokio::runtime::Runtime, n: u64) -> f64 {
+    let multi = rt.handle().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+    if multi {
+        rt.block_on(async move {
+            tokio::spawn(async move {
+                let start = Instant::now();
+                for _ in 0..n {
+                    black_box(tokio::spawn(async { black_box(1u64) }).await.unwrap());
+                }
+                start.elapsed().as_nanos() as f64 / n as f64
+            })
+            .await
+            .unwrap()
+        })
+    } else {
+        let start = thread_cpu_ns();
+        rt.block_on(async move {
+            for _ in 0..n {
+                black_box(tokio::spawn(async { black_box(1u64) }).await.unwrap());
+            }
+        });
+        (thread_cpu_ns() - start) as f64 / n as f64
+    }
+}
+
+/// The request wrapper and the runtime hooks in isolation, bare and probed in
+/// alternating rounds (the criterion bench `probe_hooks` measures the same things
+/// one after the other).
+fn request(quick: bool) {
+    use loopscope::probe::{LoopProbe, ProbeConfig, ProbeLayer};
+    use tower_layer::Layer;
+    let rounds: usize = if quick { 6 } else { 30 };
+    println!("## per request and per task poll, bare vs probed, {rounds} alternating rounds");
+    println!("(ns per item: the thread's CPU time, except multi-thread spawns: wall time)");
+    println!("load average before: {}", load_average());
+    let current = current_thread();
+    let probe = LoopProbe::new(0, ProbeConfig::default());
+    let layered = ProbeLayer::new(probe.clone()).layer(Hello);
+    let build = |multi: bool, hooks: bool| {
+        let mut b = if multi {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        };
+        b.enable_all();
+        if hooks {
+            LoopProbe::new(0, ProbeConfig::default()).install_hooks(&mut b);
+        }
+        b.build().unwrap()
+    };
+    let (ct_bare, ct_hooks) = (build(false, false), build(false, true));
+    let (mt_bare, mt_hooks) = (build(true, false), build(true, true));
+    type Pair<'a> = (&'a str, Box<dyn Fn() -> f64 + 'a>, Box<dyn Fn() -> f64 + 'a>);
+    let pairs: Vec<Pair> = vec![
+        (
+            "GET /hello through a tower service: bare vs ProbeLayer",
+            Box::new(|| serve_ns(&current, Hello, 200_000)),
+            Box::new(|| serve_ns(&current, layered.clone(), 200_000)),
+        ),
+        (
+            "spawn and await a task, current_thread: bare vs install_hooks (1 poll each)",
+            Box::new(|| spawn_ns(&ct_bare, 100_000)),
+            Box::new(|| spawn_ns(&ct_hooks, 100_000)),
+        ),
+        (
+            "spawn and await a task, multi_thread 2 workers: bare vs install_hooks (2 polls each)",
+            Box::new(|| spawn_ns(&mt_bare, 100_000)),
+            Box::new(|| spawn_ns(&mt_hooks, 100_000)),
+        ),
+    ];
+    for (name, bare, probed) in &pairs {
+        let (mut b, mut p, mut d) = (Vec::new(), Vec::new(), Vec::new());
+        bare();
+        probed();
+        for round in 0..rounds {
+            let (x, y) = if round % 2 == 0 {
+                let x = bare();
+                (x, probed())
+            } else {
+                let y = probed();
+                (bare(), y)
+            };
+            b.push(x);
+            p.push(y);
+            d.push(y - x);
+        }
+        println!(
+            "{name}: {:.1} ns vs {:.1} ns; difference median {:+.1} ns, interquartile {:+.1}..{:+.1}",
+            quantile(&b, 0.5),
+            quantile(&p, 0.5),
+            quantile(&d, 0.5),
+            quantile(&d, 0.25),
+            quantile(&d, 0.75)
+        );
+    }
+    println!("load average after: {}", load_average());
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("serve") {
@@ -766,6 +925,9 @@ fn main() {
     let wants = |name: &str| which.is_empty() || which.iter().any(|w| *w == name);
     if wants("fixed") {
         fixed(quick);
+    }
+    if wants("request") {
+        request(quick);
     }
     if wants("axum") {
         axum_cpu(quick);

@@ -516,7 +516,7 @@ fn axum_cpu(quick: bool) {
     ];
     let mut per_req: [Vec<f64>; 3] = Default::default();
     let (mut total_cpu, mut total_n) = ([0.0f64; 3], [0u64; 3]);
-    let mut classes: [BTreeMap<&'static str, u64>; 3] = Default::default();
+    let mut classes: [BTreeMap<&'static str, (u64, u64)>; 3] = Default::default();
     let mut bad = 0;
     for round in 0..rounds {
         for i in ORDERS[round % 6] {
@@ -525,8 +525,10 @@ fn axum_cpu(quick: bool) {
             let a = rt.block_on(drive(&s.app, &Plan::closed("/hello", 0.5)));
             let d = delta(&before, &s.threads());
             let cpu = d.values().map(|v| v.0).sum::<u64>() as f64;
-            for (class, (ns, _)) in d {
-                *classes[i].entry(class).or_default() += ns;
+            for (class, (ns, slices)) in d {
+                let e = classes[i].entry(class).or_default();
+                e.0 += ns;
+                e.1 += slices;
             }
             bad += a.bad;
             per_req[i].push(cpu / a.ok as f64);
@@ -547,10 +549,14 @@ fn axum_cpu(quick: bool) {
             total_cpu[i] / total_n[i] as f64 / 1000.0,
         );
         println!(
-            "         by thread, µs per request: {}",
+            "         by thread, µs per request (wake-ups per 1,000 requests): {}",
             classes[i]
                 .iter()
-                .map(|(c, ns)| format!("{c} {:.3}", *ns as f64 / total_n[i] as f64 / 1000.0))
+                .map(|(c, (ns, slices))| format!(
+                    "{c} {:.3} ({:.1})",
+                    *ns as f64 / total_n[i] as f64 / 1000.0,
+                    *slices as f64 * 1000.0 / total_n[i] as f64
+                ))
                 .collect::<Vec<_>>()
                 .join(", ")
         );

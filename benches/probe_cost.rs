@@ -24,6 +24,8 @@
 //!
 //! The service is `examples/bench_service.rs`, run as a separate process: this
 //! program starts itself again as `probe_cost serve --probe|--bare|--console`.
+//! `probe_cost load ADDR SECS` runs the closed-loop `/hello` load alone (at most
+//! 600 s), to profile a server by hand.
 //! Environment: `ROUNDS` (axum), `RATE` and `SECS` (churn), `TRIALS` (stall),
 //! `WINDOW` (fixed, seconds).
 
@@ -924,6 +926,18 @@ fn main() {
             eprintln!("probe_cost serve: {e}");
             std::process::exit(1);
         }
+        return;
+    }
+    // `load ADDR SECS [PATH]`: the closed-loop load alone, to profile a server by hand.
+    if args.first().map(String::as_str) == Some("load") {
+        let addr = args.get(1).expect("load ADDR SECS [PATH]");
+        let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5.0);
+        let path: &'static str = match args.get(3).map(String::as_str) {
+            Some("/spawn") => "/spawn",
+            _ => "/hello",
+        };
+        let a = current_thread().block_on(drive(addr, &Plan::closed(path, secs.min(600.0))));
+        println!("{} ok, {} not 200, {:.0}/s", a.ok, a.bad, a.ok as f64 / secs);
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");

@@ -26,8 +26,8 @@
 //! program starts itself again as `probe_cost serve --probe|--bare|--console`.
 //! `probe_cost load ADDR SECS` runs the closed-loop `/hello` load alone (at most
 //! 600 s), to profile a server by hand.
-//! Environment: `ROUNDS` (axum), `RATE` and `SECS` (churn), `TRIALS` (stall),
-//! `WINDOW` (fixed, seconds).
+//! Environment: `ROUNDS` and `PROBE_ARGS` (axum; e.g. `PROBE_ARGS="--lag-ms 10"`),
+//! `RATE` and `SECS` (churn), `TRIALS` (stall), `WINDOW` (fixed, seconds).
 
 #[allow(dead_code)]
 #[path = "../examples/bench_service.rs"]
@@ -500,9 +500,14 @@ fn axum_cpu(quick: bool) {
     let cpus = affinity();
     pin_to_cpu(0).expect("pin the load generator");
     let rt = current_thread();
+    // PROBE_ARGS: more flags for the probed service, e.g. "--lag-ms 10".
+    let probe = format!(
+        "--probe {}",
+        std::env::var("PROBE_ARGS").unwrap_or_default()
+    );
     let servers = [
         Server::service("bare", "--bare", Some(1)),
-        Server::service("probe", "--probe", Some(1)),
+        Server::service("probe", &probe, Some(1)),
         Server::service("console", "--console", Some(1)),
     ];
     for s in &servers {
@@ -871,7 +876,11 @@ fn request(quick: bool) {
     };
     let (ct_bare, ct_hooks) = (build(false, false), build(false, true));
     let (mt_bare, mt_hooks) = (build(true, false), build(true, true));
-    type Pair<'a> = (&'a str, Box<dyn Fn() -> f64 + 'a>, Box<dyn Fn() -> f64 + 'a>);
+    type Pair<'a> = (
+        &'a str,
+        Box<dyn Fn() -> f64 + 'a>,
+        Box<dyn Fn() -> f64 + 'a>,
+    );
     let pairs: Vec<Pair> = vec![
         (
             "GET /hello through a tower service: bare vs ProbeLayer",
@@ -937,7 +946,12 @@ fn main() {
             _ => "/hello",
         };
         let a = current_thread().block_on(drive(addr, &Plan::closed(path, secs.min(600.0))));
-        println!("{} ok, {} not 200, {:.0}/s", a.ok, a.bad, a.ok as f64 / secs);
+        println!(
+            "{} ok, {} not 200, {:.0}/s",
+            a.ok,
+            a.bad,
+            a.ok as f64 / secs
+        );
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");

@@ -26,7 +26,8 @@
 //! program starts itself again as `probe_cost serve --probe|--bare|--console`.
 //! `probe_cost load ADDR SECS` runs the closed-loop `/hello` load alone (at most
 //! 600 s), to profile a server by hand.
-//! Environment: `ROUNDS` and `PROBE_ARGS` (axum; e.g. `PROBE_ARGS="--lag-ms 10"`),
+//! Environment: `ROUNDS` and `PROBE_ARGS` (axum: the probed service's flags, e.g.
+//! `"--probe --lag-ms 10"`, or `--hooks` or `--layer` for one part of the probe),
 //! `RATE` and `SECS` (churn), `TRIALS` (stall), `WINDOW` (fixed, seconds).
 
 #[allow(dead_code)]
@@ -500,11 +501,10 @@ fn axum_cpu(quick: bool) {
     let cpus = affinity();
     pin_to_cpu(0).expect("pin the load generator");
     let rt = current_thread();
-    // PROBE_ARGS: more flags for the probed service, e.g. "--lag-ms 10".
-    let probe = format!(
-        "--probe {}",
-        std::env::var("PROBE_ARGS").unwrap_or_default()
-    );
+    // PROBE_ARGS: the probed service's flags instead of `--probe`, e.g.
+    // "--probe --lag-ms 10", or "--hooks" or "--layer" for one part of the probe.
+    let probe = std::env::var("PROBE_ARGS").unwrap_or_else(|_| "--probe".into());
+    println!("(probe: {probe})");
     let servers = [
         Server::service("bare", "--bare", Some(1)),
         Server::service("probe", &probe, Some(1)),
@@ -929,8 +929,8 @@ fn request(quick: bool) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("serve") {
-        let (setup, lag) =
-            service::parse(&args[1..]).expect("serve --probe|--console|--bare [--lag-ms N]");
+        let (setup, lag) = service::parse(&args[1..])
+            .expect("serve --probe [--lag-ms N]|--console|--bare|--hooks|--layer");
         if let Err(e) = service::run(setup, lag) {
             eprintln!("probe_cost serve: {e}");
             std::process::exit(1);

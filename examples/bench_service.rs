@@ -6,6 +6,8 @@
 //! cargo run --release --example bench_service -- --console   # console-subscriber
 //! cargo run --release --example bench_service -- --bare      # neither
 //! cargo run --release --example bench_service -- --probe --lag-ms 10  # a slower lag timer
+//! cargo run --release --example bench_service -- --hooks     # the probe's hooks alone
+//! cargo run --release --example bench_service -- --layer     # its request layer alone
 //! ```
 //!
 //! Routes:
@@ -42,6 +44,12 @@ pub enum Setup {
     Console,
     /// Nothing.
     Bare,
+    /// The probe's runtime hooks alone (`LoopProbe::install_hooks`): no request
+    /// layer, no sampler, no telemetry, no lag timer.
+    Hooks,
+    /// The probe's request layer alone (`ProbeLayer` over a `LoopProbe`): no hooks,
+    /// no sampler, no telemetry, no lag timer.
+    Layer,
 }
 
 impl Setup {
@@ -51,6 +59,8 @@ impl Setup {
             "--probe" => Some(Setup::Probe),
             "--console" => Some(Setup::Console),
             "--bare" => Some(Setup::Bare),
+            "--hooks" => Some(Setup::Hooks),
+            "--layer" => Some(Setup::Layer),
             _ => None,
         }
     }
@@ -99,6 +109,11 @@ fn free_port() -> std::io::Result<std::net::SocketAddr> {
 pub fn run(setup: Setup, lag: Option<Duration>) -> Result<(), Box<dyn std::error::Error>> {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.worker_threads(2).enable_all();
+    // The parts of the probe set up by hand, for `--hooks` and `--layer`.
+    let part = loopscope::probe::LoopProbe::new(0, loopscope::probe::ProbeConfig::default());
+    if setup == Setup::Hooks {
+        part.install_hooks(&mut rt);
+    }
     let (probe, telemetry) = match setup {
         Setup::Probe => {
             let mut config = loopscope::probe::ProbeConfig::default();
@@ -120,7 +135,7 @@ pub fn run(setup: Setup, lag: Option<Duration>) -> Result<(), Box<dyn std::error
                 .init();
             (None, Some(addr.to_string()))
         }
-        Setup::Bare => (None, None),
+        Setup::Bare | Setup::Hooks | Setup::Layer => (None, None),
     };
     rt.build()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -130,18 +145,25 @@ pub fn run(setup: Setup, lag: Option<Duration>) -> Result<(), Box<dyn std::error
             listener.local_addr()?,
             std::process::id()
         );
-        match probe {
-            Some(probe) => axum::serve(listener, app().layer(probe.layer())).await,
-            None => axum::serve(listener, app()).await,
+        match (probe, setup) {
+            (Some(probe), _) => axum::serve(listener, app().layer(probe.layer())).await,
+            (None, Setup::Layer) => {
+                let layer = loopscope::probe::ProbeLayer::new(part);
+                axum::serve(listener, app().layer(layer)).await
+            }
+            (None, _) => axum::serve(listener, app()).await,
         }
     })?;
     Ok(())
 }
 
-/// The setup and lag timer interval from arguments: `--probe|--console|--bare
-/// [--lag-ms N]`.
+/// The setup and lag timer interval from arguments: `--probe [--lag-ms N]`,
+/// `--console`, `--bare`, `--hooks` or `--layer`.
 pub fn parse(args: &[String]) -> Option<(Setup, Option<Duration>)> {
     let setup = Setup::from_flag(args.first().map_or("--probe", String::as_str))?;
+    if setup != Setup::Probe && args.len() > 1 {
+        return None;
+    }
     let lag = match args.get(1).map(String::as_str) {
         Some("--lag-ms") => Some(Duration::from_millis(args.get(2)?.parse().ok()?)),
         Some(_) => return None,
@@ -153,7 +175,7 @@ pub fn parse(args: &[String]) -> Option<(Setup, Option<Duration>)> {
 #[allow(dead_code)]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (setup, lag) =
-        parse(&args).ok_or("usage: bench_service --probe|--console|--bare [--lag-ms N]")?;
+    let (setup, lag) = parse(&args)
+        .ok_or("usage: bench_service --probe [--lag-ms N]|--console|--bare|--hooks|--layer")?;
     run(setup, lag)
 }

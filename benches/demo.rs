@@ -69,6 +69,21 @@ impl Demo {
         }
     }
 
+    /// Run time of the probe's own threads (sampler and telemetry server), in ns.
+    fn probe_threads_ns(&self) -> u64 {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return 0;
+        };
+        dir.flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("comm"))
+                    .is_ok_and(|c| c.starts_with("loopscope-"))
+            })
+            .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Run time of all the process's threads, in ns.
     fn cpu_ns(&self) -> u64 {
         let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
@@ -172,14 +187,17 @@ fn overhead() {
     }
     let mut ratios = Vec::new();
     let (mut total_cpu, mut total_n) = ([0.0f64; 2], [0u64; 2]);
+    let mut probe_threads = 0.0f64;
     for round in 0..rounds {
         let mut per_req = [0.0f64; 2];
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for which in order {
             let d = if which == 0 { &on } else { &off };
             let cpu0 = d.cpu_ns();
+            let own0 = d.probe_threads_ns();
             let n = rt.block_on(hello_load(&d.app, 32, 0.5));
             let cpu = (d.cpu_ns() - cpu0) as f64;
+            probe_threads += (d.probe_threads_ns() - own0) as f64;
             per_req[which] = cpu / n as f64;
             total_cpu[which] += cpu;
             total_n[which] += n;
@@ -193,6 +211,12 @@ fn overhead() {
         per(0),
         total_n[1],
         per(1)
+    );
+    println!(
+        "while loaded: {:.0} req/s with telemetry on, {:.0} off; the probe's own threads (sampler, telemetry) {:.1} ns per request",
+        total_n[0] as f64 / (rounds as f64 * 0.5),
+        total_n[1] as f64 / (rounds as f64 * 0.5),
+        probe_threads / total_n[0] as f64
     );
     let m = median(&mut ratios);
     let (q1, q3) = (ratios[ratios.len() / 4], ratios[ratios.len() * 3 / 4]);

@@ -324,13 +324,10 @@ impl LoopProbe {
         if self.shared.lag_spawned.swap(true, Ordering::AcqRel) {
             return;
         }
-        let _ = self.shared.runtime.set(handle.clone());
-        let now = self.shared.now_ns();
-        self.shared.heartbeat_ns.store(now, Ordering::Relaxed);
-        handle.spawn(super::lag::run(
-            Arc::clone(&self.shared),
+        self.start_lag(
+            handle,
             lag_resolution(self.shared.config, handle.runtime_flavor()),
-        ));
+        );
     }
 }
 

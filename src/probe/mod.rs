@@ -264,13 +264,23 @@ impl LoopProbe {
     /// Starts the lag timer on the current runtime. Call from inside the loop.
     /// The thread the timer runs on is registered as the loop's.
     pub fn spawn_lag_task(&self) -> tokio::task::JoinHandle<()> {
-        self.shared.learn_runtime();
+        let resolution = self.shared.config.lag_resolution;
+        self.start_lag(&tokio::runtime::Handle::current(), resolution)
+    }
+
+    /// Starts the lag timer on `handle`, every `resolution`; the runtime is the
+    /// probe's from here on.
+    pub(crate) fn start_lag(
+        &self,
+        handle: &tokio::runtime::Handle,
+        resolution: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let _ = self.shared.runtime.set(handle.clone());
         self.shared.lag_spawned.store(true, Ordering::Release);
         // The loop runs from here on: a block before the timer's first tick is a stall.
         let now = self.shared.now_ns();
         self.shared.heartbeat_ns.store(now, Ordering::Relaxed);
-        let resolution = self.shared.config.lag_resolution;
-        tokio::spawn(lag::run(Arc::clone(&self.shared), resolution))
+        handle.spawn(lag::run(Arc::clone(&self.shared), resolution))
     }
 
     /// Wraps a request future: times each poll, reports slow ones, counts the request.

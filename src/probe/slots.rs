@@ -165,6 +165,13 @@ impl Default for WorkerSlots {
     }
 }
 
+/// What [`WorkerSlots::lookup`] found for the calling thread.
+enum Lookup<'a> {
+    Found(&'a WorkerSlot),
+    /// No slot yet for this thread.
+    Missing(std::thread::ThreadId),
+}
+
 thread_local! {
     /// The probe (its slots' id) and slot index this thread found last.
     static CURRENT: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
@@ -174,35 +181,40 @@ impl WorkerSlots {
     /// The calling thread's slot, claimed if it has none; `None` when every slot is
     /// taken or the thread is being torn down.
     pub(crate) fn current(&self) -> Option<&WorkerSlot> {
-        let me = self.id;
-        let (probe, index) = CURRENT.try_with(Cell::get).ok()?;
-        if probe == me {
-            return self.slots[index].get().map(|s| &**s);
+        match self.lookup()? {
+            Lookup::Found(slot) => Some(slot),
+            Lookup::Missing(thread) => self.claim(thread),
         }
-        self.find_or_claim(me)
     }
 
     /// The calling thread's slot if it has one; never claims.
     pub(crate) fn current_if_claimed(&self) -> Option<&WorkerSlot> {
-        let me = self.id;
+        match self.lookup()? {
+            Lookup::Found(slot) => Some(slot),
+            Lookup::Missing(_) => None,
+        }
+    }
+
+    /// The calling thread's slot: the one it found last (a thread-local read), else
+    /// its own found by thread id (it may have looked at another probe since);
+    /// `None` while the thread is being torn down.
+    fn lookup(&self) -> Option<Lookup<'_>> {
         let (probe, index) = CURRENT.try_with(Cell::get).ok()?;
-        if probe == me {
-            return self.slots[index].get().map(|s| &**s);
+        if probe == self.id {
+            return self.slots[index].get().map(|s| Lookup::Found(s));
         }
         let thread = std::thread::current().id();
-        let at = self.iter().find(|s| s.thread == thread)?;
-        let _ = CURRENT.try_with(|c| c.set((me, at.index as usize)));
-        Some(at)
+        Some(match self.iter().find(|s| s.thread == thread) {
+            Some(at) => {
+                let _ = CURRENT.try_with(|c| c.set((self.id, at.index as usize)));
+                Lookup::Found(at)
+            }
+            None => Lookup::Missing(thread),
+        })
     }
 
     #[cold]
-    fn find_or_claim(&self, me: usize) -> Option<&WorkerSlot> {
-        // This thread may have a slot here and have looked at another probe since.
-        let thread = std::thread::current().id();
-        if let Some(at) = self.iter().find(|s| s.thread == thread) {
-            let _ = CURRENT.try_with(|c| c.set((me, at.index as usize)));
-            return Some(at);
-        }
+    fn claim(&self, thread: std::thread::ThreadId) -> Option<&WorkerSlot> {
         let index = self.claimed.fetch_add(1, Ordering::AcqRel);
         if index >= MAX_SLOTS {
             self.claimed.store(MAX_SLOTS, Ordering::Release);
@@ -236,7 +248,7 @@ impl WorkerSlots {
             slot.endpoints.index(e);
         }
         let _ = self.slots[index].set(Box::new(slot));
-        let _ = CURRENT.try_with(|c| c.set((me, index)));
+        let _ = CURRENT.try_with(|c| c.set((self.id, index)));
         self.slots[index].get().map(|s| &**s)
     }
 

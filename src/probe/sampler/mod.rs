@@ -187,7 +187,7 @@ impl Sampler {
             return Vec::new();
         };
         let runtime = multi.runtime(delay, self.probe.lag_total());
-        let pool = multi.pool(&runtime, dt);
+        let pool = multi.pool(&runtime);
         let totals = self.cpu.totals();
         let workers = multi.workers(&self.probe, dt, self.cpu.threads(), &cpu, &totals, &pool);
         let mut events = self.probe.take_events();

@@ -46,7 +46,6 @@ pub(super) struct MultiThread {
     seen: Vec<Seen>,
     /// Most blocking threads, as configured (tokio's default is 512).
     pool_size: u32,
-    blocking_completed: u64,
 }
 
 impl MultiThread {
@@ -55,7 +54,6 @@ impl MultiThread {
             monitor: tokio_metrics::RuntimeMonitor::new(handle).intervals(),
             seen: Vec::new(),
             pool_size,
-            blocking_completed: 0,
         }
     }
 
@@ -97,12 +95,10 @@ impl MultiThread {
         r
     }
 
-    /// tokio's blocking pool as a pool snapshot.
-    pub(super) fn pool(&mut self, r: &RuntimeSnapshot, dt: f64) -> PoolSnapshot {
+    /// tokio's blocking pool as a pool snapshot. tokio counts no completed
+    /// blocking jobs and no waits: those stay 0.
+    pub(super) fn pool(&self, r: &RuntimeSnapshot) -> PoolSnapshot {
         let busy = r.blocking_threads.saturating_sub(r.idle_blocking_threads);
-        // Jobs that left the queue or a thread: not counted by tokio; left at 0.
-        let _ = &mut self.blocking_completed;
-        let _ = dt;
         PoolSnapshot {
             size: self.pool_size,
             threads: r.blocking_threads,

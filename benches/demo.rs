@@ -8,6 +8,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{current_thread, pin_to_cpu, rss_mb};
 use loopscope::client::http::{self, TelemetryStream};
 use loopscope::protocol::AddressLine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,19 +21,6 @@ struct Demo {
     app: String,
     telemetry: String,
     pid: u32,
-}
-
-/// Pins the calling thread (and what it starts later) to one CPU.
-fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 impl Demo {
@@ -103,13 +93,6 @@ impl Drop for Demo {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Closed-loop keep-alive load of `GET /hello` on `conns` connections for `secs`;
 /// returns responses received. Raw HTTP/1.1, so the client costs as little as it can.
 async fn hello_load(addr: &str, conns: usize, secs: f64) -> u64 {
@@ -176,7 +159,7 @@ fn overhead() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
-    let rt = runtime();
+    let rt = current_thread();
     // ON_ARGS: extra flags for the measured server, e.g. "--lag-resolution-ms 10".
     let on_args = std::env::var("ON_ARGS").unwrap_or_default();
     let on_args: Vec<&str> = on_args.split_whitespace().collect();
@@ -230,7 +213,7 @@ fn overhead() {
 
 fn accuracy() {
     println!("## lag accuracy: injected blocks vs reported lag max");
-    let rt = runtime();
+    let rt = current_thread();
     let demo = Demo::start(&[]);
     rt.block_on(async {
         let client = http::client();
@@ -270,7 +253,7 @@ fn accuracy() {
 
 fn stall() {
     println!("## stall visibility: block start to the first telemetry line showing it");
-    let rt = runtime();
+    let rt = current_thread();
     let demo = Demo::start(&[]);
     rt.block_on(async {
         let client = http::client();
@@ -309,7 +292,7 @@ fn stall() {
 
 fn throughput() {
     println!("## demo throughput: node model, /hello, one loop, client on the same machine");
-    let rt = runtime();
+    let rt = current_thread();
     for conns in [16usize, 64] {
         let mut rates = Vec::new();
         for _ in 0..3 {
@@ -339,16 +322,6 @@ fn process_cpu_s(pid: u32) -> f64 {
     ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
-/// Resident memory of a process, in MB.
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// `VmRSS` and `VmHWM` (peak) of a process, in MB.
 fn memory_mb(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -368,7 +341,7 @@ fn memory() {
     let burst: usize = std::env::var("BURST").map_or(20, |v| v.parse().unwrap());
     let mb: u64 = std::env::var("MB").map_or(64, |v| v.parse().unwrap());
     println!("## memory: {burst} concurrent /offload?mb={mb}, budget 1024 MB per process");
-    let rt = runtime();
+    let rt = current_thread();
     for (label, extra) in [
         ("node", &["--model", "node"][..]),
         (
@@ -535,7 +508,7 @@ fn tmux() {
 fn loadgen() {
     use loopscope::client::load::{LoadGenerator, LoadPlan};
     println!("## load generator: its own CPU, against the node demo (one client thread)");
-    let rt = runtime();
+    let rt = current_thread();
     let demo = Demo::start(&[]);
     let me = std::process::id();
     for rate in [1000.0, 5000.0, 20_000.0, 40_000.0, 60_000.0, 80_000.0] {

@@ -30,6 +30,7 @@
 //! `"--probe --lag-ms 10"`, or `--hooks` or `--layer` for one part of the probe),
 //! `RATE` and `SECS` (churn), `TRIALS` (stall), `WINDOW` (fixed, seconds).
 
+mod common;
 #[allow(dead_code)]
 #[path = "../examples/bench_service.rs"]
 mod service;
@@ -42,6 +43,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Hello, current_thread, pin_to_cpu, rss_mb, thread_cpu};
 use loopscope::client::http::{self, TelemetryStream};
 use loopscope::protocol::AddressLine;
 use service::monotonic_ns;
@@ -124,19 +126,6 @@ impl Drop for Server {
     }
 }
 
-/// Pins the calling thread (and what it starts later) to one CPU.
-fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// The calling thread's CPUs.
 fn affinity() -> libc::cpu_set_t {
     // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity writes inside it.
@@ -216,13 +205,6 @@ fn delta(before: &[ThreadStat], after: &[ThreadStat]) -> BTreeMap<&'static str, 
     out
 }
 
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -230,16 +212,6 @@ fn load_average() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Resident memory of a process, in MB.
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn sorted(v: &[f64]) -> Vec<f64> {
@@ -767,39 +739,6 @@ fn stall(quick: bool) {
     println!("load average after: {}", load_average());
 }
 
-/// The cheapest tower service there is: answers every request at once.
-#[derive(Clone, Copy)]
-struct Hello;
-
-impl tower_service::Service<hyper::http::Request<()>> for Hello {
-    type Response = &'static str;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<&'static str, std::convert::Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: hyper::http::Request<()>) -> Self::Future {
-        black_box(&req);
-        std::future::ready(Ok("hello\n"))
-    }
-}
-
-/// CPU time of the calling thread, in ns.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// ns per request of `n` requests through `svc` on `rt`, the thread's CPU time.
 fn serve_ns<S>(rt: &tokio::runtime::Runtime, mut svc: S, n: u64) -> f64
 where
@@ -810,12 +749,12 @@ where
         >,
 {
     rt.block_on(async move {
-        let start = thread_cpu_ns();
+        let start = thread_cpu().as_nanos() as u64;
         for _ in 0..n {
             let req = hyper::http::Request::get("/hello").body(()).unwrap();
             black_box(svc.call(req).await.unwrap());
         }
-        (thread_cpu_ns() - start) as f64 / n as f64
+        (thread_cpu().as_nanos() as u64 - start) as f64 / n as f64
     })
 }
 
@@ -837,13 +776,13 @@ fn spawn_ns(rt: &tokio::runtime::Runtime, n: u64) -> f64 {
             .unwrap()
         })
     } else {
-        let start = thread_cpu_ns();
+        let start = thread_cpu().as_nanos() as u64;
         rt.block_on(async move {
             for _ in 0..n {
                 black_box(tokio::spawn(async { black_box(1u64) }).await.unwrap());
             }
         });
-        (thread_cpu_ns() - start) as f64 / n as f64
+        (thread_cpu().as_nanos() as u64 - start) as f64 / n as f64
     }
 }
 

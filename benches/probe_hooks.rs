@@ -22,59 +22,18 @@
 //! do not count, except on the multi-thread runtime (wall time; see `churn`).
 
 use std::convert::Infallible;
-use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+mod common;
+
+use common::{Hello, current_thread, thread_cpu};
 use criterion::{Criterion, criterion_group, criterion_main};
 use hyper::http::Request;
 use loopscope::probe::{LoopProbe, ProbeConfig, ProbeLayer, RequestTag};
 use tower_layer::Layer;
 use tower_service::Service;
-
-/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`): other processes
-/// on the machine taking the CPU do not count, as they would on a wall clock.
-fn cpu_time(clock: libc::clockid_t) -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-fn thread_cpu() -> Duration {
-    cpu_time(libc::CLOCK_THREAD_CPUTIME_ID)
-}
-
-/// The cheapest service there is: answers every request at once.
-#[derive(Clone, Copy)]
-struct Hello;
-
-impl Service<Request<()>> for Hello {
-    type Response = &'static str;
-    type Error = Infallible;
-    type Future = Ready<Result<&'static str, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<()>) -> Self::Future {
-        black_box(&req);
-        ready(Ok("hello\n"))
-    }
-}
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// `iters` requests through `svc`, each awaited, on `rt`; the time they took.
 fn serve<S>(rt: &tokio::runtime::Runtime, mut svc: S, iters: u64) -> Duration

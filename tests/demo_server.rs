@@ -111,23 +111,7 @@ fn fastapi_block_stalls_one_worker_and_the_other_keeps_serving() {
             .id;
 
         // New connections keep being served, by the other worker, while it lasts.
-        let mut during = 0;
-        while !block.is_finished() {
-            let t = Instant::now();
-            let r = get(&fresh, &demo.app, "/hello").await;
-            assert_eq!(r.status, 200);
-            let served_by = r.json().unwrap()["worker"].as_u64().unwrap() as u32;
-            if !block.is_finished() {
-                assert_ne!(served_by, blocked, "the blocked worker answered");
-                assert!(
-                    t.elapsed() < Duration::from_millis(200),
-                    "/hello took {:?}",
-                    t.elapsed()
-                );
-                during += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let during = common::hello_while_blocked(&block, &fresh, &demo.app, blocked).await;
         assert!(
             during >= 5,
             "only {during} /hello answered during the block"

@@ -9,6 +9,13 @@ use common::{Demo, get, runtime, serial, telemetry, until};
 use loopscope::client::http::{TelemetryStream, client_without_keepalive};
 use loopscope::protocol::{Model, Snapshot};
 
+/// The demo in the tokio model with two worker threads, and `extra` flags.
+fn tokio_demo(extra: &[&str]) -> Demo {
+    let mut args = vec!["--model", "tokio", "--workers", "2"];
+    args.extend_from_slice(extra);
+    Demo::start(&args)
+}
+
 /// Waits until both worker threads report (each appears once it first runs or parks).
 async fn both_workers(tel: &mut TelemetryStream) -> Snapshot {
     until(tel, Duration::from_secs(10), |s| {
@@ -34,13 +41,7 @@ fn held(s: &Snapshot) -> Vec<(u32, String)> {
 #[test]
 fn a_blocked_worker_is_named_and_the_other_keeps_serving() {
     let _serial = serial();
-    let demo = Demo::start(&[
-        "--model",
-        "tokio",
-        "--workers",
-        "2",
-        "--eager-driver-handoff",
-    ]);
+    let demo = tokio_demo(&["--eager-driver-handoff"]);
     runtime().block_on(async {
         let mut tel = telemetry(&demo.telemetry).await;
         let info = both_workers(&mut tel).await;
@@ -58,24 +59,8 @@ fn a_blocked_worker_is_named_and_the_other_keeps_serving() {
         let (blocked, culprit) = stalled[0].clone();
         assert_eq!(culprit, "GET /block?ms=1000");
 
-        let mut during = 0;
         let left = Instant::now();
-        while !block.is_finished() {
-            let t = Instant::now();
-            let r = get(&fresh, &demo.app, "/hello").await;
-            assert_eq!(r.status, 200);
-            if !block.is_finished() {
-                let served_by = r.json().unwrap()["worker"].as_u64().unwrap() as u32;
-                assert_ne!(served_by, blocked, "the blocked worker answered");
-                assert!(
-                    t.elapsed() < Duration::from_millis(200),
-                    "/hello took {:?}",
-                    t.elapsed()
-                );
-                during += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let during = common::hello_while_blocked(&block, &fresh, &demo.app, blocked).await;
         assert!(
             during >= 3,
             "only {during} /hello answered in the {:?} left of the block",
@@ -92,7 +77,7 @@ fn a_blocked_worker_is_named_and_the_other_keeps_serving() {
 #[test]
 fn without_driver_handoff_the_block_is_still_named_on_one_worker() {
     let _serial = serial();
-    let demo = Demo::start(&["--model", "tokio", "--workers", "2"]);
+    let demo = tokio_demo(&[]);
     runtime().block_on(async {
         let mut tel = telemetry(&demo.telemetry).await;
         both_workers(&mut tel).await;
@@ -118,13 +103,7 @@ fn without_driver_handoff_the_block_is_still_named_on_one_worker() {
 #[test]
 fn blocking_every_worker_stalls_everything() {
     let _serial = serial();
-    let demo = Demo::start(&[
-        "--model",
-        "tokio",
-        "--workers",
-        "2",
-        "--eager-driver-handoff",
-    ]);
+    let demo = tokio_demo(&["--eager-driver-handoff"]);
     runtime().block_on(async {
         let mut tel = telemetry(&demo.telemetry).await;
         both_workers(&mut tel).await;
@@ -171,7 +150,7 @@ fn blocking_every_worker_stalls_everything() {
 #[test]
 fn pool_work_runs_on_the_blocking_pool_and_holds_no_worker() {
     let _serial = serial();
-    let demo = Demo::start(&["--model", "tokio", "--workers", "2", "--pool", "8"]);
+    let demo = tokio_demo(&["--pool", "8"]);
     runtime().block_on(async {
         let mut tel = telemetry(&demo.telemetry).await;
         both_workers(&mut tel).await;

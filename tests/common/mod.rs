@@ -192,3 +192,32 @@ pub fn own_cpu_seconds() -> f64 {
     // SAFETY: sysconf has no preconditions.
     ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
+
+/// Sends `/hello` on `client` every 20 ms until `block` ends; each one answered
+/// while it lasts must come from a worker other than `blocked` within 200 ms.
+/// Returns how many were. Each request is bounded by [`get`]'s 30 s.
+pub async fn hello_while_blocked<T>(
+    block: &tokio::task::JoinHandle<T>,
+    client: &HttpClient,
+    app: &str,
+    blocked: u32,
+) -> usize {
+    let mut during = 0;
+    while !block.is_finished() {
+        let t = Instant::now();
+        let r = get(client, app, "/hello").await;
+        assert_eq!(r.status, 200);
+        if !block.is_finished() {
+            let served_by = r.json().unwrap()["worker"].as_u64().unwrap() as u32;
+            assert_ne!(served_by, blocked, "the blocked worker answered");
+            assert!(
+                t.elapsed() < Duration::from_millis(200),
+                "/hello took {:?}",
+                t.elapsed()
+            );
+            during += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    during
+}

@@ -10,8 +10,12 @@
 //!   future awaited on a `current_thread` runtime, bare and behind the probe's
 //!   [`ProbeLayer`]; and a ready future bare and wrapped by [`LoopProbe::instrument`].
 //!   Every iteration builds its request (`Request::get`) in both, so the difference
-//!   is the layer's: the tag copied from the request, the slot look-up, two clock
-//!   reads, the counters and the latency bucket.
+//!   is the layer's: the target copied to the slot's ring, the slot look-up, the
+//!   counters, the latency bucket and the clock reads: three when the request times
+//!   its own poll (`service_probe_layer`, outside any task), one when it is polled in
+//!   a task of a runtime with the probe's poll hooks, as a server's connection task
+//!   polls it (`service_probe_layer_in_hooked_task`, against
+//!   `service_bare_in_task`).
 //! - `task_poll_current_thread`, `task_poll_multi_thread` (two workers): a trivial
 //!   task spawned and awaited, `iters` times, on a runtime built bare, with hooks
 //!   that only count their calls (the calls per iteration are printed), or with
@@ -50,9 +54,37 @@ where
     })
 }
 
+/// [`serve`] inside one task of `rt`, as a server's connection task polls its
+/// requests: a probe whose poll hooks are on `rt` takes the times of the task poll.
+fn serve_in_task<S>(rt: &tokio::runtime::Runtime, svc: S, iters: u64) -> Duration
+where
+    S: Service<Request<()>, Response = &'static str, Error = Infallible> + Send + 'static,
+    S::Future: Send,
+{
+    rt.block_on(async move {
+        tokio::spawn(async move {
+            let mut svc = svc;
+            let start = thread_cpu();
+            for _ in 0..iters {
+                let req = Request::get("/hello").body(()).unwrap();
+                black_box(svc.call(req).await.unwrap());
+            }
+            thread_cpu() - start
+        })
+        .await
+        .unwrap()
+    })
+}
+
 fn request(c: &mut Criterion) {
     let rt = current_thread();
     let probe = LoopProbe::new(0, ProbeConfig::default());
+    let hooked_probe = LoopProbe::new(0, ProbeConfig::default());
+    let hooked = {
+        let mut b = tokio::runtime::Builder::new_current_thread();
+        hooked_probe.install_hooks(&mut b);
+        b.enable_all().build().unwrap()
+    };
     let mut g = c.benchmark_group("request");
     g.bench_function("service_bare", |b| {
         b.iter_custom(|iters| serve(&rt, Hello, iters))
@@ -60,6 +92,13 @@ fn request(c: &mut Criterion) {
     g.bench_function("service_probe_layer", |b| {
         let layered = ProbeLayer::new(probe.clone()).layer(Hello);
         b.iter_custom(|iters| serve(&rt, layered.clone(), iters))
+    });
+    g.bench_function("service_bare_in_task", |b| {
+        b.iter_custom(|iters| serve_in_task(&rt, Hello, iters))
+    });
+    g.bench_function("service_probe_layer_in_hooked_task", |b| {
+        let layered = ProbeLayer::new(hooked_probe.clone()).layer(Hello);
+        b.iter_custom(|iters| serve_in_task(&hooked, layered.clone(), iters))
     });
     g.bench_function("future_bare", |b| {
         b.iter_custom(|iters| {

@@ -52,6 +52,15 @@ impl Buckets {
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
+    /// [`record_us`](Self::record_us) for buckets only one thread writes: plain
+    /// stores, no read-modify-write.
+    pub(crate) fn record_us_single_writer(&self, us: u64) {
+        let count = &self.counts[bucket_of(us)];
+        count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let sum = self.sum_us.load(Ordering::Relaxed);
+        self.sum_us.store(sum + us, Ordering::Relaxed);
+    }
+
     /// Everything counted since creation, in the fixed buckets of the telemetry
     /// ([`HISTOGRAM_BOUNDS_US`]). A bound falls inside a log-scale bucket, which
     /// counts as at most the bound whole: a duration up to 1/16 of a power of two
@@ -152,12 +161,29 @@ fn bucket_value_us(i: usize) -> f64 {
 impl EndpointTable {
     /// The slot of `endpoint`, added if new. One thread only: the table's worker.
     pub(crate) fn index(&self, endpoint: &str) -> usize {
+        let (method, path) = endpoint.split_once(' ').unwrap_or(("", endpoint));
+        self.index_of(method, path)
+    }
+
+    /// [`index`](Self::index) of `METHOD /path`, without joining the two.
+    pub(crate) fn index_of(&self, method: &str, path: &str) -> usize {
         let len = self.len.load(Ordering::Acquire);
+        let is = |n: &str| {
+            n.len() == method.len() + 1 + path.len()
+                && n.starts_with(method)
+                && n.as_bytes()[method.len()] == b' '
+                && n.ends_with(path)
+        };
         for (i, slot) in self.slots[..len].iter().enumerate() {
-            if slot.name.get().is_some_and(|n| &**n == endpoint) {
+            if slot.name.get().is_some_and(|n| is(n)) {
                 return i;
             }
         }
+        self.add(len, &format!("{method} {path}"))
+    }
+
+    #[cold]
+    fn add(&self, len: usize, endpoint: &str) -> usize {
         if len == MAX_ENDPOINTS {
             return MAX_ENDPOINTS - 1;
         }
@@ -171,6 +197,16 @@ impl EndpointTable {
         let _ = slot.name.set(name.into());
         self.len.store(len + 1, Ordering::Release);
         len
+    }
+
+    /// Whether `index` names one endpoint (not the shared `(other)` slot).
+    pub(crate) fn is_named(&self, index: usize) -> bool {
+        index < MAX_ENDPOINTS - 1
+    }
+
+    /// The name of endpoint `index`, once added; any thread.
+    pub(crate) fn name(&self, index: usize) -> Option<&str> {
+        self.slots.get(index)?.name.get().map(|n| &**n)
     }
 
     /// Counts one latency; any thread.

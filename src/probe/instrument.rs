@@ -6,9 +6,11 @@
 //! slot of whichever worker polls it.
 //!
 //! It runs on every request of the measured server, so it is built to cost little
-//! (measured in BENCHMARKS.md): clock reads from the TSC (`quanta`, ~9 ns instead of
-//! ~26 ns), no allocation (the target is copied inline; strings are made only for
-//! events), no lock; the slot is found through a thread-local.
+//! (measured in BENCHMARKS.md): no allocation (the target is copied once, into the
+//! arrival thread's ring of recent targets; strings are made only for events), no
+//! lock, the slot found through a thread-local, and inside a task poll timed by the
+//! runtime's poll hooks no clock read but the one that ends the request: its start is
+//! the poll hook's, and the hooks time and report its polls.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,6 +49,16 @@ impl RequestTag {
         let t = self.target.as_str();
         t.split_once('?').map_or(t, |(e, _)| e)
     }
+
+    /// The method, the target and its path.
+    pub(crate) fn parts(&self) -> (&str, &str, &str) {
+        let (method, target) = self.target.as_str().split_once(' ').unwrap_or(("", ""));
+        (
+            method,
+            target,
+            target.split_once('?').map_or(target, |(p, _)| p),
+        )
+    }
 }
 
 impl std::fmt::Debug for RequestTag {
@@ -67,7 +79,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(home) = self.home() {
-            home.in_flight.fetch_sub(1, Ordering::Relaxed);
+            home.finished.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -78,22 +90,34 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         in_flight: InFlight,
-        tag: RequestTag,
         id: u64,
         endpoint: usize,
-        started: Option<quanta::Instant>,
+        // When the request was first polled, in the probe's ns; 0 before.
+        started_ns: u64,
         done: bool,
     }
 }
 
-impl<F> Instrumented<F> {
-    pub(crate) fn new(shared: Arc<Shared>, tag: RequestTag, inner: F) -> Self {
+/// A request counted on arrival, before its future is made.
+pub(crate) struct Arrival {
+    in_flight: InFlight,
+    id: u64,
+    endpoint: usize,
+}
+
+impl Arrival {
+    /// Counts a request `METHOD target` arriving on the calling thread and keeps its
+    /// target for the culprit of a stall; `path` (the target without its query) names
+    /// its endpoint.
+    pub(crate) fn new(shared: Arc<Shared>, method: &str, target: &str, path: &str) -> Self {
         let (id, home, endpoint) = match shared.slots.current() {
-            Some(slot) => (
-                slot.arrive(),
-                Some(slot.index),
-                slot.endpoints.index(tag.endpoint()),
-            ),
+            Some(slot) => {
+                let id = slot.arrive();
+                let endpoint = slot.endpoints.index_of(method, path);
+                let named = slot.endpoints.is_named(endpoint).then_some(endpoint);
+                slot.recent.write(id, named, method, target);
+                (id, Some(slot.index), endpoint)
+            }
             // No slot left for this thread: ids from the shared counter.
             None => (
                 shared.request_seq.fetch_add(1, Ordering::Relaxed) + 1,
@@ -102,12 +126,21 @@ impl<F> Instrumented<F> {
             ),
         };
         Self {
-            inner,
             in_flight: InFlight(shared, home),
-            tag,
             id,
             endpoint,
-            started: None,
+        }
+    }
+}
+
+impl<F> Instrumented<F> {
+    pub(crate) fn new(arrival: Arrival, inner: F) -> Self {
+        Self {
+            inner,
+            in_flight: arrival.in_flight,
+            id: arrival.id,
+            endpoint: arrival.endpoint,
+            started_ns: 0,
             done: false,
         }
     }
@@ -119,66 +152,87 @@ impl<F: Future> Future for Instrumented<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let shared = &this.in_flight.0;
-        let id = *this.id;
-
-        // Publish who is about to hold this worker, for a sampler that sees a stall.
         let slot = shared.slots.current();
+        // Inside a task poll timed by the runtime's poll hooks, they time this poll
+        // too, report it if slow and clear the culprit when it ends; otherwise (a
+        // future run by `block_on`, or a build without `tokio_unstable`) the
+        // request times its own polls.
+        let hooked = slot.and_then(|s| s.polling_since_ns());
         if let Some(slot) = slot {
-            if slot.target.holder() != id {
-                slot.target.write(id, &this.tag.target);
-            }
-            slot.request_in_poll.store(id, Ordering::Relaxed);
+            // Who is about to hold this worker, for a sampler that sees a stall.
+            slot.request_in_poll.store(*this.id, Ordering::Relaxed);
         }
-
-        let poll_start = quanta::Instant::now();
-        // Without the runtime's poll hooks, the request's own polls are what a
-        // worker is seen holding.
-        #[cfg(not(tokio_unstable))]
-        if let Some(slot) = slot {
-            slot.poll_started(shared.ns_at(poll_start));
+        let poll_start = match hooked {
+            Some(ns) => ns,
+            None => {
+                let now = shared.now_ns();
+                if let Some(slot) = slot {
+                    slot.poll_started(now);
+                }
+                now
+            }
+        };
+        if *this.started_ns == 0 {
+            *this.started_ns = poll_start;
         }
         let out = this.inner.poll(cx);
-        let poll_end = quanta::Instant::now();
-        #[cfg(not(tokio_unstable))]
-        if let Some(slot) = slot {
-            let stall_ns = shared.config.stall_threshold.as_nanos() as u64;
-            slot.poll_ended(shared.ns_at(poll_end), stall_ns);
+        let ready = out.is_ready() && !*this.done;
+        let mut end_ns = None;
+        if hooked.is_none() {
+            let poll_end = shared.now_ns();
+            end_ns = Some(poll_end);
+            if let Some(slot) = slot {
+                slot.poll_ended(poll_end, shared.config.stall_threshold.as_nanos() as u64);
+                slot.request_in_poll.store(0, Ordering::Relaxed);
+            }
+            let held = Duration::from_nanos(poll_end.saturating_sub(poll_start));
+            report_slow_poll(shared, slot, *this.id, held, poll_end);
         }
-
-        if let Some(slot) = slot {
-            slot.request_in_poll.store(0, Ordering::Relaxed);
-        }
-        let started = *this.started.get_or_insert(poll_start);
-        let held = poll_end.duration_since(poll_start);
-        if held >= shared.config.slow_poll {
-            LoopProbe::emit(
-                shared,
-                Event::SlowPoll {
-                    // A multi-thread runtime's worker is its slot; a loop is the
-                    // probe's worker.
-                    worker: match (slot, shared.runtime.get().map(|h| h.runtime_flavor())) {
-                        (Some(slot), Some(tokio::runtime::RuntimeFlavor::MultiThread)) => {
-                            slot.index
-                        }
-                        _ => shared.worker_id,
-                    },
-                    endpoint: this.tag.endpoint().to_string(),
-                    uri: this.tag.target().to_string(),
-                    ms: ms(held),
-                    t_ms: poll_end.saturating_duration_since(shared.epoch).as_millis() as u64,
-                },
-            );
-        }
-        if out.is_ready() && !*this.done {
+        if ready {
             *this.done = true;
             if let Some(home) = this.in_flight.home() {
                 home.completed.fetch_add(1, Ordering::Relaxed);
+                let end = end_ns.unwrap_or_else(|| shared.now_ns());
+                let took = end.saturating_sub(*this.started_ns);
                 home.endpoints
-                    .record(*this.endpoint, poll_end.duration_since(started));
+                    .record(*this.endpoint, Duration::from_nanos(took));
             }
         }
         out
     }
+}
+
+/// Emits a slow-poll event if request `id`'s poll on `slot`'s thread held it for
+/// `held`, as long as [`ProbeConfig::slow_poll`](super::ProbeConfig) or longer.
+pub(crate) fn report_slow_poll(
+    shared: &Shared,
+    slot: Option<&super::slots::WorkerSlot>,
+    id: u64,
+    held: Duration,
+    end_ns: u64,
+) {
+    if held < shared.config.slow_poll {
+        return;
+    }
+    let uri = shared
+        .slots
+        .target_of(id)
+        .unwrap_or_else(|| "?".to_string());
+    LoopProbe::emit(
+        shared,
+        Event::SlowPoll {
+            // A multi-thread runtime's worker is its slot; a loop is the probe's
+            // worker.
+            worker: match (slot, shared.runtime.get().map(|h| h.runtime_flavor())) {
+                (Some(slot), Some(tokio::runtime::RuntimeFlavor::MultiThread)) => slot.index,
+                _ => shared.worker_id,
+            },
+            endpoint: uri.split_once('?').map_or(&*uri, |(e, _)| e).to_string(),
+            ms: ms(held),
+            t_ms: end_ns / 1_000_000,
+            uri,
+        },
+    );
 }
 
 /// A tower layer that instruments every request of a service with a [`LoopProbe`].
@@ -226,9 +280,10 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let uri = req.uri();
+        let method = req.method().as_str();
         let target = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-        let tag = RequestTag::new(req.method().as_str(), target);
-        self.probe.instrument(tag, self.inner.call(req))
+        let arrival = Arrival::new(Arc::clone(&self.probe.shared), method, target, uri.path());
+        Instrumented::new(arrival, self.inner.call(req))
     }
 }
 

@@ -246,7 +246,15 @@ impl LoopProbe {
                 })
                 .on_after_task_poll(move |_| {
                     if let Some(slot) = after.slots.current_if_claimed() {
-                        slot.poll_ended(after.now_ns(), stall_ns);
+                        let now = after.now_ns();
+                        let held = slot.poll_ended(now, stall_ns);
+                        // A request polled in this task poll is its culprit.
+                        let id = slot.request_in_poll.load(Ordering::Relaxed);
+                        if id != 0 {
+                            slot.request_in_poll.store(0, Ordering::Relaxed);
+                            let held = Duration::from_nanos(held.unwrap_or(0));
+                            instrument::report_slow_poll(&after, Some(slot), id, held, now);
+                        }
                     }
                 });
         }
@@ -285,7 +293,9 @@ impl LoopProbe {
 
     /// Wraps a request future: times each poll, reports slow ones, counts the request.
     pub fn instrument<F: std::future::Future>(&self, tag: RequestTag, fut: F) -> Instrumented<F> {
-        Instrumented::new(Arc::clone(&self.shared), tag, fut)
+        let (method, target, path) = tag.parts();
+        let arrival = instrument::Arrival::new(Arc::clone(&self.shared), method, target, path);
+        Instrumented::new(arrival, fut)
     }
 
     /// How long the loop has gone without a heartbeat, if that is a stall: longer
@@ -326,7 +336,8 @@ impl LoopProbe {
 
     /// The request whose poll is holding the loop (or a worker) right now, if any.
     pub fn request_in_poll(&self) -> Option<String> {
-        self.shared.slots.iter().find_map(slot_request)
+        let slots = &self.shared.slots;
+        slots.iter().find_map(|slot| slots.request_in(slot))
     }
 
     /// The measured runtime's flavor, once the probe has seen the runtime run.
@@ -429,14 +440,6 @@ impl LoopProbe {
     }
 }
 
-/// The request a slot's thread is polling now, if any.
-pub(crate) fn slot_request(slot: &slots::WorkerSlot) -> Option<String> {
-    match slot.request_in_poll.load(Ordering::Relaxed) {
-        0 => None,
-        id => slot.target.read(id),
-    }
-}
-
 /// A slot's request figures since the previous call; `seen` holds every slot's
 /// endpoint counts as the reader last saw them.
 fn requests_of(slot: &slots::WorkerSlot, seen: &mut Vec<Vec<Vec<u64>>>) -> RequestSnapshot {
@@ -445,7 +448,7 @@ fn requests_of(slot: &slots::WorkerSlot, seen: &mut Vec<Vec<Vec<u64>>>) -> Reque
         seen.resize_with(i + 1, Vec::new);
     }
     RequestSnapshot {
-        in_flight: slot.in_flight.load(Ordering::Relaxed),
+        in_flight: slot.in_flight(),
         completed: slot.completed.load(Ordering::Relaxed),
         per_s: 0.0,
         endpoints: slot.endpoints.take(&mut seen[i]),

@@ -21,7 +21,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 use super::endpoints::{Buckets, EndpointTable};
 use super::lag::ParkLog;
-use super::target::TargetSlot;
+use super::target::{Kept, TargetRing};
 
 /// Worker threads measured apart.
 pub(crate) const MAX_SLOTS: usize = 64;
@@ -51,12 +51,12 @@ pub(crate) struct WorkerSlot {
     pub(crate) stalled_ns: AtomicU64,
     /// The id of the instrumented request being polled now, 0 when none is.
     pub(crate) request_in_poll: AtomicU64,
-    /// The target of the request being polled (or polled last).
-    pub(crate) target: TargetSlot,
+    /// The targets of the requests that arrived here last.
+    pub(crate) recent: TargetRing,
     /// Requests that arrived on this thread so far; written by it alone.
     pub(crate) arrived: AtomicU64,
-    /// Requests that arrived on this thread and are not answered yet.
-    pub(crate) in_flight: AtomicU64,
+    /// Requests that arrived on this thread and are gone (answered or dropped).
+    pub(crate) finished: AtomicU64,
     /// Requests that arrived on this thread and were answered.
     pub(crate) completed: AtomicU64,
     pub(crate) endpoints: EndpointTable,
@@ -91,25 +91,40 @@ impl WorkerSlot {
         }
     }
 
-    /// A task poll starts at `now_ns`. Its own thread only.
+    /// A task poll starts at `now_ns`. Its own thread only: the counters it moves
+    /// have one writer, so plain stores do (no read-modify-write on this path).
     pub(crate) fn poll_started(&self, now_ns: u64) {
-        self.polls.fetch_add(1, Ordering::Relaxed);
+        let polls = self.polls.load(Ordering::Relaxed);
+        self.polls.store(polls + 1, Ordering::Relaxed);
         self.poll_started_ns.store(now_ns, Ordering::Relaxed);
     }
 
-    /// The poll that started last ends at `now_ns`; longer than `stall_ns`, it
-    /// stalled the thread. Its own thread only.
-    pub(crate) fn poll_ended(&self, now_ns: u64, stall_ns: u64) {
-        let start = self.poll_started_ns.swap(0, Ordering::Release);
-        if start != 0 {
-            let held = now_ns.saturating_sub(start);
-            self.poll_durations.record_us(held / 1000);
-            // After the poll is seen as ended: a reader that sees this sum no longer
-            // sees the poll running (see `stalled_total_ns`).
-            if held > stall_ns {
-                self.stalled_ns.fetch_add(held, Ordering::Release);
-            }
+    /// When the poll running now started, if one is. Its own thread only.
+    pub(crate) fn polling_since_ns(&self) -> Option<u64> {
+        match self.poll_started_ns.load(Ordering::Relaxed) {
+            0 => None,
+            start => Some(start),
         }
+    }
+
+    /// The poll that started last ends at `now_ns`; longer than `stall_ns`, it
+    /// stalled the thread. How long it held the thread, if one was running. Its own
+    /// thread only.
+    pub(crate) fn poll_ended(&self, now_ns: u64, stall_ns: u64) -> Option<u64> {
+        let start = self.poll_started_ns.load(Ordering::Relaxed);
+        if start == 0 {
+            return None;
+        }
+        self.poll_started_ns.store(0, Ordering::Release);
+        let held = now_ns.saturating_sub(start);
+        self.poll_durations.record_us_single_writer(held / 1000);
+        // After the poll is seen as ended: a reader that sees this sum no longer
+        // sees the poll running (see `stalled_total_ns`).
+        if held > stall_ns {
+            let total = self.stalled_ns.load(Ordering::Relaxed);
+            self.stalled_ns.store(total + held, Ordering::Release);
+        }
+        Some(held)
     }
 
     /// A new request arrives on this thread: its id, unique in the probe (the slot
@@ -117,8 +132,16 @@ impl WorkerSlot {
     pub(crate) fn arrive(&self) -> u64 {
         let n = self.arrived.load(Ordering::Relaxed) + 1;
         self.arrived.store(n, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
         (u64::from(self.index) + 1) << 48 | (n & ((1 << 48) - 1))
+    }
+
+    /// Requests that arrived here and are not answered yet.
+    pub(crate) fn in_flight(&self) -> u64 {
+        // `finished` first: whatever finished was counted as arrived before.
+        let finished = self.finished.load(Ordering::Acquire);
+        self.arrived
+            .load(Ordering::Relaxed)
+            .saturating_sub(finished)
     }
 
     /// Time stalled by finished polls, then the running poll's if it has lasted
@@ -233,9 +256,9 @@ impl WorkerSlots {
             poll_durations: Buckets::new(),
             stalled_ns: AtomicU64::new(0),
             request_in_poll: AtomicU64::new(0),
-            target: TargetSlot::default(),
+            recent: TargetRing::default(),
             arrived: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             endpoints: EndpointTable::default(),
         };
@@ -261,6 +284,29 @@ impl WorkerSlots {
     /// The slot `index`, if claimed.
     pub(crate) fn get(&self, index: usize) -> Option<&WorkerSlot> {
         self.slots.get(index)?.get().map(|s| &**s)
+    }
+
+    /// The target of request `id`, if the thread it arrived on still keeps it.
+    pub(crate) fn target_of(&self, id: u64) -> Option<String> {
+        let home = self.get((id >> 48).checked_sub(1)? as usize)?;
+        Some(match home.recent.read(id)? {
+            Kept::Whole(target) => target,
+            Kept::Endpoint(index, query) => {
+                let endpoint = home.endpoints.name(index)?;
+                match query.as_str() {
+                    "" => endpoint.to_string(),
+                    q => format!("{endpoint}?{q}"),
+                }
+            }
+        })
+    }
+
+    /// The request `slot`'s thread is polling now, if any.
+    pub(crate) fn request_in(&self, slot: &WorkerSlot) -> Option<String> {
+        match slot.request_in_poll.load(Ordering::Relaxed) {
+            0 => None,
+            id => self.target_of(id),
+        }
     }
 
     /// Endpoints every slot lists from its start.

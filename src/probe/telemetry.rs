@@ -26,7 +26,8 @@ const LINES_BUFFERED: usize = 64;
 pub struct TelemetryHub {
     epoch: Instant,
     lines: broadcast::Sender<(u64, Bytes)>,
-    latest: Mutex<Option<(Arc<Snapshot>, Bytes)>>,
+    /// The newest snapshot, and its line once made (only when someone reads).
+    latest: Mutex<Option<(Arc<Snapshot>, Option<Bytes>)>>,
     info: Mutex<ServerInfo>,
     skipped_lines: AtomicU64,
 }
@@ -49,15 +50,16 @@ impl TelemetryHub {
     }
 
     /// Sends a snapshot to every reader and keeps it for `/metrics` and new readers.
+    /// With no reader, the line is not made (a new reader makes it).
     pub fn publish(&self, snapshot: Snapshot) {
-        let mut line = serde_json::to_vec(&snapshot).expect("snapshots serialize");
-        line.push(b'\n');
-        let line = Bytes::from(line);
         let seq = snapshot.seq;
+        let line = (self.lines.receiver_count() > 0).then(|| line_of(&snapshot));
         *self.latest.lock().unwrap_or_else(PoisonError::into_inner) =
             Some((Arc::new(snapshot), line.clone()));
-        // No reader is fine.
-        let _ = self.lines.send((seq, line));
+        if let Some(line) = line {
+            // A reader that has just gone is fine.
+            let _ = self.lines.send((seq, line));
+        }
     }
 
     /// The newest snapshot.
@@ -83,6 +85,13 @@ impl TelemetryHub {
     pub fn skipped_lines(&self) -> u64 {
         self.skipped_lines.load(Ordering::Relaxed)
     }
+}
+
+/// A snapshot's NDJSON line.
+fn line_of(snapshot: &Snapshot) -> Bytes {
+    let mut line = serde_json::to_vec(snapshot).expect("snapshots serialize");
+    line.push(b'\n');
+    Bytes::from(line)
 }
 
 /// Serves the hub on `listener` from a new thread with its own runtime, within
@@ -139,7 +148,7 @@ async fn stream(State(hub): State<Arc<TelemetryHub>>) -> Response {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .as_ref()
-        .map(|(s, line)| (s.seq, line.clone()));
+        .map(|(s, line)| (s.seq, line.clone().unwrap_or_else(|| line_of(s))));
     let after = latest.as_ref().map_or(0, |(seq, _)| *seq);
     let first = latest.map(|(_, line)| line);
     let state = (first, rx, hub);

@@ -143,7 +143,13 @@ impl CpuSampler {
                 // starts again): all its time is in this period.
                 _ => (None, 0),
             };
-            let name = NameSeen::observe(prev_name, run_ns, now, || linux::thread_name(tid));
+            // A thread names itself: one that has not run since its name was read
+            // cannot have renamed itself, and is not read again (most threads of an
+            // idle server do not run between two samples).
+            let name = match prev_name {
+                Some(seen) if run_ns == prev_ns => Some(seen),
+                prev => NameSeen::observe(prev, run_ns, now, || linux::thread_name(tid)),
+            };
             let name_str = name.as_ref().map(|n| n.name.as_str());
             let class = classify(tid, &registered, name_str, &self.names);
             let percent = (run_ns - prev_ns) as f64 / elapsed_ns * 100.0;
@@ -206,8 +212,12 @@ fn round1(p: f64) -> f64 {
 mod linux {
     use std::sync::OnceLock;
 
-    /// Cumulative run time of a thread of this process, in nanoseconds.
+    /// Cumulative run time of a thread of this process, in nanoseconds: its CPU
+    /// clock (one system call), else its `schedstat`, else its `stat`.
     pub(super) fn thread_run_ns(tid: u32) -> Option<u64> {
+        if let Some(ns) = clock_ns(thread_cpu_clock(tid)) {
+            return Some(ns);
+        }
         if let Ok(s) = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")) {
             if let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse().ok()) {
                 return Some(ns);
@@ -220,12 +230,27 @@ mod linux {
 
     /// CPU time of the whole process, exited threads included.
     pub(super) fn process_cpu_ns() -> Option<u64> {
+        clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
+    }
+
+    /// The CPU clock of thread `tid` of this process: the kernel's encoding of a
+    /// per-thread scheduler clock (`MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`, what
+    /// `pthread_getcpuclockid` returns), which the kernel lets a process read for
+    /// its own threads only. Its value is `schedstat`'s run time.
+    fn thread_cpu_clock(tid: u32) -> libc::clockid_t {
+        const CPUCLOCK_SCHED: libc::clockid_t = 2;
+        const CPUCLOCK_PERTHREAD: libc::clockid_t = 4;
+        ((!tid << 3) as libc::clockid_t) | CPUCLOCK_SCHED | CPUCLOCK_PERTHREAD
+    }
+
+    fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        // SAFETY: clock_gettime writes into the timespec we own.
-        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        // SAFETY: clock_gettime writes into the timespec we own; an invalid clock
+        // (a thread that ended) is an error return, not undefined behaviour.
+        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
             return None;
         }
         Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
@@ -258,6 +283,47 @@ mod linux {
 
     #[cfg(test)]
     mod tests {
+        #[test]
+        fn a_thread_clock_reads_the_run_time_schedstat_gives() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            let spinner = std::thread::spawn(move || {
+                tx.send(crate::probe::threads::current_tid().unwrap())
+                    .unwrap();
+                let start = std::time::Instant::now();
+                while start.elapsed() < std::time::Duration::from_millis(30) {
+                    std::hint::black_box(0u64);
+                }
+                done_rx.recv().unwrap();
+            });
+            let tid = rx.recv().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(60));
+            let clock = super::clock_ns(super::thread_cpu_clock(tid)).unwrap();
+            let path = format!("/proc/self/task/{tid}/schedstat");
+            let sched: u64 = std::fs::read_to_string(path)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            done_tx.send(()).unwrap();
+            spinner.join().unwrap();
+            assert!(clock >= 25_000_000, "it spun 30 ms: {clock} ns");
+            assert!(
+                clock.abs_diff(sched) < 2_000_000,
+                "clock {clock} vs schedstat {sched}"
+            );
+            // A thread that ended: no figure, no crash.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert_eq!(super::clock_ns(super::thread_cpu_clock(tid)), None);
+            assert_eq!(
+                super::clock_ns(super::thread_cpu_clock(1)),
+                None,
+                "not ours"
+            );
+        }
+
         #[test]
         fn stat_fields_after_a_name_with_spaces() {
             let line = "4242 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 120 30 0 0 20 0 9 0";

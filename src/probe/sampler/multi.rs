@@ -15,11 +15,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::probe::LoopProbe;
 use crate::probe::cpu::ThreadCpu;
 use crate::probe::histogram::round3;
 use crate::probe::sampler::round6;
 use crate::probe::slots::WorkerSlot;
-use crate::probe::{LoopProbe, slot_request};
 use crate::protocol::{
     CpuSeconds, CpuSnapshot, DurationHistogram, LagSummary, PoolSnapshot, RuntimeSnapshot,
     WorkerSnapshot, WorkerThreadSnapshot, WorkerTotals,
@@ -193,7 +193,7 @@ impl MultiThread {
                     samples: held.count,
                 },
                 stalled_for_ms: stalled.map_or(0.0, |d| round3(d.as_secs_f64() * 1000.0)),
-                stalled_in: stalled.and_then(|_| slot_request(slot)),
+                stalled_in: stalled.and_then(|_| shared.slots.request_in(slot)),
                 silent_for_ms: None,
                 loop_utilization: round3((busy_delta as f64 / 1e9 / dt).clamp(0.0, 1.0)),
                 runtime: Some(runtime),

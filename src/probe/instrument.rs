@@ -9,8 +9,8 @@
 //! (measured in BENCHMARKS.md): no allocation (the target is copied once, into the
 //! arrival thread's ring of recent targets; strings are made only for events), no
 //! lock, the slot found through a thread-local, and inside a task poll timed by the
-//! runtime's poll hooks no clock read but the one that ends the request: its start is
-//! the poll hook's, and the hooks time and report its polls.
+//! runtime's poll hooks no clock read at all: the hooks time and report its polls, its
+//! start is the first poll's start and its end the end of the poll that answered it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -158,12 +158,25 @@ impl<F: Future> Future for Instrumented<F> {
         // future run by `block_on`, or a build without `tokio_unstable`) the
         // request times its own polls.
         let hooked = slot.and_then(|s| s.polling_since_ns());
+        // The task poll's start is the request's start, and its end the request's
+        // end, unless another request was polled before it in the same task poll
+        // (pipelined requests): then the clock is read here, and the requests the
+        // task poll answered so far are timed now.
+        let mut clock = None;
+        if let (Some(slot), Some(_)) = (slot, hooked) {
+            let before = slot.request_in_poll.load(Ordering::Relaxed);
+            if before != 0 && before != *this.id {
+                let now = shared.now_ns();
+                shared.slots.time_deferred(slot, now);
+                clock = Some(now);
+            }
+        }
         if let Some(slot) = slot {
             // Who is about to hold this worker, for a sampler that sees a stall.
             slot.request_in_poll.store(*this.id, Ordering::Relaxed);
         }
         let poll_start = match hooked {
-            Some(ns) => ns,
+            Some(ns) => clock.unwrap_or(ns),
             None => {
                 let now = shared.now_ns();
                 if let Some(slot) = slot {
@@ -191,11 +204,17 @@ impl<F: Future> Future for Instrumented<F> {
         if ready {
             *this.done = true;
             if let Some(home) = this.in_flight.home() {
-                home.completed.fetch_add(1, Ordering::Relaxed);
-                let end = end_ns.unwrap_or_else(|| shared.now_ns());
-                let took = end.saturating_sub(*this.started_ns);
-                home.endpoints
-                    .record(*this.endpoint, Duration::from_nanos(took));
+                // In a hooked task poll, its end times the request (no clock read).
+                let deferred = hooked.is_some()
+                    && slot.is_some_and(|s| {
+                        s.defer_completion(*this.started_ns, home.index, *this.endpoint)
+                    });
+                if !deferred {
+                    let end = end_ns.unwrap_or_else(|| shared.now_ns());
+                    let took = end.saturating_sub(*this.started_ns);
+                    home.endpoints
+                        .record(*this.endpoint, Duration::from_nanos(took));
+                }
             }
         }
         out
@@ -335,6 +354,36 @@ mod tests {
         assert_eq!(req.endpoints[0].endpoint, "GET /block");
         // Latency buckets are ~6% wide.
         assert!(req.endpoints[0].max_ms >= 80.0 * 0.94, "{req:?}");
+    }
+
+    /// Six requests answered one after the other in one task poll of a runtime with
+    /// the probe's poll hooks: each is timed on its own, not from the task poll's
+    /// start to its end, including the two past what the poll's end times.
+    #[cfg(tokio_unstable)]
+    #[test]
+    fn requests_answered_in_one_hooked_task_poll_are_timed_apart() {
+        let probe = LoopProbe::new(0, ProbeConfig::default());
+        let mut b = tokio::runtime::Builder::new_current_thread();
+        probe.install_hooks(&mut b);
+        let rt = b.build().unwrap();
+        let p = probe.clone();
+        rt.block_on(async move {
+            tokio::spawn(async move {
+                for _ in 0..6 {
+                    let work = async { std::thread::sleep(Duration::from_millis(20)) };
+                    p.instrument(tag("/hello"), work).await;
+                }
+            })
+            .await
+            .unwrap();
+        });
+        let req = probe.take_requests();
+        assert_eq!((req.completed, req.in_flight), (6, 0));
+        let hello = &req.endpoints[0];
+        assert_eq!((hello.endpoint.as_str(), hello.count), ("GET /hello", 6));
+        // 20 ms each (buckets ~6% wide); a request timed from the task poll's start
+        // would read 40 – 120 ms.
+        assert!(hello.p50_ms >= 18.0 && hello.max_ms < 38.0, "{hello:?}");
     }
 
     #[test]

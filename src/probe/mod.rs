@@ -248,6 +248,7 @@ impl LoopProbe {
                     if let Some(slot) = after.slots.current_if_claimed() {
                         let now = after.now_ns();
                         let held = slot.poll_ended(now, stall_ns);
+                        after.slots.time_deferred(slot, now);
                         // A request polled in this task poll is its culprit.
                         let id = slot.request_in_poll.load(Ordering::Relaxed);
                         if id != 0 {
@@ -447,10 +448,15 @@ fn requests_of(slot: &slots::WorkerSlot, seen: &mut Vec<Vec<Vec<u64>>>) -> Reque
     if seen.len() <= i {
         seen.resize_with(i + 1, Vec::new);
     }
+    // Read before the latencies: a request answered meanwhile is then not counted
+    // in flight and answered at once.
+    let in_flight = slot.in_flight();
+    let endpoints = slot.endpoints.take(&mut seen[i]);
     RequestSnapshot {
-        in_flight: slot.in_flight(),
-        completed: slot.completed.load(Ordering::Relaxed),
+        in_flight,
+        // Every answered request's latency is counted once: their sum is the count.
+        completed: seen[i].iter().flatten().sum(),
         per_s: 0.0,
-        endpoints: slot.endpoints.take(&mut seen[i]),
+        endpoints,
     }
 }

@@ -26,6 +26,9 @@ use super::target::{Kept, TargetRing};
 /// Worker threads measured apart.
 pub(crate) const MAX_SLOTS: usize = 64;
 
+/// Requests answered in one task poll that its end times; more read the clock.
+const DEFERRED: usize = 4;
+
 /// One worker thread's state.
 pub(crate) struct WorkerSlot {
     /// The slot's index, its worker id in snapshots.
@@ -51,14 +54,16 @@ pub(crate) struct WorkerSlot {
     pub(crate) stalled_ns: AtomicU64,
     /// The id of the instrumented request being polled now, 0 when none is.
     pub(crate) request_in_poll: AtomicU64,
+    /// Requests answered in the task poll running now, which its end times (see
+    /// [`WorkerSlot::defer_completion`]): (start ns, home slot << 32 | endpoint).
+    deferred: [(AtomicU64, AtomicU64); DEFERRED],
+    deferred_len: AtomicUsize,
     /// The targets of the requests that arrived here last.
     pub(crate) recent: TargetRing,
     /// Requests that arrived on this thread so far; written by it alone.
     pub(crate) arrived: AtomicU64,
     /// Requests that arrived on this thread and are gone (answered or dropped).
     pub(crate) finished: AtomicU64,
-    /// Requests that arrived on this thread and were answered.
-    pub(crate) completed: AtomicU64,
     pub(crate) endpoints: EndpointTable,
 }
 
@@ -133,6 +138,21 @@ impl WorkerSlot {
         let n = self.arrived.load(Ordering::Relaxed) + 1;
         self.arrived.store(n, Ordering::Relaxed);
         (u64::from(self.index) + 1) << 48 | (n & ((1 << 48) - 1))
+    }
+
+    /// Leaves the latency of a request answered in the running task poll, which
+    /// started at `start_ns`, to the poll's end, which reads the clock anyway
+    /// ([`WorkerSlots::time_deferred`]); false when too many wait already. Its own
+    /// thread only.
+    pub(crate) fn defer_completion(&self, start_ns: u64, home: u32, endpoint: usize) -> bool {
+        let n = self.deferred_len.load(Ordering::Relaxed);
+        let Some((start, at)) = self.deferred.get(n) else {
+            return false;
+        };
+        start.store(start_ns, Ordering::Relaxed);
+        at.store(u64::from(home) << 32 | endpoint as u64, Ordering::Relaxed);
+        self.deferred_len.store(n + 1, Ordering::Relaxed);
+        true
     }
 
     /// Requests that arrived here and are not answered yet.
@@ -256,10 +276,11 @@ impl WorkerSlots {
             poll_durations: Buckets::new(),
             stalled_ns: AtomicU64::new(0),
             request_in_poll: AtomicU64::new(0),
+            deferred: Default::default(),
+            deferred_len: AtomicUsize::new(0),
             recent: TargetRing::default(),
             arrived: AtomicU64::new(0),
             finished: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
             endpoints: EndpointTable::default(),
         };
         for e in self
@@ -284,6 +305,24 @@ impl WorkerSlots {
     /// The slot `index`, if claimed.
     pub(crate) fn get(&self, index: usize) -> Option<&WorkerSlot> {
         self.slots.get(index)?.get().map(|s| &**s)
+    }
+
+    /// Records the latencies [`WorkerSlot::defer_completion`] left to `slot`'s task
+    /// poll, which ends at `now_ns`, on their home slots. `slot`'s own thread only.
+    pub(crate) fn time_deferred(&self, slot: &WorkerSlot, now_ns: u64) {
+        let n = slot.deferred_len.load(Ordering::Relaxed);
+        if n == 0 {
+            return;
+        }
+        for (start, at) in &slot.deferred[..n] {
+            let at = at.load(Ordering::Relaxed);
+            if let Some(home) = self.get((at >> 32) as usize) {
+                let took = now_ns.saturating_sub(start.load(Ordering::Relaxed));
+                let took = std::time::Duration::from_nanos(took);
+                home.endpoints.record(at as u32 as usize, took);
+            }
+        }
+        slot.deferred_len.store(0, Ordering::Relaxed);
     }
 
     /// The target of request `id`, if the thread it arrived on still keeps it.

@@ -758,6 +758,35 @@ where
     })
 }
 
+/// [`serve_ns`] inside a task that yields after each request, so that each request
+/// is polled in a task poll of its own, as a server's connection task polls one
+/// request per wake-up.
+fn serve_in_task_ns<S>(rt: &tokio::runtime::Runtime, svc: S, n: u64) -> f64
+where
+    S: tower_service::Service<
+            hyper::http::Request<()>,
+            Response = &'static str,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send,
+{
+    rt.block_on(async move {
+        tokio::spawn(async move {
+            let mut svc = svc;
+            let start = thread_cpu().as_nanos() as u64;
+            for _ in 0..n {
+                let req = hyper::http::Request::get("/hello").body(()).unwrap();
+                black_box(svc.call(req).await.unwrap());
+                tokio::task::yield_now().await;
+            }
+            (thread_cpu().as_nanos() as u64 - start) as f64 / n as f64
+        })
+        .await
+        .unwrap()
+    })
+}
+
 /// ns per spawn-and-await of a trivial task, `n` times: on a current-thread
 /// runtime the thread's CPU time; on a multi-thread one, wall time inside the task
 /// that spawns (it may move between workers).
@@ -799,6 +828,8 @@ fn request(quick: bool) {
     let current = current_thread();
     let probe = LoopProbe::new(0, ProbeConfig::default());
     let layered = ProbeLayer::new(probe.clone()).layer(Hello);
+    let hooked_probe = LoopProbe::new(0, ProbeConfig::default());
+    let hooked_layered = ProbeLayer::new(hooked_probe.clone()).layer(Hello);
     let build = |multi: bool, hooks: bool| {
         let mut b = if multi {
             let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -814,6 +845,23 @@ fn request(quick: bool) {
         b.build().unwrap()
     };
     let (ct_bare, ct_hooks) = (build(false, false), build(false, true));
+    let ct_probed = {
+        let mut b = tokio::runtime::Builder::new_current_thread();
+        hooked_probe.install_hooks(b.enable_all());
+        b.build().unwrap()
+    };
+    // One worker, so that the task polls stay on the thread whose CPU is read.
+    let one_worker = |probe: Option<&LoopProbe>| {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(1).enable_all();
+        if let Some(p) = probe {
+            p.install_hooks(&mut b);
+        }
+        b.build().unwrap()
+    };
+    let mt_probe = LoopProbe::new(0, ProbeConfig::default());
+    let mt_layered = ProbeLayer::new(mt_probe.clone()).layer(Hello);
+    let (mt1_bare, mt1_probed) = (one_worker(None), one_worker(Some(&mt_probe)));
     let (mt_bare, mt_hooks) = (build(true, false), build(true, true));
     type Pair<'a> = (
         &'a str,
@@ -825,6 +873,16 @@ fn request(quick: bool) {
             "GET /hello through a tower service: bare vs ProbeLayer",
             Box::new(|| serve_ns(&current, Hello, 200_000)),
             Box::new(|| serve_ns(&current, layered.clone(), 200_000)),
+        ),
+        (
+            "GET /hello, a task poll each, current_thread: bare vs the probe's hooks and ProbeLayer",
+            Box::new(|| serve_in_task_ns(&ct_bare, Hello, 200_000)),
+            Box::new(|| serve_in_task_ns(&ct_probed, hooked_layered.clone(), 200_000)),
+        ),
+        (
+            "GET /hello, a task poll each, multi_thread 1 worker: bare vs the probe's hooks and ProbeLayer",
+            Box::new(|| serve_in_task_ns(&mt1_bare, Hello, 200_000)),
+            Box::new(|| serve_in_task_ns(&mt1_probed, mt_layered.clone(), 200_000)),
         ),
         (
             "spawn and await a task, current_thread: bare vs install_hooks (1 poll each)",

@@ -356,14 +356,16 @@ mod tests {
         assert!(req.endpoints[0].max_ms >= 80.0 * 0.94, "{req:?}");
     }
 
-    /// Six requests answered one after the other in one task poll of a runtime with
-    /// the probe's poll hooks: each is timed on its own, not from the task poll's
-    /// start to its end, including the two past what the poll's end times.
+    /// Six requests answered one after the other in one task poll of a runtime whose
+    /// poll hooks time polls (a multi-thread one): each is timed on its own, not
+    /// from the task poll's start to its end, including the two past what the
+    /// poll's end times.
     #[cfg(tokio_unstable)]
     #[test]
     fn requests_answered_in_one_hooked_task_poll_are_timed_apart() {
         let probe = LoopProbe::new(0, ProbeConfig::default());
-        let mut b = tokio::runtime::Builder::new_current_thread();
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(1);
         probe.install_hooks(&mut b);
         let rt = b.build().unwrap();
         let p = probe.clone();

@@ -140,6 +140,9 @@ pub(crate) struct Shared {
     pub(crate) threads: ThreadRegistry,
     /// Whether the lag task was started.
     pub(crate) lag_spawned: std::sync::atomic::AtomicBool,
+    /// See [`Shared::times_polls`].
+    #[cfg(tokio_unstable)]
+    pub(crate) poll_hooks: std::sync::atomic::AtomicU8,
 }
 
 impl Shared {
@@ -149,6 +152,32 @@ impl Shared {
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             let _ = self.runtime.set(handle);
+        }
+    }
+
+    /// Whether the poll hooks time task polls: on a multi-thread runtime, whose
+    /// workers' stalls, poll durations and culprits come from them. A
+    /// `current_thread` loop is measured by its lag timer's heartbeat and its
+    /// requests time their own polls, so there the hooks return at once (two clock
+    /// reads a task poll saved). Decided at the first hook call, inside the runtime.
+    #[cfg(tokio_unstable)]
+    pub(crate) fn times_polls(&self) -> bool {
+        const UNKNOWN: u8 = 0;
+        const YES: u8 = 1;
+        const NO: u8 = 2;
+        match self.poll_hooks.load(Ordering::Relaxed) {
+            YES => true,
+            NO => false,
+            _ => {
+                self.learn_runtime();
+                let decided = match self.runtime.get().map(|h| h.runtime_flavor()) {
+                    Some(tokio::runtime::RuntimeFlavor::MultiThread) => YES,
+                    Some(_) => NO,
+                    None => UNKNOWN,
+                };
+                self.poll_hooks.store(decided, Ordering::Relaxed);
+                decided == YES
+            }
         }
     }
 
@@ -185,6 +214,8 @@ impl LoopProbe {
                 endpoints_seen: Mutex::new(Vec::new()),
                 threads: ThreadRegistry::new(),
                 lag_spawned: std::sync::atomic::AtomicBool::new(false),
+                #[cfg(tokio_unstable)]
+                poll_hooks: std::sync::atomic::AtomicU8::new(0),
             }),
         }
     }
@@ -240,12 +271,16 @@ impl LoopProbe {
             let stall_ns = self.shared.config.stall_threshold.as_nanos() as u64;
             builder
                 .on_before_task_poll(move |_| {
-                    if let Some(slot) = before.slots.current() {
+                    if before.times_polls()
+                        && let Some(slot) = before.slots.current()
+                    {
                         slot.poll_started(before.now_ns());
                     }
                 })
                 .on_after_task_poll(move |_| {
-                    if let Some(slot) = after.slots.current_if_claimed() {
+                    if after.times_polls()
+                        && let Some(slot) = after.slots.current_if_claimed()
+                    {
                         let now = after.now_ns();
                         let held = slot.poll_ended(now, stall_ns);
                         after.slots.time_deferred(slot, now);

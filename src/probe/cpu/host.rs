@@ -20,7 +20,9 @@ pub struct HostCpu {
 }
 
 enum HostSource {
-    ProcStat(CpuTimes),
+    /// The last figures, `/proc/stat` kept open (opening it is most of the cost of
+    /// a read) and a buffer for its text.
+    ProcStat(CpuTimes, ProcStat),
     /// None where sysinfo cannot read this system: host CPU then reads 0.
     Sysinfo {
         sys: Option<Box<sysinfo::System>>,
@@ -79,11 +81,30 @@ impl CpuTimes {
     }
 }
 
-fn read_proc_stat() -> Option<(CpuTimes, u32)> {
-    if !cfg!(target_os = "linux") {
-        return None;
+/// `/proc/stat`, open, read again from its start at each sample.
+struct ProcStat {
+    file: std::fs::File,
+    text: String,
+}
+
+impl ProcStat {
+    fn open() -> Option<Self> {
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        Some(Self {
+            file: std::fs::File::open("/proc/stat").ok()?,
+            text: String::new(),
+        })
     }
-    CpuTimes::parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+
+    fn read(&mut self) -> Option<(CpuTimes, u32)> {
+        use std::io::{Read, Seek};
+        self.file.rewind().ok()?;
+        self.text.clear();
+        self.file.read_to_string(&mut self.text).ok()?;
+        CpuTimes::parse_proc_stat(&self.text)
+    }
 }
 
 impl Default for HostCpu {
@@ -98,9 +119,11 @@ impl HostCpu {
 
     /// A host sampler; the first sample covers the time since this call.
     pub fn new() -> Self {
-        if let Some((times, cores)) = read_proc_stat() {
+        if let Some(mut stat) = ProcStat::open()
+            && let Some((times, cores)) = stat.read()
+        {
             return Self {
-                source: HostSource::ProcStat(times),
+                source: HostSource::ProcStat(times, stat),
                 cores,
                 last_percent: 0.0,
             };
@@ -133,8 +156,8 @@ impl HostCpu {
     /// and leaves that period to the next call.
     pub fn sample(&mut self) -> f64 {
         match &mut self.source {
-            HostSource::ProcStat(last) => {
-                let Some((now, _)) = read_proc_stat() else {
+            HostSource::ProcStat(last, stat) => {
+                let Some((now, _)) = stat.read() else {
                     return self.last_percent;
                 };
                 if let Some(p) = now.busy_percent_since(last, self.cores) {
@@ -228,7 +251,7 @@ mod tests {
     fn a_spinning_thread_shows_in_host_cpu_over_the_same_period() {
         let _serial = crate::test_support::timing_lock();
         let mut host = HostCpu::new();
-        assert!(matches!(host.source, HostSource::ProcStat(_)));
+        assert!(matches!(host.source, HostSource::ProcStat(..)));
         let spinner = std::thread::spawn(|| {
             let end = Instant::now() + std::time::Duration::from_millis(300);
             let mut x = 0u64;

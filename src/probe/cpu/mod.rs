@@ -1,8 +1,10 @@
 //! CPU per process and per thread, in percent of one core.
 //!
-//! On Linux each thread's run time comes from `/proc/self/task/<tid>/schedstat`
-//! (nanoseconds; `stat`'s clock ticks are 10 ms, too coarse for a 100 ms period) and
-//! falls back to `stat`'s utime+stime. Threads are classed by what registered them
+//! On Linux the threads are listed from `/proc/self/task`; each thread's run time
+//! comes from its CPU clock (`clock_gettime`: nanoseconds, the figure of
+//! `/proc/self/task/<tid>/schedstat`, in one system call instead of three), falling
+//! back to `schedstat` and then to `stat`'s utime+stime (clock ticks of 10 ms, too
+//! coarse for a 100 ms period). A thread's name is read again only if it ran since. Threads are classed by what registered them
 //! (a [`ThreadRegistry`]: the probe's runtime hooks, the pool); a thread nobody
 //! registered is classed by name ([`ThreadNames`]), read again at every sample until
 //! it has held still long enough to be the name the thread gave itself. Elsewhere

@@ -97,6 +97,17 @@ enum Command {
         /// The recording.
         file: PathBuf,
     },
+    /// Write one self-contained HTML page of recordings (made with --record): the
+    /// charts on one time axis, the stalls and their culprits, the events, the
+    /// diagnosis and the summary table; it reads offline and prints.
+    Report {
+        /// The recordings; each server in them gets a section.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The HTML file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
 }
 
 /// Checks a `HOST:PORT` address, saying what is wrong with it.
@@ -147,6 +158,20 @@ fn main() -> anyhow::Result<()> {
             "replay is interactive; a recording is NDJSON that scripts can read as it is"
         );
     }
+    if let Some(Command::Report { files, output }) = &cli.command {
+        let report = loopscope::report::run(files, output)?;
+        for w in &report.warnings {
+            eprintln!("loopscope: {}", headless::printable(w));
+        }
+        eprintln!(
+            "loopscope: wrote {} ({} KB, {} server{})",
+            output.display(),
+            report.html.len().div_ceil(1024),
+            report.sections,
+            if report.sections == 1 { "" } else { "s" }
+        );
+        return Ok(());
+    }
     if cli.compare {
         // The two-demo case of several targets: node beside fastapi.
         return app::run(SessionConfig {
@@ -174,6 +199,7 @@ fn main() -> anyhow::Result<()> {
             app,
         },
         Some(Command::Replay { file }) => return app::replay(&file, log_file),
+        Some(Command::Report { .. }) => unreachable!("handled above"),
         // A scenario says which model it starts in.
         None => match &scenario {
             Some(s) => TargetSpec::Demo {

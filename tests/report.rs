@@ -68,19 +68,31 @@ fn drawn(fig: &str, name: &str) -> Vec<(f64, f64)> {
     let y0: f64 = attr(fig, "data-y0-px").parse().unwrap();
     let ytop_px: f64 = attr(fig, "data-ytop-px").parse().unwrap();
     let ytop: f64 = attr(fig, "data-ytop").parse().unwrap();
-    let line = fig
+    let value = |y: f64| ytop * (y0 - y) / (y0 - ytop_px);
+    let mut points: Vec<(f64, f64)> = fig
         .split("<polyline")
         .skip(1)
-        .find(|p| attr(p, "stroke") == colour)
-        .unwrap_or_else(|| panic!("no polyline of {name} ({colour})"));
-    attr(line, "points")
-        .split_whitespace()
-        .map(|p| {
-            let (x, y) = p.split_once(',').unwrap();
-            let y: f64 = y.parse().unwrap();
-            (x.parse().unwrap(), ytop * (y0 - y) / (y0 - ytop_px))
+        .filter(|p| attr(p, "stroke") == colour)
+        .flat_map(|line| {
+            attr(line, "points").split_whitespace().map(|p| {
+                let (x, y) = p.split_once(',').unwrap();
+                (x.parse().unwrap(), value(y.parse().unwrap()))
+            })
         })
-        .collect()
+        .collect();
+    // Lone points are dots.
+    points.extend(
+        fig.split("<circle")
+            .skip(1)
+            .filter(|c| attr(c, "fill") == colour)
+            .map(|c| {
+                let y: f64 = attr(c, "cy").parse().unwrap();
+                (attr(c, "cx").parse().unwrap(), value(y))
+            }),
+    );
+    assert!(!points.is_empty(), "nothing drawn of {name} ({colour})");
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    points
 }
 
 fn highest(points: &[(f64, f64)]) -> f64 {

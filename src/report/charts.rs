@@ -4,14 +4,15 @@
 //! viewer shows on hover (plotters draws no titles).
 //!
 //! Each chart sits in a `<figure>` whose `data-` attributes give what was drawn: the
-//! series' names and colours (`data-series="w0=#1f77b4;…"`, one polyline each, in
-//! that colour) and the y axis' mapping (`data-y0-px`, `data-ytop-px`, `data-ytop`:
+//! series' names and colours (`data-series="w0=#1F77B4;…"`: the polylines, and dots
+//! for lone points, in that colour) and the y axis' mapping (`data-y0-px`, `data-ytop-px`, `data-ytop`:
 //! the pixel rows of 0 and of the axis' top value), so that a reader of the file can
 //! read the values back.
 
 use std::fmt::Write;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::html::escape;
 use super::series::{Mark, Series, Stall};
@@ -22,6 +23,8 @@ pub const WIDTH: u32 = 1000;
 pub const HEIGHT: u32 = 260;
 /// Most stall spans labelled with their culprit per chart (the longest).
 const MAX_LABELS: usize = 12;
+/// A stall this long is labelled even when no request is known to have held the loop.
+const LABEL_MS: f64 = 100.0;
 /// Most event markers per chart.
 const MAX_MARKERS: usize = 500;
 
@@ -81,6 +84,8 @@ pub struct Chart<'a> {
     pub y_top: f64,
     /// The time axis' length, seconds.
     pub duration_s: f64,
+    /// A longer gap between two points breaks the line, seconds.
+    pub gap_s: f64,
     /// Shaded spans (the lag chart's stalls).
     pub stalls: &'a [Stall],
     /// Event markers.
@@ -97,14 +102,25 @@ fn time_label(t: f64, long: bool) -> String {
     }
 }
 
+/// `200`, `12.5`, `0.25`: no more digits than the tick needs.
 fn y_label(v: f64) -> String {
-    if v >= 100.0 || v == 0.0 {
+    let text = if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
+    };
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
     }
+}
+
+/// The runs of `points` without a gap longer than `gap_s` between neighbours.
+fn runs(points: &[(f64, f64)], gap_s: f64) -> impl Iterator<Item = &[(f64, f64)]> {
+    points.chunk_by(move |a, b| b.0 - a.0 <= gap_s)
 }
 
 /// The chart as an HTML `<figure>` (inline SVG and a legend).
@@ -153,14 +169,26 @@ pub fn draw(c: &Chart) -> Result<String, String> {
             }))
             .map_err(|e| e.to_string())?;
         for (series, colour) in &c.series {
-            chart
-                .draw_series(LineSeries::new(
-                    series.points.iter().copied(),
-                    colour.stroke_width(2),
-                ))
-                .map_err(|e| e.to_string())?;
+            // A line is broken where the series has no figure (no request answered,
+            // a worker gone) rather than drawn across; a lone point is a dot.
+            for run in runs(&series.points, c.gap_s) {
+                if let [only] = run {
+                    chart
+                        .draw_series(std::iter::once(Circle::new(*only, 2, colour.filled())))
+                        .map_err(|e| e.to_string())?;
+                    continue;
+                }
+                chart
+                    .draw_series(LineSeries::new(run.iter().copied(), colour.stroke_width(2)))
+                    .map_err(|e| e.to_string())?;
+            }
         }
-        let mut longest: Vec<&Stall> = c.stalls.iter().collect();
+        // Label the stalls that matter: a request held the loop, or it was long.
+        let mut longest: Vec<&Stall> = c
+            .stalls
+            .iter()
+            .filter(|s| s.culprit.is_some() || s.ms >= LABEL_MS)
+            .collect();
         longest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
         longest.truncate(MAX_LABELS);
         longest.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
@@ -175,11 +203,18 @@ pub fn draw(c: &Chart) -> Result<String, String> {
             );
             let row = (i % 4) as f64 * 0.09;
             let y = y_top * (0.97 - row);
+            // Late in the chart the label ends at the stall's end, so that it stays on
+            // the chart.
+            let (x, anchor) = if s.start_s > duration * 0.6 {
+                (s.end_s, Pos::new(HPos::Right, VPos::Top))
+            } else {
+                (s.start_s, Pos::new(HPos::Left, VPos::Top))
+            };
             chart
                 .draw_series(std::iter::once(Text::new(
                     label,
-                    (s.start_s, y),
-                    style.clone(),
+                    (x, y),
+                    style.clone().pos(anchor),
                 )))
                 .map_err(|e| e.to_string())?;
         }

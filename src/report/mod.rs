@@ -316,6 +316,10 @@ fn section_charts<'a>(
         .find(|p| *p > 0)
         .unwrap_or(100);
     let workers = data.lag.len();
+    // Lines break where more than three periods (or three drawing buckets) pass
+    // without a figure.
+    let gap_s =
+        (3.0 * period as f64 / 1000.0).max(3.0 * data.duration_s / series::MAX_POINTS as f64);
     let paint = |list: &'a [Series], shade: u8| {
         list.iter()
             .enumerate()
@@ -337,6 +341,7 @@ fn section_charts<'a>(
         series: lag,
         y_top: lag_top,
         duration_s: data.duration_s,
+        gap_s,
         stalls: &data.stalls,
         marks: &data.events,
     })?);
@@ -352,6 +357,7 @@ fn section_charts<'a>(
         series: pool,
         y_top: (pool_peak.max(1.0) * 1.05).max(1.0),
         duration_s: data.duration_s,
+        gap_s,
         stalls: &[],
         marks: &data.events,
     })?);
@@ -382,11 +388,13 @@ fn section_charts<'a>(
         series: cpu,
         y_top: peak(&data.cpu.iter().collect::<Vec<_>>()).max(100.0) * 1.05,
         duration_s: data.duration_s,
+        gap_s,
         stalls: &[],
         marks: &data.events,
     })?);
     if !data.latency.is_empty() {
-        let series: Vec<_> = data.latency.iter().zip(LATENCY).collect();
+        // The max under the p99 under the p50: where they meet, the lower one shows.
+        let series: Vec<_> = data.latency.iter().zip(LATENCY).rev().collect();
         out.push_str(&charts::draw(&Chart {
             id: "latency",
             title: "Request latency, ms, as the server measured it: the busiest endpoint's p50, the worst endpoint's p99 and max".into(),
@@ -394,6 +402,7 @@ fn section_charts<'a>(
             y_top: (peak(&data.latency.iter().collect::<Vec<_>>()) * 1.05).max(1.0),
             series,
             duration_s: data.duration_s,
+        gap_s,
             stalls: &[],
             marks: &data.events,
         })?);

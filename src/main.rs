@@ -131,6 +131,23 @@ fn parse_addr(s: &str) -> Result<String, String> {
     }
 }
 
+/// `loopscope report`: writes the page and says what it wrote, and what was wrong
+/// with the recordings.
+fn report(files: &[PathBuf], output: &std::path::Path) -> anyhow::Result<()> {
+    let report = loopscope::report::run(files, output)?;
+    for w in &report.warnings {
+        eprintln!("loopscope: {}", headless::printable(w));
+    }
+    eprintln!(
+        "loopscope: wrote {} ({} KB, {} server{})",
+        output.display(),
+        report.html.len().div_ceil(1024),
+        report.sections,
+        if report.sections == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let d = &cli.dashboard;
@@ -157,20 +174,6 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!(
             "replay is interactive; a recording is NDJSON that scripts can read as it is"
         );
-    }
-    if let Some(Command::Report { files, output }) = &cli.command {
-        let report = loopscope::report::run(files, output)?;
-        for w in &report.warnings {
-            eprintln!("loopscope: {}", headless::printable(w));
-        }
-        eprintln!(
-            "loopscope: wrote {} ({} KB, {} server{})",
-            output.display(),
-            report.html.len().div_ceil(1024),
-            report.sections,
-            if report.sections == 1 { "" } else { "s" }
-        );
-        return Ok(());
     }
     if cli.compare {
         // The two-demo case of several targets: node beside fastapi.
@@ -199,7 +202,7 @@ fn main() -> anyhow::Result<()> {
             app,
         },
         Some(Command::Replay { file }) => return app::replay(&file, log_file),
-        Some(Command::Report { .. }) => unreachable!("handled above"),
+        Some(Command::Report { files, output }) => return report(&files, &output),
         // A scenario says which model it starts in.
         None => match &scenario {
             Some(s) => TargetSpec::Demo {

@@ -288,6 +288,15 @@ fn bad_input_is_a_clear_error_and_status_1() {
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(!out.exists(), "no page for {name}");
     }
+    // The page is never written over a recording.
+    let rec = dir.path().join("rec.ndjson");
+    synthetic::write(&rec, 2);
+    let before = std::fs::read(&rec).unwrap();
+    let r = rec.to_str().unwrap();
+    let o = loopscope(&["report", r, "-o", r], Duration::from_secs(20));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("is one of the recordings"));
+    assert_eq!(std::fs::read(&rec).unwrap(), before);
     let o = loopscope(
         &[
             "report",

@@ -198,7 +198,9 @@ pub fn draw(c: &Chart) -> Result<String, String> {
             let label = format!(
                 "w{} {} · {:.0} ms",
                 s.worker,
-                s.culprit.as_deref().unwrap_or("no request poll was slow"),
+                crate::headless::printable(
+                    s.culprit.as_deref().unwrap_or("no request poll was slow")
+                ),
                 s.ms
             );
             let row = (i % 4) as f64 * 0.09;

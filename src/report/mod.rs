@@ -81,6 +81,18 @@ pub fn load(path: &Path) -> anyhow::Result<Source> {
 
 /// Reads `files`, writes the report to `out` and returns it.
 pub fn run(files: &[PathBuf], out: &Path) -> anyhow::Result<Report> {
+    // Never write the page over a recording.
+    if let Ok(target) = out.canonicalize() {
+        if files
+            .iter()
+            .any(|f| f.canonicalize().is_ok_and(|f| f == target))
+        {
+            bail!(
+                "{} is one of the recordings: give the page another name",
+                out.display()
+            );
+        }
+    }
     let sources = files
         .iter()
         .map(|f| load(f))

@@ -24,13 +24,6 @@ pub struct Series {
 }
 
 impl Series {
-    fn new(name: String) -> Self {
-        Self {
-            name,
-            points: Vec::new(),
-        }
-    }
-
     /// The largest value, 0 for an empty series.
     pub fn peak(&self) -> f64 {
         self.points.iter().map(|p| p.1).fold(0.0, f64::max)
@@ -113,30 +106,69 @@ pub fn event_text(e: &Event) -> Option<String> {
     })
 }
 
-/// Keeps at most `max` points: the time axis from `t0` to `t1` is cut into `max`
-/// buckets and each keeps its largest point (the first of equals).
-pub fn downsample(points: &[(f64, f64)], t0: f64, t1: f64, max: usize) -> Vec<(f64, f64)> {
-    if points.len() <= max || max == 0 {
-        return points.to_vec();
+/// Thins a series as it is fed, in time order: the time axis from `t0` to `t1` is
+/// cut into buckets and each keeps its largest point (the first of equals), so that
+/// a spike is never lost and a long recording costs no more than its buckets.
+#[derive(Clone, Debug)]
+pub struct Thinner {
+    name: String,
+    t0: f64,
+    span: f64,
+    buckets: usize,
+    current: usize,
+    points: Vec<(f64, f64)>,
+}
+
+impl Thinner {
+    /// A series named `name` over `t0..=t1` in at most `buckets` points.
+    pub fn new(name: String, t0: f64, t1: f64, buckets: usize) -> Self {
+        Self {
+            name,
+            t0,
+            span: (t1 - t0).max(f64::MIN_POSITIVE),
+            buckets: buckets.max(1),
+            current: usize::MAX,
+            points: Vec::new(),
+        }
     }
-    let span = (t1 - t0).max(f64::MIN_POSITIVE);
-    let mut out: Vec<(f64, f64)> = Vec::with_capacity(max);
-    let mut current = usize::MAX;
-    for &(t, v) in points {
-        let bucket = (((t - t0) / span) * max as f64).clamp(0.0, (max - 1) as f64) as usize;
-        match out.last_mut() {
-            Some(last) if bucket == current => {
-                if v > last.1 {
-                    *last = (t, v);
+
+    /// Takes the next point.
+    pub fn push(&mut self, t: f64, v: f64) {
+        let last = (self.buckets - 1) as f64;
+        let bucket = (((t - self.t0) / self.span) * self.buckets as f64).clamp(0.0, last) as usize;
+        match self.points.last_mut() {
+            Some(p) if bucket == self.current => {
+                if v > p.1 {
+                    *p = (t, v);
                 }
             }
             _ => {
-                out.push((t, v));
-                current = bucket;
+                self.points.push((t, v));
+                self.current = bucket;
             }
         }
     }
-    out
+
+    /// The thinned series.
+    pub fn finish(self) -> Series {
+        Series {
+            name: self.name,
+            points: self.points,
+        }
+    }
+}
+
+/// Keeps at most `max` of `points` (in time order) as a [`Thinner`] does; fewer are
+/// kept as they are.
+pub fn downsample(points: &[(f64, f64)], t0: f64, t1: f64, max: usize) -> Vec<(f64, f64)> {
+    if points.len() <= max {
+        return points.to_vec();
+    }
+    let mut thin = Thinner::new(String::new(), t0, t1, max);
+    for &(t, v) in points {
+        thin.push(t, v);
+    }
+    thin.finish().points
 }
 
 /// A stall being followed.
@@ -159,21 +191,20 @@ impl SectionData {
             duration_s: secs(snaps.last().map_or(t0, |s| s.t_ms)),
             ..Default::default()
         };
+        let duration_s = d.duration_s;
+        let series = move |name: String| Thinner::new(name, 0.0, duration_s, MAX_POINTS);
         // Per worker: lag, queued, busy, loop CPU, pool CPU.
-        let mut per: BTreeMap<u32, [Series; 5]> = BTreeMap::new();
-        let mut host = Series::new("host".into());
-        let mut latency = [
-            Series::new("p50".into()),
-            Series::new("p99".into()),
-            Series::new("max".into()),
-        ];
+        let mut per: BTreeMap<u32, [Thinner; 5]> = BTreeMap::new();
+        let mut host = series("host".into());
+        let mut latency = ["p50", "p99", "max"].map(|n| series(n.into()));
+        let mut any_latency = false;
         let mut open: BTreeMap<u32, Open> = BTreeMap::new();
         for snap in snaps {
             let t = secs(snap.t_ms);
             for w in &snap.workers {
                 let s = per.entry(w.id).or_insert_with(|| {
                     ["", " queued", " busy", " loop", " pool"]
-                        .map(|what| Series::new(format!("w{}{what}", w.id)))
+                        .map(|what| series(format!("w{}{what}", w.id)))
                 });
                 d.pool_size = d.pool_size.max(w.pool.size);
                 if !w.alive {
@@ -187,7 +218,7 @@ impl SectionData {
                     w.cpu.pool_threads,
                 ];
                 for (series, v) in s.iter_mut().zip(values) {
-                    series.points.push((t, v));
+                    series.push(t, v);
                 }
                 d.follow_stall(&mut open, w.id, t, w.stalled_for_ms, &w.stalled_in, snap);
             }
@@ -202,7 +233,7 @@ impl SectionData {
                     d.close(id, o, t);
                 }
             }
-            host.points.push((t, snap.host.cpu));
+            host.push(t, snap.host.cpu);
             let endpoints = snap
                 .workers
                 .iter()
@@ -213,8 +244,9 @@ impl SectionData {
                 let p99 = endpoints.clone().map(|e| e.p99_ms).fold(0.0, f64::max);
                 let max = endpoints.map(|e| e.max_ms).fold(0.0, f64::max);
                 for (series, v) in latency.iter_mut().zip([b.p50_ms, p99, max]) {
-                    series.points.push((t, v));
+                    series.push(t, v);
                 }
+                any_latency = true;
             }
             for e in &snap.events {
                 let Some(text) = event_text(e) else { continue };
@@ -246,21 +278,17 @@ impl SectionData {
                 keep
             });
         }
-        let thin = |s: Series| Series {
-            points: downsample(&s.points, 0.0, d.duration_s, MAX_POINTS),
-            name: s.name,
-        };
         for (id, [lag, queued, busy, cpu_loop, cpu_pool]) in per {
             d.workers.push(id);
-            d.lag.push(thin(lag));
-            d.queued.push(thin(queued));
-            d.busy.push(thin(busy));
-            d.cpu.push(thin(cpu_loop));
-            d.cpu.push(thin(cpu_pool));
+            d.lag.push(lag.finish());
+            d.queued.push(queued.finish());
+            d.busy.push(busy.finish());
+            d.cpu.push(cpu_loop.finish());
+            d.cpu.push(cpu_pool.finish());
         }
-        d.cpu.push(thin(host));
-        if latency.iter().any(|s| !s.points.is_empty()) {
-            d.latency = latency.into_iter().map(thin).collect();
+        d.cpu.push(host.finish());
+        if any_latency {
+            d.latency = latency.into_iter().map(Thinner::finish).collect();
         }
         d
     }

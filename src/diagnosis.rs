@@ -278,6 +278,34 @@ impl Diagnoser {
     }
 }
 
+/// The worst diagnosis of each kind per worker over a whole run, not only over the
+/// last seconds a [`Diagnoser`] keeps: what a headless run prints at its end and what
+/// a report of a recording says.
+#[derive(Clone, Debug, Default)]
+pub struct RunDiagnosis {
+    diagnoser: Diagnoser,
+    worst: BTreeMap<(Model, u32, u8), Diagnosis>,
+}
+
+impl RunDiagnosis {
+    /// Takes one snapshot line.
+    pub fn observe(&mut self, snap: &Snapshot) {
+        self.diagnoser.observe(snap);
+        for d in self.diagnoser.diagnose() {
+            let key = (snap.model, d.worker, d.finding as u8);
+            let keep = self.worst.get(&key).is_none_or(|w| d.outranks(w));
+            if keep {
+                self.worst.insert(key, d);
+            }
+        }
+    }
+
+    /// The lines, by model, worker and finding.
+    pub fn lines(self) -> Vec<Diagnosis> {
+        self.worst.into_values().collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,6 @@
 //! diagnosis; reports which thresholds were crossed so that the command can exit
 //! non-zero. Captions, triggers and what happened to them go to stderr.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,8 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::client::subscriber::TelemetryMsg;
-use crate::diagnosis::{Diagnoser, Diagnosis};
-use crate::protocol::Model;
+use crate::diagnosis::{Diagnosis, RunDiagnosis};
 use crate::scenario::Scenario;
 use crate::session::{LogKind, Msg, Session, SessionConfig, TargetSpec, Update};
 use crate::summary::Summary;
@@ -85,8 +83,7 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
     })?;
     runtime.block_on(async move {
         let mut summary = Summary::default();
-        let mut diagnoser = Diagnoser::new();
-        let mut worst: BTreeMap<(Model, u32, u8), Diagnosis> = BTreeMap::new();
+        let mut diagnosis = RunDiagnosis::default();
         let mut stdout = std::io::stdout().lock();
         let mut deadline = tokio::time::Instant::now() + duration;
         let mut connected = false;
@@ -112,16 +109,7 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
                 Msg::Telemetry(TelemetryMsg::Connected(_)) => connected = true,
                 Msg::Telemetry(TelemetryMsg::Snapshot(snap)) => {
                     summary.observe(&snap);
-                    diagnoser.observe(&snap);
-                    // Keep the worst of each kind over the whole run, not only the
-                    // diagnoser's last seconds.
-                    for d in diagnoser.diagnose() {
-                        let key = (snap.model, d.worker, d.finding as u8);
-                        let keep = worst.get(&key).is_none_or(|w: &Diagnosis| d.outranks(w));
-                        if keep {
-                            worst.insert(key, d);
-                        }
-                    }
+                    diagnosis.observe(&snap);
                     if config.format == Format::Ndjson {
                         serde_json::to_writer(&mut stdout, &*snap)?;
                         stdout.write_all(b"\n")?;
@@ -156,7 +144,7 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
             anyhow::bail!("no telemetry within {duration:?}");
         }
         summary.finish();
-        let diagnosis: Vec<Diagnosis> = worst.into_values().collect();
+        let diagnosis: Vec<Diagnosis> = diagnosis.lines();
         if config.format == Format::Table {
             write!(stdout, "{}", summary.table())?;
             for d in &diagnosis {

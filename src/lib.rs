@@ -28,6 +28,7 @@
 //! - [`diagnosis`]: why a server stalls, in one line;
 //! - [`summary`]: a run's figures per worker;
 //! - [`record`]: recordings of a session, for replay;
+//! - [`report`]: a recording as one self-contained HTML page of charts;
 //! - [`units`]: figures as people read them;
 //! - [`scenario`]: timed steps for workshops and scripts.
 
@@ -43,6 +44,8 @@ pub mod probe;
 pub mod protocol;
 #[cfg(feature = "cli")]
 pub mod record;
+#[cfg(feature = "cli")]
+pub mod report;
 #[cfg(feature = "cli")]
 pub mod scenario;
 #[cfg(feature = "cli")]

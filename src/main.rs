@@ -97,6 +97,17 @@ enum Command {
         /// The recording.
         file: PathBuf,
     },
+    /// Write one self-contained HTML page of recordings (made with --record): the
+    /// charts on one time axis, the stalls and their culprits, the events, the
+    /// diagnosis and the summary table; it reads offline and prints.
+    Report {
+        /// The recordings; each server in them gets a section.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The HTML file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
 }
 
 /// Checks a `HOST:PORT` address, saying what is wrong with it.
@@ -118,6 +129,23 @@ fn parse_addr(s: &str) -> Result<String, String> {
         Ok(p) if p > 0 => Ok(s.to_string()),
         _ => Err(format!("{s:?}: the port must be a number from 1 to 65535")),
     }
+}
+
+/// `loopscope report`: writes the page and says what it wrote, and what was wrong
+/// with the recordings.
+fn report(files: &[PathBuf], output: &std::path::Path) -> anyhow::Result<()> {
+    let report = loopscope::report::run(files, output)?;
+    for w in &report.warnings {
+        eprintln!("loopscope: {}", headless::printable(w));
+    }
+    eprintln!(
+        "loopscope: wrote {} ({} KB, {} server{})",
+        output.display(),
+        report.html.len().div_ceil(1024),
+        report.sections,
+        if report.sections == 1 { "" } else { "s" }
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -174,6 +202,7 @@ fn main() -> anyhow::Result<()> {
             app,
         },
         Some(Command::Replay { file }) => return app::replay(&file, log_file),
+        Some(Command::Report { files, output }) => return report(&files, &output),
         // A scenario says which model it starts in.
         None => match &scenario {
             Some(s) => TargetSpec::Demo {

@@ -56,7 +56,7 @@ fn no_source_file_grows_past_one_idea() {
 }
 
 /// A service that embeds the probe (`default-features = false, features =
-/// ["probe"]`) builds no terminal, CLI, demo or test-only crate.
+/// ["probe"]`) builds no terminal, CLI, report, demo or test-only crate.
 #[test]
 fn the_probe_alone_pulls_no_terminal_or_cli_crate() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -91,6 +91,7 @@ fn the_probe_alone_pulls_no_terminal_or_cli_crate() {
         "pbkdf2",
         "portable-pty",
         "vt100",
+        "plotters",
     ] {
         assert!(
             !crates.contains(&unwanted),

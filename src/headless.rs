@@ -27,8 +27,9 @@ pub enum Format {
 /// A headless run.
 #[derive(Clone, Debug)]
 pub struct HeadlessConfig {
-    /// What to watch.
-    pub target: TargetSpec,
+    /// What to watch: one server, or several (their lines and summaries are then
+    /// labelled with each server's name).
+    pub targets: Vec<TargetSpec>,
     /// How long; by default 30 s, or a scenario's length and 3 s.
     pub duration: Option<Duration>,
     /// Steps to play.
@@ -74,26 +75,30 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
     });
     let _runtime = runtime.enter();
     let mut session = Session::new(SessionConfig {
-        targets: vec![config.target.clone()],
+        targets: config.targets.clone(),
         rate: config.rate,
         load: config.rate > 0.0,
         log_file: config.log_file.clone(),
         record: config.record.clone(),
         scenario: config.scenario.clone(),
     })?;
+    let labels: Vec<String> = config.targets.iter().map(label).collect();
+    let many = labels.len() > 1;
     runtime.block_on(async move {
-        let mut summary = Summary::default();
-        let mut diagnosis = RunDiagnosis::default();
+        let mut summaries: Vec<Summary> = labels.iter().map(|_| Summary::default()).collect();
+        let mut diagnoses: Vec<RunDiagnosis> =
+            labels.iter().map(|_| RunDiagnosis::default()).collect();
         let mut stdout = std::io::stdout().lock();
         let mut deadline = tokio::time::Instant::now() + duration;
-        let mut connected = false;
+        let mut connected = vec![false; labels.len()];
         loop {
             let update = tokio::select! {
                 u = session.next() => u,
                 _ = tokio::time::sleep_until(deadline) => break,
             };
-            let msg = match update {
-                Update::Target { msg, .. } => msg,
+            let (at, msg) = match update {
+                Update::Target { target, msg } if target < labels.len() => (target, msg),
+                Update::Target { .. } => continue,
                 Update::Caption(text) => {
                     eprintln!("caption: {text}");
                     continue;
@@ -105,13 +110,30 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
                 }
                 Update::Replay(_) => continue,
             };
+            // Said about one of several servers: which one.
+            let from = if many {
+                format!("{}: ", labels[at])
+            } else {
+                String::new()
+            };
             match msg {
-                Msg::Telemetry(TelemetryMsg::Connected(_)) => connected = true,
+                Msg::Telemetry(TelemetryMsg::Connected(_)) => connected[at] = true,
                 Msg::Telemetry(TelemetryMsg::Snapshot(snap)) => {
-                    summary.observe(&snap);
-                    diagnosis.observe(&snap);
+                    summaries[at].observe(&snap);
+                    diagnoses[at].observe(&snap);
                     if config.format == Format::Ndjson {
-                        serde_json::to_writer(&mut stdout, &*snap)?;
+                        if many {
+                            // The snapshot's fields, after the server it came from.
+                            let mut line = serde_json::Map::new();
+                            line.insert("server".into(), labels[at].clone().into());
+                            if let serde_json::Value::Object(fields) = serde_json::to_value(&*snap)?
+                            {
+                                line.extend(fields);
+                            }
+                            serde_json::to_writer(&mut stdout, &line)?;
+                        } else {
+                            serde_json::to_writer(&mut stdout, &*snap)?;
+                        }
                         stdout.write_all(b"\n")?;
                         stdout.flush()?;
                     }
@@ -119,44 +141,74 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
                 Msg::Telemetry(TelemetryMsg::Skipped { lines, reason }) => {
                     let reason = printable(&reason);
                     match lines {
-                        0 => eprintln!("loopscope: telemetry: {reason}"),
-                        n => eprintln!("loopscope: telemetry: {reason} ({n} lines skipped)"),
+                        0 => eprintln!("loopscope: {from}telemetry: {reason}"),
+                        n => eprintln!("loopscope: {from}telemetry: {reason} ({n} lines skipped)"),
                     }
                 }
                 Msg::Telemetry(TelemetryMsg::Disconnected { reason, .. }) => {
-                    eprintln!("loopscope: telemetry lost: {}", printable(&reason));
+                    eprintln!("loopscope: {from}telemetry lost: {}", printable(&reason));
                 }
                 Msg::Log(LogKind::Trigger | LogKind::Result, text) => {
-                    eprintln!("trigger: {}", printable(&text));
+                    eprintln!("trigger: {from}{}", printable(&text));
                 }
-                Msg::Log(LogKind::Warn, text) => eprintln!("loopscope: {}", printable(&text)),
+                Msg::Log(LogKind::Warn, text) => {
+                    eprintln!("loopscope: {from}{}", printable(&text));
+                }
                 Msg::Log(LogKind::Info, text) => {
                     // Said by the scenario's steps, or about the server.
                     if text.starts_with("scenario") || text.starts_with("switching") {
                         eprintln!("{}", printable(&text));
                     }
                 }
-                Msg::ServerDown(reason) => eprintln!("loopscope: {}", printable(&reason)),
+                Msg::ServerDown(reason) => {
+                    eprintln!("loopscope: {from}{}", printable(&reason));
+                }
                 Msg::Load(_) | Msg::LoadPlan { .. } | Msg::Reset { .. } => {}
             }
         }
-        if !connected {
-            anyhow::bail!("no telemetry within {duration:?}");
+        if let Some(at) = connected.iter().position(|c| !c) {
+            anyhow::bail!("no telemetry within {duration:?} from {}", labels[at]);
         }
-        summary.finish();
-        let diagnosis: Vec<Diagnosis> = diagnosis.lines();
-        if config.format == Format::Table {
-            write!(stdout, "{}", summary.table())?;
-            for d in &diagnosis {
-                writeln!(stdout, "diagnosis: {}", printable(&d.text))?;
+        let mut crossed = Vec::new();
+        for ((label, mut summary), diagnosis) in labels.iter().zip(summaries).zip(diagnoses) {
+            summary.finish();
+            let diagnosis: Vec<Diagnosis> = diagnosis.lines();
+            if config.format == Format::Table {
+                if many {
+                    writeln!(stdout, "== {label}")?;
+                }
+                write!(stdout, "{}", summary.table())?;
+                for d in &diagnosis {
+                    writeln!(stdout, "diagnosis: {}", printable(&d.text))?;
+                }
+            } else {
+                for d in &diagnosis {
+                    let from = if many {
+                        format!("{label}: ")
+                    } else {
+                        String::new()
+                    };
+                    eprintln!("diagnosis: {from}{}", printable(&d.text));
+                }
             }
-        } else {
-            for d in &diagnosis {
-                eprintln!("diagnosis: {}", printable(&d.text));
-            }
+            let found = summary.crossed(config.fail_on_lag_ms, config.fail_on_queue);
+            crossed.extend(found.into_iter().map(|c| match many {
+                true => format!("{label}: {c}"),
+                false => c,
+            }));
         }
-        Ok(summary.crossed(config.fail_on_lag_ms, config.fail_on_queue))
+        Ok(crossed)
     })
+}
+
+/// How a headless run names a server among several: its telemetry address, or the
+/// demo it started.
+fn label(spec: &TargetSpec) -> String {
+    match spec {
+        TargetSpec::Attach { telemetry, .. } => telemetry.clone(),
+        TargetSpec::Demo { model, .. } => format!("demo {model}"),
+        TargetSpec::Replay { file, .. } => file.display().to_string(),
+    }
 }
 
 #[cfg(test)]

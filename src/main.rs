@@ -81,15 +81,18 @@ enum FormatArg {
 enum Command {
     /// Run the instrumented demo server in the foreground.
     Demo(demo::DemoArgs),
-    /// Show the dashboard of a server started by hand, given its telemetry address.
+    /// Show the dashboard of servers started by hand, given their telemetry
+    /// addresses: one column per server.
     Attach {
-        /// Telemetry address, HOST:PORT.
-        #[arg(value_parser = parse_addr)]
-        addr: String,
-        /// The server's app address, HOST:PORT: background load and workload keys go
-        /// there. Without it loopscope only reads telemetry.
+        /// Telemetry addresses, HOST:PORT, one per server.
+        #[arg(value_parser = parse_addr, required = true, num_args = 1..)]
+        addrs: Vec<String>,
+        /// A server's app address, HOST:PORT: background load and workload keys go
+        /// there. Given once per server, in the order of the telemetry addresses
+        /// (the first --app is the first server's); a server without one is only
+        /// watched.
         #[arg(long, value_parser = parse_addr)]
-        app: Option<String>,
+        app: Vec<String>,
     },
     /// Play a recording (made with --record) in the dashboard: space pauses,
     /// ← → seek 5 s, 1 2 4 set the speed.
@@ -129,6 +132,30 @@ fn parse_addr(s: &str) -> Result<String, String> {
         Ok(p) if p > 0 => Ok(s.to_string()),
         _ => Err(format!("{s:?}: the port must be a number from 1 to 65535")),
     }
+}
+
+/// The servers of `loopscope attach`: each telemetry address with the app address
+/// given in the same place, if any.
+fn attach_targets(addrs: Vec<String>, apps: Vec<String>) -> anyhow::Result<Vec<TargetSpec>> {
+    if apps.len() > addrs.len() {
+        anyhow::bail!(
+            "{} --app addresses for {} servers: give at most one per telemetry address, in the same order",
+            apps.len(),
+            addrs.len()
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = addrs.iter().find(|a| !seen.insert(a.as_str())) {
+        anyhow::bail!("{twice} is given twice: one column per server");
+    }
+    let mut apps = apps.into_iter();
+    Ok(addrs
+        .into_iter()
+        .map(|telemetry| TargetSpec::Attach {
+            telemetry,
+            app: apps.next(),
+        })
+        .collect())
 }
 
 /// `loopscope report`: writes the page and says what it wrote, and what was wrong
@@ -195,16 +222,13 @@ fn main() -> anyhow::Result<()> {
             scenario: None,
         });
     }
-    let target = match cli.command {
+    let targets = match cli.command {
         Some(Command::Demo(args)) => return demo::run(args),
-        Some(Command::Attach { addr, app }) => TargetSpec::Attach {
-            telemetry: addr,
-            app,
-        },
+        Some(Command::Attach { addrs, app }) => attach_targets(addrs, app)?,
         Some(Command::Replay { file }) => return app::replay(&file, log_file),
         Some(Command::Report { files, output }) => return report(&files, &output),
         // A scenario says which model it starts in.
-        None => match &scenario {
+        None => vec![match &scenario {
             Some(s) => TargetSpec::Demo {
                 model: s.model,
                 workers: s.workers,
@@ -213,11 +237,14 @@ fn main() -> anyhow::Result<()> {
                 model: cli.model.into(),
                 workers: cli.workers,
             },
-        },
+        }],
     };
+    if targets.len() > 1 && (d.record.is_some() || d.scenario.is_some()) {
+        anyhow::bail!("--record and --scenario take one server; attach to one address");
+    }
     if d.headless {
         let crossed = headless::run(HeadlessConfig {
-            target,
+            targets,
             duration: d.duration,
             scenario,
             format: match d.format {
@@ -239,7 +266,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     app::run(SessionConfig {
-        targets: vec![target],
+        targets,
         rate: d.rate,
         load: !d.no_load,
         log_file,
@@ -274,5 +301,27 @@ mod tests {
         );
         assert!(parse_addr("127.0.0.1").unwrap_err().contains("HOST:PORT"));
         assert!(parse_addr(":9464").unwrap_err().contains("host"));
+    }
+
+    #[test]
+    fn each_app_address_goes_to_the_server_in_its_place() {
+        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let targets = attach_targets(s(&["a:1", "b:2", "c:3"]), s(&["a:8"])).unwrap();
+        let apps: Vec<_> = targets
+            .iter()
+            .map(|t| match t {
+                TargetSpec::Attach { telemetry, app } => (telemetry.as_str(), app.as_deref()),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(apps, [("a:1", Some("a:8")), ("b:2", None), ("c:3", None)]);
+        let err = attach_targets(s(&["a:1"]), s(&["a:8", "b:8"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("at most one per telemetry address"),
+            "{err}"
+        );
+        let err = attach_targets(s(&["a:1", "a:1"]), vec![]).unwrap_err();
+        assert!(err.to_string().contains("given twice"), "{err}");
     }
 }

@@ -214,3 +214,73 @@ fn a_recording_survives_a_crash_up_to_its_last_line() {
         .fold(0.0, f64::max);
     assert!(max >= 290.0, "the block is in the recording: {max}");
 }
+
+/// Two servers in one headless run: a table per server under its address, lines
+/// tagged with the server, and a block on one crossing the threshold for it alone.
+#[test]
+fn two_attached_servers_are_summed_up_apart() {
+    let _serial = serial();
+    let (blocked, calm) = (
+        Demo::start(&["--model", "node"]),
+        Demo::start(&["--model", "node"]),
+    );
+    let table = [
+        "attach",
+        &blocked.telemetry,
+        &calm.telemetry,
+        "--headless",
+        "--duration",
+        "3s",
+        "--format",
+        "table",
+        "--fail-on-lag",
+        "100",
+        "--no-load",
+    ];
+    let app = blocked.app.clone();
+    let out = run_while(&table, || {
+        std::thread::sleep(Duration::from_millis(800));
+        runtime().block_on(async {
+            let r = common::get(&http::client(), &app, "/block?ms=400").await;
+            assert_eq!(r.status, 200);
+        });
+    });
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    // Each server's table under its address; the block in the first one's only.
+    let lag_max = |server: &str| -> f64 {
+        let section = stdout.split("== ").find(|s| s.starts_with(server)).unwrap();
+        let row = section.lines().find(|l| l.starts_with("w0 ")).unwrap();
+        row.split_whitespace().nth(3).unwrap().parse().unwrap()
+    };
+    assert!(lag_max(&blocked.telemetry) >= 390.0, "{stdout}");
+    assert!(lag_max(&calm.telemetry) < 100.0, "{stdout}");
+    let crossed: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("threshold crossed"))
+        .collect();
+    assert!(
+        !crossed.is_empty() && crossed.iter().all(|l| l.contains(&*blocked.telemetry)),
+        "{stderr}"
+    );
+    // NDJSON: every line names its server, and both servers speak.
+    let ndjson = [
+        "attach",
+        &blocked.telemetry,
+        &calm.telemetry,
+        "--headless",
+        "--duration",
+        "1s",
+        "--no-load",
+    ];
+    let out = run_while(&ndjson, || {});
+    let mut servers = std::collections::BTreeSet::new();
+    for line in text(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        servers.insert(v["server"].as_str().unwrap().to_string());
+        let _: Snapshot = serde_json::from_value(v).unwrap();
+    }
+    let want: std::collections::BTreeSet<String> =
+        [blocked.telemetry.clone(), calm.telemetry.clone()].into();
+    assert_eq!(servers, want);
+}

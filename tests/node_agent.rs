@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::pty::Dashboard;
 use common::{runtime, serial};
 use loopscope::client::http;
 use loopscope::protocol::{AddressLine, Event, Model, ServerInfo, Snapshot};
@@ -480,4 +481,80 @@ fn the_agent_never_keeps_a_finished_process_alive() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Fires `GET path` at `app` from a thread of its own; its status when answered.
+fn get_in_background(app: &str, path: &'static str) -> std::thread::JoinHandle<u16> {
+    let app = app.to_string();
+    std::thread::spawn(move || {
+        runtime().block_on(async move { common::get(&http::client(), &app, path).await.status })
+    })
+}
+
+/// Waits (≤ 10 s) until the columns `stalled` (first column, width) of the dashboard
+/// show `STALLED` while the columns `calm` do not at the same moment.
+fn stall_shows_in(ui: &Dashboard, stalled: (u16, u16), calm: (u16, u16), what: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (hot, cold) = (ui.columns(stalled.0, stalled.1), ui.columns(calm.0, calm.1));
+        if hot.contains("STALLED") {
+            assert!(
+                !cold.contains("STALLED"),
+                "{what}: both columns stalled:\n{}",
+                ui.text()
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{what}: no stall within 10 s:\n{}",
+            ui.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `loopscope attach` with two servers, the Node agent's and a demo's, in one
+/// 100×30 pseudo-terminal dashboard: a column each, labelled with its model, and a
+/// stall in one shows in its column only.
+#[test]
+fn attach_to_many_shows_each_stall_under_its_own_server() {
+    if !node_present() {
+        return;
+    }
+    let _serial = serial();
+    let node = NodeServer::start(SERVER, "127.0.0.1:0", true, &[]);
+    let demo = common::Demo::start(&["--model", "fastapi", "--workers", "1"]);
+    let mut ui = Dashboard::start(&[
+        "attach",
+        &node.telemetry,
+        &demo.telemetry,
+        "--app",
+        &node.app,
+        "--app",
+        &demo.app,
+        "--no-load",
+    ]);
+    ui.wait_for(Duration::from_secs(30), "both servers live", |s| {
+        s.matches("● live").count() == 2
+    });
+    let (left, right) = (ui.columns(0, 50), ui.columns(50, 50));
+    assert!(
+        left.contains("node") && right.contains("fastapi"),
+        "{}",
+        ui.text()
+    );
+    // A 20 MB parse on the Node loop: the left column stalls, the right does not.
+    let parse = get_in_background(&node.app, "/json?mb=20");
+    stall_shows_in(&ui, (0, 50), (50, 50), "the Node parse");
+    assert_eq!(parse.join().unwrap(), 200);
+    ui.wait_for(Duration::from_secs(5), "the parse over", |s| {
+        !s.contains("STALLED")
+    });
+    // A block on the demo's worker: the right column stalls, the left does not.
+    let block = get_in_background(&demo.app, "/block?ms=800");
+    stall_shows_in(&ui, (50, 50), (0, 50), "the demo's block");
+    assert_eq!(block.join().unwrap(), 200);
+    ui.press("q");
+    assert!(ui.wait_exit().success());
 }

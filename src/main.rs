@@ -277,7 +277,7 @@ fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_addr;
+    use super::{TargetSpec, attach_targets, parse_addr};
 
     #[test]
     fn addresses_are_checked_with_a_clear_message() {

@@ -36,6 +36,8 @@ Environment:
   LOOPSCOPE_ANNOUNCE   1 prints {"app":..,"telemetry":..,"pid":..} on stdout once
                        both addresses are known
   LOOPSCOPE_DISABLE    1 turns the agent off
+  LOOPSCOPE_CLIENT_BUFFER  bytes queued at most for a telemetry client that does not
+                       read (default 262144); lines beyond are skipped for it
 """
 
 import asyncio

@@ -32,7 +32,10 @@ from loopscope_layout import H
 MAX_CLIENTS = 32
 MAX_CONNECTIONS = 128
 MAX_PENDING = 64
-MAX_BUFFERED = 256 * 1024
+try:
+    MAX_BUFFERED = max(int(os.environ.get("LOOPSCOPE_CLIENT_BUFFER", "262144")), 4096)
+except ValueError:
+    MAX_BUFFERED = 256 * 1024
 STUCK_CLIENT_NS = 60 * 10**9
 STALL_CHECK_NS = 25 * 10**6
 PERIOD_NS = L.PERIOD_MS * 10**6
@@ -591,6 +594,9 @@ class Hub:
                 sock = writer.get_extra_info("socket")
                 if sock is not None:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    # The kernel's share of a stuck client's backlog is bounded too
+                    # (autotuned, it would grow to megabytes).
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(MAX_BUFFERED // 4, 4096))
                 self.rebase()
                 if self.latest:
                     writer.write(self.latest)

@@ -88,6 +88,7 @@ __all__ = ["install", "asgi", "request"]
 
 _warned = set()
 _agent = None
+_tried = False
 _lock = threading.Lock()
 
 
@@ -517,7 +518,8 @@ class _Traced:
 def install(loop=None):
     """Watches the running loop (call from inside it). Never raises; returns True
     when the agent runs."""
-    global _agent
+    global _agent, _tried
+    _tried = True
     try:
         if os.environ.get("LOOPSCOPE_DISABLE") == "1":
             return False
@@ -552,7 +554,7 @@ def asgi(app):
 
     async def loopscope_asgi(scope, receive, send):
         kind = scope.get("type")
-        if _agent is None:
+        if _agent is None and not _tried:
             install()
         if kind != "http" or _agent is None:
             return await app(scope, receive, send)

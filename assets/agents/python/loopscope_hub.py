@@ -75,8 +75,10 @@ def alive(pid):
 
 
 def exit_status(pid):
+    # The kernel sets the exit code as the process starts to exit, before its
+    # files (its channel to this process) are closed; its parent may reap it soon.
     state, code = proc_state(pid)
-    if state == "Z" and code is not None:
+    if state and code is not None and (code or state in ("Z", "X")):
         if code & 0x7F:
             return "killed by signal %d" % (code & 0x7F)
         return "exited with status %d" % (code >> 8)

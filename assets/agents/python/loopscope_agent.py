@@ -103,6 +103,37 @@ def _warn(key, message):
         pass
 
 
+def _listening_address():
+    inodes = set()
+    try:
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink("/proc/self/fd/" + fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return None
+    for path, family in (("/proc/self/net/tcp", socket.AF_INET),
+                         ("/proc/self/net/tcp6", socket.AF_INET6)):
+        try:
+            with open(path) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if len(f) > 9 and f[3] == "0A" and f[9] in inodes:
+                addr, port = f[1].split(":")
+                raw = b"".join(bytes.fromhex(addr[i: i + 8])[::-1] for i in range(0, len(addr), 8))
+                host = socket.inet_ntop(family, raw)
+                if host.startswith("::ffff:"):
+                    host = host[7:]
+                return host, int(port, 16)
+    return None
+
+
 class _Pool:
     """Jobs sent to threads: queue waits, in flight, done (counted from any thread)."""
 
@@ -154,7 +185,8 @@ class Agent:
         self.wait = mv[WAIT_OFF: WAIT_OFF + WAIT_RING * 4].cast("i")
         self.names = mv[NAME_OFF: NAME_OFF + NAMES * NAME_BYTES]
         self.name_q = self.names.cast("q")
-        self.owners = [None] * NAMES
+        self.slot_names = [None] * NAMES
+        self.slot_of = {}
         self.next_name = 0
         self.started = time.monotonic_ns()
         self.idle_ns = 0
@@ -176,6 +208,7 @@ class Agent:
         q[H.MAGIC] = MAGIC
         self.proc = None
         self.channel = None
+        self.telemetry_addr = ""
 
     # --- on the loop -------------------------------------------------------
     def start(self):
@@ -224,6 +257,8 @@ class Agent:
 
     def _publish(self, now):
         q = self.q
+        q[H.REQ_FLIGHT] = self.in_flight
+        q[H.REQ_DONE] = self.done
         q[H.BUSY] = (now - self.started) - self.idle_ns
         q[H.BUSY_AT] = now
         pool = self.pool
@@ -282,8 +317,8 @@ class Agent:
         try:
             loop.run_in_executor = run_in_executor
             self.q[H.POOL_KIND] = 2
-        except Exception as e:
-            _warn("executor", "run_in_executor: %r" % (e,))
+        except (AttributeError, TypeError):
+            pass  # a loop whose methods cannot be replaced (uvloop): no pool gauge
 
     def _watch_servers(self):
         """The application's address: the first server the loop creates."""
@@ -316,23 +351,30 @@ class Agent:
         self.q[H.APP_LEN] = len(raw)
         self.app_known.set()
 
-    def claim(self, owner, name):
-        """A slot of the name table for a request; written again if it was reused."""
+    def slot_for(self, name):
+        """The name table's slot holding ``name``: requests of one name share it; a
+        new name takes the next slot round the table (its length is 0 while its
+        bytes change)."""
+        i = self.slot_of.get(name)
+        if i is not None and self.slot_names[i] == name:
+            return i
         i = self.next_name
         self.next_name = (i + 1) % NAMES
-        self.write_name(i, owner, name)
-        return i
-
-    def write_name(self, i, owner, name):
-        raw = utf8_cut(name, NAME_BYTES - 16)
+        old = self.slot_names[i]
+        if old is not None and self.slot_of.get(old) == i:
+            del self.slot_of[old]
+        raw = name.encode("utf-8", "replace")
+        if len(raw) > NAME_BYTES - 16:
+            raw = utf8_cut(name, NAME_BYTES - 16)
         base = i * NAME_BYTES
+        k = (base >> 3) + 1
         nq = self.name_q
-        k = base // 8
-        nq[k] += 1
-        self.names[base + 16: base + 16 + len(raw)] = raw
-        nq[k + 1] = len(raw)
-        nq[k] += 1
-        self.owners[i] = owner
+        nq[k] = 0
+        self.mm[NAME_OFF + base + 16: NAME_OFF + base + 16 + len(raw)] = raw
+        nq[k] = len(raw)
+        self.slot_names[i] = name
+        self.slot_of[name] = i
+        return i
 
     def slow_poll(self, name, ms, end_ns):
         i = self.event_w % EVENTS
@@ -365,10 +407,29 @@ class Agent:
                 if outcome == "retry":
                     time.sleep(0.05 * (attempt + 1))
                     continue
+                break
+            else:
+                _warn("hub", "could not reach the telemetry process for %s" % self.telemetry)
                 return
-            _warn("hub", "could not reach the telemetry process for %s" % self.telemetry)
+            if outcome in ("hub", "joined"):
+                self._find_app()
+                if outcome == "hub" and self.announce and self.app:
+                    out = {"app": self.app, "telemetry": self.telemetry_addr, "pid": group}
+                    # One write(2) past the application's buffer: a whole line even
+                    # while its threads print.
+                    os.write(sys.stdout.fileno(), (json.dumps(out) + "\n").encode())
         except Exception as e:
             _warn("connect", "telemetry process: %r" % (e,))
+
+    def _find_app(self):
+        """Waits (≤ 60 s) for the application's address: the first server the loop
+        creates or, where the loop cannot be patched (uvloop), the first listening
+        TCP socket of this process (``/proc/self/net/tcp*``)."""
+        deadline = time.monotonic() + 60
+        while not self.app_known.wait(0.1) and time.monotonic() < deadline:
+            found = _listening_address()
+            if found and not self.app:
+                self.set_app(found)
 
     def _join(self, key):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -429,11 +490,7 @@ class Agent:
             answer = {}
         if "listening" in answer:
             self.proc = proc
-            if self.announce:
-                self.app_known.wait()
-                out = {"app": self.app, "telemetry": answer["listening"], "pid": group}
-                sys.stdout.write(json.dumps(out) + "\n")
-                sys.stdout.flush()
+            self.telemetry_addr = answer["listening"]
             return "hub"
         proc.stdin.close()
         proc.stdout.close()
@@ -450,15 +507,18 @@ class Agent:
         return "failed"
 
 
+_CURRENT = H.CURRENT
+_SLOW_NS = SLOW_POLL_MS * 1_000_000
+
+
 class _Traced:
     """Awaits a coroutine step by step, naming it as the loop's current request."""
 
-    __slots__ = ("coro", "name", "slot", "counted")
+    __slots__ = ("coro", "name")
 
-    def __init__(self, name, coro, counted):
+    def __init__(self, name, coro):
         self.coro = coro
         self.name = name
-        self.counted = counted
 
     def __await__(self):
         agent = _agent
@@ -466,38 +526,30 @@ class _Traced:
         if agent is None:
             return (yield from coro.__await__())
         name = self.name
-        slot = agent.claim(self, name)
+        slot = agent.slot_for(name)
         q = agent.q
-        owners = agent.owners
+        names = agent.slot_names
         mono = time.monotonic_ns
-        current = H.CURRENT
-        counted = self.counted
-        if counted:
-            agent.in_flight += 1
-            q[H.REQ_FLIGHT] = agent.in_flight
-        value = None
-        error = None
-        ok = False
+        agent.in_flight += 1
+        value = error = None
         try:
             while True:
-                if owners[slot] is not self:
-                    agent.write_name(slot, self, name)
-                q[current] = slot + 1
+                # A slot given to another name since (NAMES names ago) is not ours.
+                if names[slot] != name:
+                    slot = agent.slot_for(name)
+                q[_CURRENT] = slot + 1
                 t0 = mono()
                 try:
-                    if error is None:
-                        out = coro.send(value)
-                    else:
-                        e, error = error, None
-                        out = coro.throw(e)
+                    out = coro.send(value) if error is None else coro.throw(error)
                 except StopIteration as stop:
-                    ok = True
+                    agent.done += 1
                     return stop.value
                 finally:
-                    q[current] = 0
+                    q[_CURRENT] = 0
                     t1 = mono()
-                    if t1 - t0 >= SLOW_POLL_MS * 1_000_000:
+                    if t1 - t0 >= _SLOW_NS:
                         agent.slow_poll(name, (t1 - t0) / 1e6, t1)
+                error = None
                 try:
                     value = yield out
                 except GeneratorExit:
@@ -507,12 +559,7 @@ class _Traced:
                     error = e
                     value = None
         finally:
-            if counted:
-                agent.in_flight -= 1
-                q[H.REQ_FLIGHT] = agent.in_flight
-                if ok:
-                    agent.done += 1
-                    q[H.REQ_DONE] = agent.done
+            agent.in_flight -= 1
 
 
 def install(loop=None):
@@ -545,7 +592,7 @@ def install(loop=None):
 def request(name, awaitable):
     """Awaits ``awaitable`` as the request ``name`` ("GET /path?query"): its steps on
     the loop are named in a stall, and it counts as a request."""
-    return _Traced(cut(name), awaitable, True)
+    return _Traced(cut(name), awaitable)
 
 
 def asgi(app):
@@ -563,6 +610,6 @@ def asgi(app):
         if qs:
             target += "?" + qs.decode("latin-1")
         name = cut("%s %s" % (scope.get("method", "GET"), target))
-        return await _Traced(name, app(scope, receive, send), True)
+        return await _Traced(name, app(scope, receive, send))
 
     return loopscope_asgi

@@ -170,14 +170,13 @@ class Source:
             if not 0 < cur <= L.NAMES:
                 return None
             base = (cur - 1) * L.NAME_BYTES
-            k = base // 8
-            s1 = self.name_q[k]
-            if s1 & 1:
+            k = base // 8 + 1
+            n = self.name_q[k]
+            if not 0 < n <= L.NAME_BYTES - 16:
                 continue
-            n = min(max(self.name_q[k + 1], 0), L.NAME_BYTES - 16)
             raw = bytes(self.names[base + 16: base + 16 + n])
-            if self.name_q[k] == s1 and q[H.CURRENT] == cur:
-                return raw.decode("utf-8", "replace") or None
+            if self.name_q[k] == n and q[H.CURRENT] == cur:
+                return raw.decode("utf-8", "replace")
         return None
 
     def app(self):

@@ -48,7 +48,7 @@ LAG_RING = 8192
 LAG_OFF = APP_OFF + APP_BYTES
 WAIT_RING = 2048
 WAIT_OFF = LAG_OFF + LAG_RING * 4
-# Name table: per slot int64 seq (odd while written), int64 length, then bytes.
+# Name table: per slot int64 spare, int64 length (0 while written), then bytes.
 NAMES = 256
 NAME_BYTES = 256
 NAME_OFF = WAIT_OFF + WAIT_RING * 4

@@ -81,6 +81,15 @@ def start(cmd, env):
     cmd = [c if c != "0" or cmd[i - 1] != "--port" else str(port) for i, c in enumerate(cmd)]
     child = subprocess.Popen(cmd, env=full, cwd=AGENTS, stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        return started(child, port, env)
+    except BaseException:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        raise
+
+
+def started(child, port, env):
     want_telemetry = env.get("LOOPSCOPE_AGENT") != "0"
     app, telemetry = "127.0.0.1:%d" % port, None
     deadline = time.monotonic() + 30
@@ -97,6 +106,8 @@ def start(cmd, env):
                     telemetry = json.loads(line).get("telemetry") or telemetry
                 except ValueError:
                     pass
+    if want_telemetry and telemetry is None:
+        raise SystemExit("no telemetry address line within 30 s")
     wait_listening(app, deadline)
     hub = None
     if want_telemetry:
@@ -201,6 +212,18 @@ def visibility(app, telemetry, path, n):
     built, seen = [], []
     for _ in range(n):
         time.sleep(0.3)
+        # Lines of the previous stall still unread are not this one's.
+        s.setblocking(False)
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except BlockingIOError:
+            pass
+        s.settimeout(5)
+        buf = buf.rsplit(b"\n", 1)[-1]
         ah, ap = app.split(":")
         c = socket.create_connection((ah, int(ap)))
         t0 = time.monotonic()
@@ -235,6 +258,8 @@ def median(xs):
 
 
 def main():
+    # A TERM runs the finally blocks: every server started is killed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     vs = variants()
     res = {name: {"idle": [], "hub_idle": [], "per": [], "per_w": [], "hub_per_w": [], "rps": [],
                   "built": [], "seen": []}

@@ -212,7 +212,15 @@ class Agent:
 
     # --- on the loop -------------------------------------------------------
     def start(self):
-        loop = self.loop
+        self.attach(self.loop)
+        threading.Thread(target=self._connect, name="loopscope-agent", daemon=True).start()
+
+    def attach(self, loop):
+        """Hooks into ``loop``: the first one, or a new one after the last one ended
+        (``asyncio.run`` called again)."""
+        self.loop = loop
+        # The busy time carries on from its last published figure.
+        self.idle_ns = (time.monotonic_ns() - self.started) - self.q[H.BUSY]
         sel = getattr(loop, "_selector", None)
         if sel is not None and hasattr(sel, "select"):
             original = sel.select
@@ -235,7 +243,6 @@ class Agent:
         self._watch_servers()
         self.armed = time.monotonic_ns()
         loop.call_later(0.001, self._tick)
-        threading.Thread(target=self._connect, name="loopscope-agent", daemon=True).start()
 
     def _tick(self):
         now = time.monotonic_ns()
@@ -530,6 +537,8 @@ class _Traced:
         q = agent.q
         names = agent.slot_names
         mono = time.monotonic_ns
+        current = _CURRENT
+        slow = _SLOW_NS
         agent.in_flight += 1
         value = error = None
         try:
@@ -537,7 +546,7 @@ class _Traced:
                 # A slot given to another name since (NAMES names ago) is not ours.
                 if names[slot] != name:
                     slot = agent.slot_for(name)
-                q[_CURRENT] = slot + 1
+                q[current] = slot + 1
                 t0 = mono()
                 try:
                     out = coro.send(value) if error is None else coro.throw(error)
@@ -545,9 +554,9 @@ class _Traced:
                     agent.done += 1
                     return stop.value
                 finally:
-                    q[_CURRENT] = 0
+                    q[current] = 0
                     t1 = mono()
-                    if t1 - t0 >= _SLOW_NS:
+                    if t1 - t0 >= slow:
                         agent.slow_poll(name, (t1 - t0) / 1e6, t1)
                 error = None
                 try:
@@ -571,10 +580,13 @@ def install(loop=None):
         if os.environ.get("LOOPSCOPE_DISABLE") == "1":
             return False
         with _lock:
-            if _agent is not None:
-                return True
             if loop is None:
                 loop = asyncio.get_running_loop()
+            if _agent is not None:
+                # One loop per process is watched: a later one once the first ended.
+                if _agent.loop is not loop and not _agent.loop.is_running():
+                    _agent.attach(loop)
+                return True
             telemetry = os.environ.get("LOOPSCOPE_TELEMETRY") or "127.0.0.1:9466"
             if parse_host_port(telemetry) is None:
                 _warn("address", "LOOPSCOPE_TELEMETRY=%s is not HOST:PORT; no telemetry "
@@ -592,7 +604,13 @@ def install(loop=None):
 def request(name, awaitable):
     """Awaits ``awaitable`` as the request ``name`` ("GET /path?query"): its steps on
     the loop are named in a stall, and it counts as a request."""
+    if not hasattr(awaitable, "send"):
+        awaitable = _coroutine(awaitable)
     return _Traced(cut(name), awaitable)
+
+
+async def _coroutine(awaitable):
+    return await awaitable
 
 
 def asgi(app):

@@ -41,6 +41,7 @@ STALL_CHECK_NS = 25 * 10**6
 PERIOD_NS = L.PERIOD_MS * 10**6
 ALONE_NS = 60 * 10**9
 MAX_EVENTS = 64
+MAX_WORKERS = 256
 STALL_MS = L.STALL_THRESHOLD_MS + L.LAG_RESOLUTION_MS
 
 
@@ -349,6 +350,10 @@ class Hub:
 
     def add(self, source, channel):
         slot = next((i for i, s in enumerate(self.slots) if not s.alive), None)
+        if slot is None and len(self.slots) >= MAX_WORKERS:
+            warn("more than %d workers: worker %d is not shown" % (MAX_WORKERS, source.pid))
+            channel.close()
+            return
         if slot is None:
             slot = len(self.slots)
             self.slots.append(Slot(source, channel, 0))

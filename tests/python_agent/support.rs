@@ -197,8 +197,11 @@ impl PyServer {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let a = rx.recv_timeout(left).unwrap_or_else(|_| {
+                let pid = server.child.id();
                 panic!(
-                    "no address line within 30 s; stderr:\n{}",
+                    "no address line within 30 s (pid {pid} gone: {}, children {:?}); stderr:\n{}",
+                    crate::common::process_gone(pid),
+                    children_of(pid),
                     server.stderr.lock().unwrap()
                 )
             });

@@ -408,9 +408,10 @@ class Agent:
             except Exception:
                 pass
             self.q[H.GROUP] = group
-            key = hub_key(self.telemetry, group)
+            group_start = _L.start_time(group)
+            key = hub_key(self.telemetry, group, group_start)
             for attempt in range(8):
-                outcome = self._join(key) or self._spawn(group)
+                outcome = self._join(key) or self._spawn(key, group, group_start)
                 if outcome == "retry":
                     time.sleep(0.05 * (attempt + 1))
                     continue
@@ -464,9 +465,10 @@ class Agent:
         self.channel = s
         return "joined"
 
-    def _spawn(self, group):
+    def _spawn(self, key, group, group_start):
         config = {
-            "key": hub_key(self.telemetry, group),
+            "key": key,
+            "group_start": group_start,
             "telemetry": self.telemetry,
             "fd": self.fd,
             "pid": os.getpid(),

@@ -8,13 +8,15 @@ from the worker's last heartbeat, and serves ``/telemetry`` (NDJSON, one line pe
 telemetry address, in the protocol of the Node agent.
 
 Workers: the process that started it is worker 0, by its memfd; others register
-through the abstract unix socket ``hub_key(address, server pid)`` with their memfd
-(SCM_RIGHTS). A worker's end closes its channel (a pipe or that socket): its slot is
-then dead and the next worker to register takes it, as a restart. The process exits
+through the abstract unix socket ``hub_key(address, server pid, its start time)``
+with their memfd (SCM_RIGHTS). A worker's end closes its channel (a pipe or that
+socket): its slot is then dead and the next worker to register takes it, as a
+restart. The process exits
 once no worker is left and the server process (the workers' parent) is gone, or
 after a minute without workers.
 
-    python3 loopscope_hub.py '{"key":..,"telemetry":..,"fd":..,"pid":..,"group":..}'
+    python3 loopscope_hub.py '{"key":..,"telemetry":..,"fd":..,"pid":..,"group":..,
+                               "group_start":..}'
 """
 
 import asyncio
@@ -67,6 +69,7 @@ class Hub:
         self.tcp = tcp
         self.unix = unix
         self.group = config["group"]
+        self.group_start = config.get("group_start")
         self.telemetry = ""
         self.slots = []
         self.events = []
@@ -270,7 +273,7 @@ class Hub:
             return False
         if self.alone_since is None:
             self.alone_since = now
-        return not alive(self.group) or now - self.alone_since > ALONE_NS
+        return not alive(self.group, self.group_start) or now - self.alone_since > ALONE_NS
 
     async def run(self):
         self.loop = asyncio.get_running_loop()

@@ -80,8 +80,19 @@ def parse_host_port(s):
     return host, int(port)
 
 
-def hub_key(telemetry, group):
-    """The abstract unix socket name of the telemetry process of one server."""
+def start_time(pid):
+    """When a process started (clock ticks since boot, ``/proc/PID/stat``), 0 when
+    gone: with its pid, it names one process even once the pid is reused."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def hub_key(telemetry, group, group_start):
+    """The abstract unix socket name of the telemetry process of one server: the
+    server's process (pid and start time) and the telemetry address."""
     import os
 
-    return "\0loopscope-py-%d-%d-%s" % (os.getuid(), group, telemetry.strip())
+    return "\0loopscope-py-%d-%d-%d-%s" % (os.getuid(), group, group_start, telemetry.strip())

@@ -32,7 +32,11 @@ def proc_state(pid):
         return "", None
 
 
-def alive(pid):
+def alive(pid, started=None):
+    """True while ``pid`` runs (and, given ``started``, is the process that started
+    then, not a later one with the same pid)."""
+    if started is not None and L.start_time(pid) != started:
+        return False
     return proc_state(pid)[0] not in ("", "Z", "X")
 
 

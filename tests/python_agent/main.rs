@@ -87,7 +87,7 @@ fn a_time_sleep_in_a_coroutine_is_a_live_stall_naming_its_request() {
         return;
     }
     let _serial = serial();
-    live_stall("/sleep?ms=600", 600.0);
+    live_stall("/sleep?ms=500", 500.0);
 }
 
 #[test]

@@ -71,20 +71,37 @@ fn build_venv() -> Result<PathBuf, String> {
     if ready(&python) {
         return Ok(python);
     }
+    // Bounded: an offline pip gives up (or is killed) instead of hanging the test.
     let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
-        let child = cmd
+        let log = std::env::temp_dir().join(format!("loopscope-venv-{}.log", std::process::id()));
+        let file = std::fs::File::create(&log).map_err(|e| format!("{what}: {e}"))?;
+        let mut child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(file)
             .spawn()
             .map_err(|e| format!("{what}: {e}"))?;
-        let out = crate::common::output_within(child, Duration::from_secs(300), what, || {});
-        if out.status.success() {
-            Ok(())
-        } else {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = err.lines().rev().take(3).collect();
-            Err(format!("{what} failed: {}", tail.join(" / ")))
+        let end = Instant::now() + Duration::from_secs(300);
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(|e| format!("{what}: {e}"))? {
+                break Some(status);
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let err = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        match status {
+            Some(s) if s.success() => Ok(()),
+            Some(_) => {
+                let tail: Vec<&str> = err.lines().rev().take(3).collect();
+                Err(format!("{what} failed: {}", tail.join(" / ")))
+            }
+            None => Err(format!("{what} took more than 300 s")),
         }
     };
     run(
@@ -100,6 +117,10 @@ fn build_venv() -> Result<PathBuf, String> {
             "install",
             "--disable-pip-version-check",
             "--quiet",
+            "--timeout",
+            "20",
+            "--retries",
+            "2",
             "uvicorn",
             "fastapi",
         ]),

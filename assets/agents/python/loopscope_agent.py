@@ -144,9 +144,18 @@ class _Pool:
         self.submitted = 0
         self.started = 0
         self.finished = 0
+        self.dropped = 0  # cancelled before a thread took them
         self.waits = []  # µs, drained by the loop's tick
 
+    def settle(self, jid):
+        """The job's caller is done with it: if no thread ever started it (cancelled
+        while it waited), it no longer waits."""
+        with self.lock:
+            if self.pending.pop(jid, None) is not None:
+                self.dropped += 1
+
     def wrap(self, fn):
+        """``fn`` as a job that records when a thread starts and ends it; and its id."""
         with self.lock:
             self.ids += 1
             jid = self.ids
@@ -166,7 +175,7 @@ class _Pool:
                 with self.lock:
                     self.finished += 1
 
-        return job
+        return job, jid
 
 
 class Agent:
@@ -271,7 +280,8 @@ class Agent:
         pool = self.pool
         with pool.lock:
             waits, pool.waits = pool.waits, []
-            started, finished, submitted = pool.started, pool.finished, pool.submitted
+            started, finished = pool.started, pool.finished
+            waiting = pool.submitted - started - pool.dropped
             oldest = min(pool.pending.values()) if pool.pending else 0
         for us in waits:
             self.wait[self.wait_w % WAIT_RING] = min(us, 0x7FFFFFFF)
@@ -288,7 +298,7 @@ class Agent:
             if ex is not None and getattr(ex, "_max_workers", 0):
                 q[H.POOL_SIZE] = ex._max_workers
             q[H.POOL_BUSY] = started - finished
-            queued = submitted - started
+            queued = waiting
         q[H.POOL_QUEUED] = max(queued, 0)
         q[H.POOL_OLDEST] = oldest if queued > 0 else 0
 
@@ -305,7 +315,11 @@ class Agent:
 
                     @functools.wraps(original)
                     async def run_sync(func, *args, **kwargs):
-                        return await original(pool.wrap(func), *args, **kwargs)
+                        job, jid = pool.wrap(func)
+                        try:
+                            return await original(job, *args, **kwargs)
+                        finally:
+                            pool.settle(jid)
 
                     run_sync._loopscope = True
                     to_thread.run_sync = run_sync
@@ -319,7 +333,10 @@ class Agent:
         pool = self.pool
 
         def run_in_executor(executor, func, *args):
-            return original(executor, pool.wrap(func), *args)
+            job, jid = pool.wrap(func)
+            future = original(executor, job, *args)
+            future.add_done_callback(lambda _: pool.settle(jid))
+            return future
 
         try:
             loop.run_in_executor = run_in_executor

@@ -218,6 +218,7 @@ class Agent:
         self.proc = None
         self.channel = None
         self.telemetry_addr = ""
+        self.forked = False  # set in a forked child: this block is its parent's
 
     # --- on the loop -------------------------------------------------------
     def start(self):
@@ -254,6 +255,8 @@ class Agent:
         loop.call_later(0.001, self._tick)
 
     def _tick(self):
+        if self.forked:
+            return
         now = time.monotonic_ns()
         q = self.q
         try:
@@ -588,6 +591,27 @@ class _Traced:
                     value = None
         finally:
             agent.in_flight -= 1
+
+
+def _after_fork():
+    """A forked child does not write into its parent's block: it may install its
+    own agent."""
+    global _agent, _tried
+    if _agent is not None:
+        _agent.forked = True
+        # The parent's channels to its telemetry process: their end is the parent's.
+        try:
+            if _agent.proc is not None:
+                _agent.proc.stdin.close()
+            if _agent.channel is not None:
+                _agent.channel.close()
+        except OSError:
+            pass
+    _agent = None
+    _tried = False
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def install(loop=None):

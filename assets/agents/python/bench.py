@@ -1,0 +1,325 @@
+"""The Python agent's own cost, on /hello, variants taking turns for ROUNDS rounds:
+
+  asyncio            tests/agents/py_server.py without the agent (LOOPSCOPE_AGENT=0)
+  asyncio + agent    the same with install() and request() naming
+  uvicorn ...        tests/agents/py_asgi.py (FastAPI) under uvicorn, without and with
+                     asgi(); only when PYTHON names a Python with uvicorn and fastapi
+
+Per variant: the server's CPU (the sum of its threads' run time,
+/proc/PID/task/*/schedstat) idle over IDLE_S seconds; then per request under a
+closed-loop load of CONCURRENCY keep-alive connections sending REQUESTS requests
+(bounded by MAX_S seconds), with nobody watching and again with a /telemetry client
+reading. The agent's telemetry process is measured apart (its CPU per request and
+idle). Prints medians. Loopback only.
+
+  python3 assets/agents/python/bench.py
+  PYTHON=target/python-agent-venv/bin/python ROUNDS=5 python3 assets/agents/python/bench.py
+"""
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+ROUNDS = int(os.environ.get("ROUNDS", "5"))
+IDLE_S = float(os.environ.get("IDLE_S", "2"))
+REQUESTS = int(os.environ.get("REQUESTS", "6000"))
+CONCURRENCY = int(os.environ.get("CONCURRENCY", "8"))
+MAX_S = float(os.environ.get("MAX_S", "30"))
+STALLS = int(os.environ.get("STALLS", "10"))
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
+AGENTS = os.path.join(ROOT, "tests", "agents")
+
+
+def variants():
+    out = [
+        ("asyncio", [sys.executable, os.path.join(AGENTS, "py_server.py")], {"LOOPSCOPE_AGENT": "0"}),
+        ("asyncio + agent", [sys.executable, os.path.join(AGENTS, "py_server.py")], {}),
+    ]
+    py = os.environ.get("PYTHON")
+    if py:
+        py = os.path.abspath(py)
+        uv = [py, "-m", "uvicorn", "py_asgi:app", "--host", "127.0.0.1", "--port", "0",
+              "--log-level", "warning", "--no-access-log"]
+        out.append(("uvicorn+fastapi", uv, {"LOOPSCOPE_AGENT": "0"}))
+        out.append(("uvicorn+fastapi + agent", uv, {}))
+    return out
+
+
+def cpu_ms(pid):
+    ns = 0
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return 0.0
+    for t in tids:
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
+                ns += int(f.read().split()[0])
+        except (OSError, ValueError):
+            pass
+    return ns / 1e6
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start(cmd, env):
+    port = free_port()
+    full = dict(os.environ, LOOPSCOPE_TELEMETRY="127.0.0.1:0", LOOPSCOPE_ANNOUNCE="1",
+                PYTHONDONTWRITEBYTECODE="1", PORT=str(port), **env)
+    cmd = [c if c != "0" or cmd[i - 1] != "--port" else str(port) for i, c in enumerate(cmd)]
+    child = subprocess.Popen(cmd, env=full, cwd=AGENTS, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        return started(child, port, env)
+    except BaseException:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        raise
+
+
+def started(child, port, env):
+    want_telemetry = env.get("LOOPSCOPE_AGENT") != "0"
+    app, telemetry = "127.0.0.1:%d" % port, None
+    deadline = time.monotonic() + 30
+    buf = b""
+    while time.monotonic() < deadline and (want_telemetry and telemetry is None):
+        ready, _, _ = select.select([child.stdout], [], [], 1)
+        if ready:
+            chunk = os.read(child.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            buf += chunk
+            for line in buf.split(b"\n"):
+                try:
+                    telemetry = json.loads(line).get("telemetry") or telemetry
+                except ValueError:
+                    pass
+    if want_telemetry and telemetry is None:
+        raise SystemExit("no telemetry address line within 30 s")
+    wait_listening(app, deadline)
+    hub = None
+    if want_telemetry:
+        kids = [int(p) for p in os.listdir("/proc") if p.isdigit() and
+                open("/proc/%s/stat" % p).read().rsplit(")", 1)[1].split()[1] == str(child.pid)]
+        hub = kids[0] if kids else None
+    return child, app, telemetry, hub
+
+
+def wait_listening(app, deadline):
+    host, port = app.split(":")
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("the server did not listen within 30 s")
+
+
+def load(app, n):
+    """CONCURRENCY keep-alive connections, each sending /hello until n are answered."""
+    host, port = app.split(":")
+    request = b"GET /hello HTTP/1.1\r\nHost: bench\r\n\r\n"
+    counter = {"left": n}
+    lock = threading.Lock()
+    end = time.monotonic() + MAX_S
+
+    def lane():
+        s = socket.create_connection((host, int(port)))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.settimeout(10)
+        buf = b""
+        while time.monotonic() < end:
+            with lock:
+                if counter["left"] <= 0:
+                    break
+                counter["left"] -= 1
+            s.sendall(request)
+            while True:
+                head, sep, rest = buf.partition(b"\r\n\r\n")
+                if sep:
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":")[1])
+                    if len(rest) >= length:
+                        buf = rest[length:]
+                        break
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise SystemExit("the server closed a connection")
+                buf += chunk
+        s.close()
+
+    threads = [threading.Thread(target=lane) for _ in range(CONCURRENCY)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return n - max(counter["left"], 0), time.monotonic() - t0
+
+
+def watcher(telemetry):
+    host, port = telemetry.split(":")
+    s = socket.create_connection((host, int(port)))
+    s.sendall(b"GET /telemetry HTTP/1.1\r\nHost: bench\r\n\r\n")
+    stop = threading.Event()
+
+    def read():
+        s.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                if not s.recv(65536):
+                    break
+            except socket.timeout:
+                pass
+            except OSError:
+                break
+
+    t = threading.Thread(target=read)
+    t.start()
+
+    def close():
+        stop.set()
+        t.join()
+        s.close()
+
+    return close
+
+
+def visibility(app, telemetry, path, n):
+    """Per blocking request: the first line's stalled_for_ms (the stall's age when the
+    telemetry process built the line) and the time from sending the request to that
+    line's arrival, in ms."""
+    host, port = telemetry.split(":")
+    s = socket.create_connection((host, int(port)))
+    s.sendall(b"GET /telemetry HTTP/1.1\r\nHost: bench\r\n\r\n")
+    s.settimeout(5)
+    buf = b""
+    built, seen = [], []
+    for _ in range(n):
+        time.sleep(0.3)
+        # Lines of the previous stall still unread are not this one's.
+        s.setblocking(False)
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except BlockingIOError:
+            pass
+        s.settimeout(5)
+        buf = buf.rsplit(b"\n", 1)[-1]
+        ah, ap = app.split(":")
+        c = socket.create_connection((ah, int(ap)))
+        t0 = time.monotonic()
+        c.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\n\r\n")
+        found = None
+        while found is None and time.monotonic() < t0 + 5:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                try:
+                    w = json.loads(line)["workers"][0]
+                except (ValueError, KeyError, IndexError):
+                    continue
+                if w["stalled_for_ms"] > 0 and found is None:
+                    found = (w["stalled_for_ms"], (time.monotonic() - t0) * 1000)
+        c.settimeout(10)
+        c.recv(65536)
+        c.close()
+        if found:
+            built.append(found[0])
+            seen.append(found[1])
+    s.close()
+    return built, seen
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else float("nan")
+
+
+def main():
+    # A TERM runs the finally blocks: every server started is killed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    vs = variants()
+    res = {name: {"idle": [], "hub_idle": [], "per": [], "per_w": [], "hub_per_w": [], "rps": [],
+                  "built": [], "seen": []}
+           for name, _, _ in vs}
+    for _ in range(ROUNDS):
+        for name, cmd, env in vs:
+            child, app, telemetry, hub = start(cmd, env)
+            r = res[name]
+            try:
+                load(app, 500)
+                time.sleep(0.5)
+                c0, h0 = cpu_ms(child.pid), cpu_ms(hub) if hub else 0
+                time.sleep(IDLE_S)
+                r["idle"].append((cpu_ms(child.pid) - c0) / (IDLE_S * 1000) * 100)
+                if hub:
+                    r["hub_idle"].append((cpu_ms(hub) - h0) / (IDLE_S * 1000) * 100)
+                a = cpu_ms(child.pid)
+                done, secs = load(app, REQUESTS)
+                r["per"].append((cpu_ms(child.pid) - a) * 1000 / done)
+                r["rps"].append(done / secs)
+                if telemetry:
+                    close = watcher(telemetry)
+                    time.sleep(0.3)
+                    a, h = cpu_ms(child.pid), cpu_ms(hub)
+                    done, secs = load(app, REQUESTS)
+                    r["per_w"].append((cpu_ms(child.pid) - a) * 1000 / done)
+                    r["hub_per_w"].append((cpu_ms(hub) - h) * 1000 / done)
+                    close()
+                    built, seen = visibility(app, telemetry, "/sleep?ms=200", STALLS)
+                    r["built"] += built
+                    r["seen"] += seen
+            finally:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+    print("medians of %d rounds; %d requests of /hello per measure, %d connections"
+          % (ROUNDS, REQUESTS, CONCURRENCY))
+    for name, _, _ in vs:
+        r = res[name]
+        line = "%-24s idle %4.1f%% | %5.1f µs CPU/req, %5.0f req/s" % (
+            name, median(r["idle"]), median(r["per"]), median(r["rps"]))
+        if r["per_w"]:
+            line += " | watched: %5.1f µs CPU/req + telemetry process %4.1f µs/req" % (
+                median(r["per_w"]), median(r["hub_per_w"]))
+            line += " | telemetry process idle %4.1f%%" % median(r["hub_idle"])
+        print(line)
+    for name, _, _ in vs:
+        b, v = sorted(res[name]["built"]), sorted(res[name]["seen"])
+        if b:
+            print("%s: a 200 ms time.sleep shows in the first line %.0f ms after it began "
+                  "(median of %d; p90 %.0f, max %.0f); request sent -> line read %.0f ms "
+                  "(median; p90 %.0f, max %.0f)" % (
+                      name, median(b), len(b), b[int(len(b) * 0.9)], b[-1],
+                      median(v), v[int(len(v) * 0.9)], v[-1]))
+    names = [n for n, _, _ in vs]
+    for base, agent in zip(names[0::2], names[1::2]):
+        b, a = median(res[base]["per"]), median(res[agent]["per"])
+        w = median(res[agent]["per_w"])
+        print("%s: agent +%.1f%% server CPU per request (watched +%.1f%%)"
+              % (agent, (a - b) / b * 100, (w - b) / b * 100))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""A FastAPI app under the Python agent, for uvicorn in the agent's tests and bench:
+
+    LOOPSCOPE_TELEMETRY=127.0.0.1:0 uvicorn py_asgi:app --workers 2
+
+With LOOPSCOPE_AGENT=0 the app runs without the agent.
+
+  GET /hello           a small JSON answer (async def)
+  GET /json?mb=20      json.loads of a ~20 MB document in an async def endpoint
+  GET /sleep?ms=500    time.sleep in an async def endpoint (blocks the loop)
+  GET /asleep?ms=500   await asyncio.sleep
+  GET /sync?ms=500     time.sleep in a def endpoint (a thread of anyio's limiter)
+"""
+
+import asyncio
+import json
+import os
+import sys
+import time
+
+from fastapi import FastAPI
+
+app = FastAPI()
+_documents = {}
+
+
+def document(mb):
+    if mb not in _documents:
+        item = json.dumps({"id": 12345, "name": "loopscope", "tags": ["a", "b", "c"],
+                           "value": 3.14159})
+        n = max(1, round(mb * 1024 * 1024 / (len(item) + 1)))
+        _documents[mb] = "[" + ",".join([item] * n) + "]"
+    return _documents[mb]
+
+
+document(20)
+
+
+@app.get("/hello")
+async def hello():
+    return {"hello": "world", "pid": os.getpid()}
+
+
+@app.get("/json")
+async def parse(mb: int = 20):
+    text = document(mb)
+    t0 = time.perf_counter()
+    parsed = json.loads(text)
+    return {"parse_ms": (time.perf_counter() - t0) * 1000, "items": len(parsed),
+            "pid": os.getpid()}
+
+
+@app.get("/sleep")
+async def sleep(ms: int = 500):
+    time.sleep(ms / 1000)
+    return {"slept_ms": ms, "pid": os.getpid()}
+
+
+@app.get("/asleep")
+async def asleep(ms: int = 500):
+    await asyncio.sleep(ms / 1000)
+    return {"slept_ms": ms, "pid": os.getpid()}
+
+
+@app.get("/sync")
+def sync(ms: int = 500):
+    time.sleep(ms / 1000)
+    return {"slept_ms": ms, "pid": os.getpid()}
+
+
+if os.environ.get("LOOPSCOPE_AGENT", "1") != "0":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                    "..", "..", "assets", "agents", "python"))
+    import loopscope_agent
+
+    app = loopscope_agent.asgi(app)

@@ -320,7 +320,7 @@ fn compare_mode_fires_one_key_at_both_models() {
     let _serial = serial();
     let mut ui = Dashboard::start(&["--compare", "--no-load"]);
     ui.wait_for(Duration::from_secs(30), "both servers live", |s| {
-        s.contains("node · 1 process")
+        s.contains("node · pid ")
             && s.contains("fastapi · 2 workers")
             && s.matches("● live").count() == 2
     });

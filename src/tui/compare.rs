@@ -107,7 +107,9 @@ mod tests {
             let s = draw(w, h, &node, &fastapi);
             let lines: Vec<&str> = s.lines().collect();
             assert!(
-                lines[0].contains("node · 1 process") && lines[0].contains("fastapi · 2 workers"),
+                // Full columns say "1 process"; compact ones the pid.
+                (lines[0].contains("node · 1 process") || lines[0].contains("node · pid 1"))
+                    && lines[0].contains("fastapi · 2 workers"),
                 "{s}"
             );
             // Each side shows its own stall, and the fastapi side its healthy worker.

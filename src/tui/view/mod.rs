@@ -353,7 +353,8 @@ fn count(n: u64) -> String {
 }
 
 /// The top line. `compact` (a column of compare mode) keeps what tells two servers
-/// apart and their state: model, processes, pool, connection, PAUSED.
+/// apart and their state: model (and `agent` for a real Node or Python process),
+/// the pid of a one-process server or the workers, pool, connection, PAUSED.
 fn header_line<'a>(
     d: &'a Dashboard,
     opts: &ViewOptions,
@@ -363,12 +364,29 @@ fn header_line<'a>(
     let mut parts: Vec<Span> = Vec::new();
     if let Some(info) = &d.info {
         let workers = d.workers.len().max(info.workers.len());
-        parts.push(Span::styled(info.model.as_str(), theme.bold()));
-        parts.push(Span::raw(match info.model {
-            Model::Fastapi => format!("{workers} workers"),
-            Model::Tokio => format!("1 process, {workers} worker threads"),
-            _ => "1 process".to_string(),
-        }));
+        if compact {
+            // A column among several servers: which server it is. An agent in a
+            // real Node or Python process says so; one process goes by its pid.
+            let agent = info.versions.loopscope.starts_with("agent-");
+            let name = format!(
+                "{}{}",
+                info.model.as_str(),
+                if agent { " agent" } else { "" }
+            );
+            parts.push(Span::styled(name, theme.bold()));
+            parts.push(Span::raw(match info.model {
+                Model::Fastapi => format!("{workers} workers"),
+                Model::Tokio => format!("pid {} · {workers} threads", info.pid),
+                _ => format!("pid {}", info.pid),
+            }));
+        } else {
+            parts.push(Span::styled(info.model.as_str(), theme.bold()));
+            parts.push(Span::raw(match info.model {
+                Model::Fastapi => format!("{workers} workers"),
+                Model::Tokio => format!("1 process, {workers} worker threads"),
+                _ => "1 process".to_string(),
+            }));
+        }
         parts.push(Span::raw(format!("pool {}", info.pool_size)));
         if !compact {
             parts.push(Span::raw(format!("app {}", info.app)));

@@ -4,10 +4,13 @@
 // turns for ROUNDS rounds. Per variant, the server's CPU (the sum of its threads'
 // run time, /proc/PID/task/*/schedstat) idle over IDLE_S seconds, idle again with a
 // /telemetry client reading, and per request under a closed-loop load of
-// CONCURRENCY keep-alive connections on each endpoint. Prints medians.
+// CONCURRENCY keep-alive connections on each endpoint. Prints medians, and each
+// agent variant's median ratio to the bare server of the same round. Then how soon
+// a stall shows (STALLS parses of 20 MB).
 //
 //   node assets/agents/node/bench.js            (ROUNDS=3 IDLE_S=3 REQUESTS=4000)
 const { spawn } = require('child_process');
+const { performance } = require('perf_hooks');
 const fs = require('fs');
 const http = require('http');
 const path = require('path');
@@ -120,8 +123,74 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   console.log(`medians of ${ROUNDS} rounds; ${REQUESTS} requests per endpoint, ${CONCURRENCY} connections`);
   for (const [i, v] of VARIANTS.entries()) {
     const r = results[i];
-    const cols = ENDPOINTS.map((e, j) => `${e}: ${median(r.per[j]).toFixed(0)} µs CPU/req, ${median(r.rps[j]).toFixed(0)} req/s`);
+    const cols = ENDPOINTS.map((e, j) => {
+      // The ratio to the bare server of the same round, then its median.
+      const ratio = i === 0 ? '' : ` (${pct(median(r.per[j].map((x, k) => x / results[0].per[j][k])))})`;
+      return `${e}: ${median(r.per[j]).toFixed(1)} µs CPU/req${ratio}, ${median(r.rps[j]).toFixed(0)} req/s`;
+    });
     const watched = r.watched.length ? `, watched ${median(r.watched).toFixed(1)}%` : '';
     console.log(`${v.name.padEnd(22)} idle ${median(r.idle).toFixed(1)}%${watched} of a core | ${cols.join(' | ')}`);
   }
+  await stallVisibility();
 })();
+
+function pct(ratio) {
+  return `${ratio >= 1 ? '+' : ''}${((ratio - 1) * 100).toFixed(1)}%`;
+}
+
+// How soon a stall shows: STALLS times, a 20 MB JSON.parse on the loop (the agent,
+// pool hooks on) while a client reads /telemetry; for each, the first line showing
+// the stall: its stalled_for_ms (how long the loop had been held when the agent's
+// thread made the line) and the time from sending the request to reading the line.
+async function stallVisibility() {
+  const STALLS = Number(process.env.STALLS || 10);
+  const { child, app, telemetry } = await start(VARIANTS[2]);
+  const [host, port] = telemetry.split(':');
+  const lines = [];
+  let wake = null;
+  const stream = http.get({ host, port, path: '/telemetry' }, (res) => {
+    let buf = '';
+    res.setEncoding('utf8');
+    res.on('data', (d) => {
+      buf += d;
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        try {
+          lines.push({ at: performance.now(), snap: JSON.parse(line) });
+        } catch (_) {
+          // A line cut by the end of the run.
+        }
+        if (wake) wake();
+      }
+    });
+  });
+  stream.on('error', () => {});
+  await sleep(1000);
+  const shown = [];
+  const sent = [];
+  for (let k = 0; k < STALLS; k++) {
+    lines.length = 0;
+    const t0 = performance.now();
+    const answer = load(app, '/json?mb=20', 1);
+    const deadline = t0 + 5000;
+    let seen = null;
+    while (!seen && performance.now() < deadline) {
+      seen = lines.find((l) => l.snap.workers.some((w) => w.stalled_for_ms > 0));
+      if (!seen) await new Promise((r) => { wake = r; setTimeout(r, 50); });
+    }
+    await answer;
+    if (seen) {
+      shown.push(Math.max(...seen.snap.workers.map((w) => w.stalled_for_ms)));
+      sent.push(seen.at - t0);
+    }
+    await sleep(300);
+  }
+  stream.destroy();
+  child.kill();
+  await new Promise((r) => child.once('exit', r));
+  const sorted = (xs) => [...xs].sort((a, b) => a - b);
+  const q = (xs, f) => sorted(xs)[Math.min(xs.length - 1, Math.floor(xs.length * f))];
+  console.log(`stall visibility over ${STALLS} parses: ${shown.length} seen; stalled_for_ms in the first line showing it: median ${q(shown, 0.5).toFixed(1)} ms, p90 ${q(shown, 0.9).toFixed(1)}, max ${Math.max(...shown).toFixed(1)}; request sent to that line read: median ${q(sent, 0.5).toFixed(1)} ms, max ${Math.max(...sent).toFixed(1)}`);
+}

@@ -5,8 +5,9 @@
 // run time, /proc/PID/task/*/schedstat) idle over IDLE_S seconds, idle again with a
 // /telemetry client reading, and per request under a closed-loop load of
 // CONCURRENCY keep-alive connections on each endpoint. Prints medians, and each
-// agent variant's median ratio to the bare server of the same round. Then how soon
-// a stall shows (STALLS parses of 20 MB).
+// agent variant's median ratio to the bare server of the same round. Each server
+// has run one pool job before it is measured. Then how soon a stall shows (STALLS
+// parses of 20 MB).
 //
 //   node assets/agents/node/bench.js            (ROUNDS=3 IDLE_S=3 REQUESTS=4000)
 const { spawn } = require('child_process');
@@ -94,6 +95,10 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
       const { child, app, telemetry } = await start(v);
       await sleep(500);
       await load(app, '/hello', 500);
+      // One pool job first: with the pool hooks off, the agent's hook that finds the
+      // pool's threads stays on until the pool's first job (or 10 s); the figures are
+      // the steady state's, after it.
+      await load(app, '/fs', 1);
       await sleep(1000);
       const c0 = cpuMs(child.pid);
       await sleep(IDLE_S * 1000);

@@ -239,8 +239,8 @@ fn main() -> anyhow::Result<()> {
             },
         }],
     };
-    if targets.len() > 1 && (d.record.is_some() || d.scenario.is_some()) {
-        anyhow::bail!("--record and --scenario take one server; attach to one address");
+    if targets.len() > 1 && d.scenario.is_some() {
+        anyhow::bail!("--scenario takes one server; attach to one address");
     }
     if d.headless {
         let crossed = headless::run(HeadlessConfig {

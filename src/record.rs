@@ -63,6 +63,26 @@ impl Recorder {
     }
 }
 
+/// The files a session of `servers` servers records to when asked for `path`: `path`
+/// itself for one server; for several, one file each, numbered in the order of the
+/// servers before the extension (`run.ndjson` → `run-1.ndjson`, `run-2.ndjson`).
+pub fn paths_for(path: &Path, servers: usize) -> Vec<std::path::PathBuf> {
+    if servers <= 1 {
+        return vec![path.to_path_buf()];
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    (1..=servers)
+        .map(|n| path.with_file_name(format!("{stem}-{n}{ext}")))
+        .collect()
+}
+
 /// Where a recording stops being readable.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Damage {
@@ -177,6 +197,22 @@ impl Recording {
 mod tests {
     use super::*;
     use crate::test_support::{info, snapshot, worker};
+
+    #[test]
+    fn several_servers_record_to_a_file_each() {
+        let one = paths_for(Path::new("/tmp/run.ndjson"), 1);
+        assert_eq!(one, [Path::new("/tmp/run.ndjson")]);
+        let two = paths_for(Path::new("/tmp/run.ndjson"), 2);
+        assert_eq!(
+            two,
+            [
+                Path::new("/tmp/run-1.ndjson"),
+                Path::new("/tmp/run-2.ndjson")
+            ]
+        );
+        let bare = paths_for(Path::new("rec"), 2);
+        assert_eq!(bare, [Path::new("rec-1"), Path::new("rec-2")]);
+    }
 
     #[test]
     fn round_trip_and_damage_is_located() {

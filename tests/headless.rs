@@ -224,10 +224,14 @@ fn two_attached_servers_are_summed_up_apart() {
         Demo::start(&["--model", "node"]),
         Demo::start(&["--model", "node"]),
     );
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("run.ndjson");
     let table = [
         "attach",
         &blocked.telemetry,
         &calm.telemetry,
+        "--record",
+        record.to_str().unwrap(),
         "--headless",
         "--duration",
         "3s",
@@ -263,6 +267,24 @@ fn two_attached_servers_are_summed_up_apart() {
         !crossed.is_empty() && crossed.iter().all(|l| l.contains(&*blocked.telemetry)),
         "{stderr}"
     );
+    // A recording each, in the order of the addresses, each of its own server.
+    for (n, demo) in [(1, &blocked), (2, &calm)] {
+        let path = dir.path().join(format!("run-{n}.ndjson"));
+        let rec = loopscope::record::Recording::load(&path).unwrap();
+        assert!(
+            rec.snapshots.len() >= 10,
+            "{n}: {} lines",
+            rec.snapshots.len()
+        );
+        assert!(rec.damage.is_none());
+        assert!(
+            rec.infos.iter().all(|(_, i)| i.telemetry == demo.telemetry),
+            "{n}"
+        );
+        let lag = rec.snapshots.iter().map(|s| s.workers[0].lag_ms.max);
+        let lag = lag.fold(0.0f64, f64::max);
+        assert_eq!(lag >= 390.0, n == 1, "{n}: lag max {lag}");
+    }
     // NDJSON: every line names its server, and both servers speak.
     let ndjson = [
         "attach",

@@ -57,7 +57,8 @@ pub struct Session {
     player: Option<Player>,
     /// A step's actions waiting for a server that a model switch is starting.
     held: std::collections::VecDeque<crate::scenario::Action>,
-    recorder: Option<Recorder>,
+    /// One recorder per target (several servers: a file each).
+    recorders: Vec<Option<Recorder>>,
     record_path: Option<PathBuf>,
     replay: Option<replay::Replay>,
     /// The replay position last handed out.
@@ -92,9 +93,6 @@ impl Session {
 
     /// As [`Session::new`], starting demo servers with `launch`.
     pub fn with_launcher(config: SessionConfig, launch: Launcher) -> anyhow::Result<Session> {
-        if config.record.is_some() && config.targets.len() > 1 {
-            anyhow::bail!("--record takes one server");
-        }
         let mut targets = Vec::new();
         let mut replay = None;
         for spec in config.targets {
@@ -124,7 +122,7 @@ impl Session {
             scenario: config.scenario,
             player: None,
             held: std::collections::VecDeque::new(),
-            recorder: None,
+            recorders: Vec::new(),
             record_path: config.record,
             replay,
             replay_shown: None,
@@ -288,15 +286,23 @@ impl Session {
     fn start(&mut self) {
         self.started = true;
         if let Some(path) = self.record_path.clone() {
-            match Recorder::create(&path) {
-                Ok(r) => {
-                    self.recorder = Some(r);
-                    self.note_all(LogKind::Info, format!("recording to {}", path.display()));
-                }
-                Err(e) => self.note_all(
-                    LogKind::Warn,
-                    format!("cannot record to {}: {e}", path.display()),
-                ),
+            let paths = crate::record::paths_for(&path, self.targets.len());
+            for (i, path) in paths.iter().enumerate() {
+                let recorder = match Recorder::create(path) {
+                    Ok(r) => {
+                        self.push(
+                            i,
+                            Msg::Log(LogKind::Info, format!("recording to {}", path.display())),
+                        );
+                        Some(r)
+                    }
+                    Err(e) => {
+                        let text = format!("cannot record to {}: {e}", path.display());
+                        self.push(i, Msg::Log(LogKind::Warn, text));
+                        None
+                    }
+                };
+                self.recorders.push(recorder);
             }
         }
         for i in 0..self.targets.len() {
@@ -371,12 +377,12 @@ impl Session {
         if let TelemetryMsg::Snapshot(snap) = &msg {
             self.targets[i].follow_workers(snap.workers.len());
         }
-        self.record(&msg);
+        self.record(i, &msg);
         self.push(i, Msg::Telemetry(msg));
     }
 
-    fn record(&mut self, msg: &TelemetryMsg) {
-        let Some(rec) = &mut self.recorder else {
+    fn record(&mut self, i: usize, msg: &TelemetryMsg) {
+        let Some(Some(rec)) = self.recorders.get_mut(i) else {
             return;
         };
         let written = match msg {
@@ -385,8 +391,9 @@ impl Session {
             TelemetryMsg::Disconnected { .. } | TelemetryMsg::Skipped { .. } => Ok(()),
         };
         if let Err(e) = written {
-            self.recorder = None;
-            self.note_all(LogKind::Warn, format!("recording stopped: {e}"));
+            self.recorders[i] = None;
+            let text = format!("recording stopped: {e}");
+            self.push(i, Msg::Log(LogKind::Warn, text));
         }
     }
 

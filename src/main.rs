@@ -97,8 +97,10 @@ enum Command {
     /// Play a recording (made with --record) in the dashboard: space pauses,
     /// ← → seek 5 s, 1 2 4 set the speed.
     Replay {
-        /// The recording.
-        file: PathBuf,
+        /// The recording; several play side by side, a column each, from their
+        /// starts on one clock (the files one `--record` of several servers wrote).
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
     },
     /// Write one self-contained HTML page of recordings (made with --record): the
     /// charts on one time axis, the stalls and their culprits, the events, the
@@ -225,7 +227,7 @@ fn main() -> anyhow::Result<()> {
     let targets = match cli.command {
         Some(Command::Demo(args)) => return demo::run(args),
         Some(Command::Attach { addrs, app }) => attach_targets(addrs, app)?,
-        Some(Command::Replay { file }) => return app::replay(&file, log_file),
+        Some(Command::Replay { files }) => return app::replay(&files, log_file),
         Some(Command::Report { files, output }) => return report(&files, &output),
         // A scenario says which model it starts in.
         None => vec![match &scenario {

@@ -60,7 +60,9 @@ pub struct Session {
     /// One recorder per target (several servers: a file each).
     recorders: Vec<Option<Recorder>>,
     record_path: Option<PathBuf>,
-    replay: Option<replay::Replay>,
+    /// Recordings played, with their targets: several play side by side on one
+    /// clock, each from its own start.
+    replays: Vec<(usize, replay::Replay)>,
     /// The replay position last handed out.
     replay_shown: Option<ReplayStatus>,
     /// Replay: the clock holds (the help is open).
@@ -94,7 +96,7 @@ impl Session {
     /// As [`Session::new`], starting demo servers with `launch`.
     pub fn with_launcher(config: SessionConfig, launch: Launcher) -> anyhow::Result<Session> {
         let mut targets = Vec::new();
-        let mut replay = None;
+        let mut replays = Vec::new();
         for spec in config.targets {
             targets.push(match spec {
                 TargetSpec::Demo { model, workers } => {
@@ -102,7 +104,8 @@ impl Session {
                 }
                 TargetSpec::Attach { telemetry, app } => Target::attach(telemetry, app),
                 TargetSpec::Replay { file, recording } => {
-                    replay = Some(replay::Replay::new(*recording, &file, Instant::now()));
+                    let r = replay::Replay::new(*recording, &file, Instant::now());
+                    replays.push((targets.len(), r));
                     Target::replay()
                 }
             });
@@ -124,7 +127,7 @@ impl Session {
             held: std::collections::VecDeque::new(),
             recorders: Vec::new(),
             record_path: config.record,
-            replay,
+            replays,
             replay_shown: None,
             hold: false,
             pending: VecDeque::new(),
@@ -159,7 +162,7 @@ impl Session {
 
     /// True when playing a recording.
     pub fn is_replay(&self) -> bool {
-        self.replay.is_some()
+        !self.replays.is_empty()
     }
 
     /// The background load: (on, requests per second).
@@ -186,7 +189,7 @@ impl Session {
             if let Some(u) = self.pending.pop_front() {
                 return u;
             }
-            let ticking = self.replay.is_some() || self.player.is_some();
+            let ticking = !self.replays.is_empty() || self.player.is_some();
             let loading = self.targets.iter().any(Target::has_load);
             let supervising = self.targets.iter().any(Target::is_demo);
             tokio::select! {
@@ -229,7 +232,7 @@ impl Session {
         let now = Instant::now();
         match command {
             Command::Fire(workload, size) => {
-                if self.replay.is_some() {
+                if !self.replays.is_empty() {
                     self.note_all(LogKind::Warn, "a replay has no server to send workloads to");
                     return;
                 }
@@ -263,23 +266,20 @@ impl Session {
                 }
             }
             Command::ReplayPause => {
-                if let Some(r) = &mut self.replay {
-                    let msgs = r.toggle_pause(now);
-                    self.push_replay(msgs);
-                }
+                // Pause or resume as the longest recording is; one that ended stays.
+                let longest = self.replays.iter().map(|(_, r)| r.status());
+                let longest = longest.max_by(|a, b| a.total_s.total_cmp(&b.total_s));
+                let paused = longest.is_some_and(|s| s.paused);
+                self.each_replay(|r| match r.status().paused == paused {
+                    true => r.toggle_pause(now),
+                    false => Vec::new(),
+                });
             }
-            Command::Seek(delta_ms) => {
-                if let Some(r) = &mut self.replay {
-                    let msgs = r.seek(delta_ms, now);
-                    self.push_replay(msgs);
-                }
-            }
-            Command::Speed(speed) => {
-                if let Some(r) = &mut self.replay {
-                    r.set_speed(speed);
-                    self.push_replay(Vec::new());
-                }
-            }
+            Command::Seek(delta_ms) => self.each_replay(|r| r.seek(delta_ms, now)),
+            Command::Speed(speed) => self.each_replay(|r| {
+                r.set_speed(speed);
+                Vec::new()
+            }),
         }
     }
 
@@ -311,10 +311,8 @@ impl Session {
             }
             self.subscribe(i);
         }
-        if let Some(r) = &mut self.replay {
-            let msgs = r.seek(0, Instant::now());
-            self.push_replay(msgs);
-        }
+        let now = Instant::now();
+        self.each_replay(|r| r.seek(0, now));
     }
 
     fn subscribe(&mut self, i: usize) {
@@ -335,32 +333,39 @@ impl Session {
         }
     }
 
-    fn push_replay(&mut self, msgs: Vec<Msg>) {
-        for msg in msgs {
-            self.push(0, msg);
+    /// Does `f` to every replay and hands out what each fed its target, then the
+    /// position if it moved: the longest recording's (a paused replay sends
+    /// nothing).
+    fn each_replay(&mut self, mut f: impl FnMut(&mut replay::Replay) -> Vec<Msg>) {
+        let mut fed = Vec::new();
+        for (target, r) in &mut self.replays {
+            fed.push((*target, f(r)));
         }
-        // The position, when it moved (a paused replay sends nothing).
-        if let Some(r) = &self.replay {
-            let status = r.status();
-            if self.replay_shown.as_ref() != Some(&status) {
-                self.replay_shown = Some(status.clone());
-                self.pending.push_back(Update::Replay(status));
+        for (target, msgs) in fed {
+            for msg in msgs {
+                self.push(target, msg);
             }
+        }
+        let longest = self.replays.iter().map(|(_, r)| r.status());
+        let longest = longest.max_by(|a, b| a.total_s.total_cmp(&b.total_s));
+        if let Some(status) = longest
+            && self.replay_shown.as_ref() != Some(&status)
+        {
+            self.replay_shown = Some(status.clone());
+            self.pending.push_back(Update::Replay(status));
         }
     }
 
     fn advance_replay(&mut self) {
-        if let Some(r) = &mut self.replay {
-            let msgs = r.advance(Instant::now(), self.hold);
-            self.push_replay(msgs);
-        }
+        let (now, hold) = (Instant::now(), self.hold);
+        self.each_replay(|r| r.advance(now, hold));
     }
 
     fn on_telemetry(&mut self, i: usize, msg: TelemetryMsg) {
         if let TelemetryMsg::Connected(info) = &msg {
             let first = self.targets[i].info.is_none();
             self.targets[i].info = Some((**info).clone());
-            if first && self.targets[i].app.is_none() && self.replay.is_none() {
+            if first && self.targets[i].app.is_none() && self.replays.is_empty() {
                 let text = no_app_hint(&info.app);
                 self.push(i, Msg::Log(LogKind::Info, text));
             }

@@ -3,7 +3,7 @@
 //! updates and the frame clock; nothing in it waits on the network. The same driver
 //! shows one server, several side by side (compare), or a recording.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -37,25 +37,31 @@ pub fn run(config: SessionConfig) -> anyhow::Result<()> {
     result
 }
 
-/// Replays a recording in the dashboard until the operator quits.
-pub fn replay(file: &Path, log_file: PathBuf) -> anyhow::Result<()> {
-    let rec = Recording::load(file).with_context(|| format!("cannot read {}", file.display()))?;
-    if rec.snapshots.is_empty() {
-        match &rec.damage {
-            Some(d) => bail!(
-                "{} has no readable snapshot: line {} is damaged ({})",
-                file.display(),
-                d.line,
-                d.error
-            ),
-            None => bail!("{} holds no snapshot", file.display()),
+/// Replays recordings in the dashboard until the operator quits: several side by
+/// side, a column each, on one clock from each one's start.
+pub fn replay(files: &[PathBuf], log_file: PathBuf) -> anyhow::Result<()> {
+    let mut targets = Vec::new();
+    for file in files {
+        let rec =
+            Recording::load(file).with_context(|| format!("cannot read {}", file.display()))?;
+        if rec.snapshots.is_empty() {
+            match &rec.damage {
+                Some(d) => bail!(
+                    "{} has no readable snapshot: line {} is damaged ({})",
+                    file.display(),
+                    d.line,
+                    d.error
+                ),
+                None => bail!("{} holds no snapshot", file.display()),
+            }
         }
+        targets.push(TargetSpec::Replay {
+            file: file.clone(),
+            recording: Box::new(rec),
+        });
     }
     run(SessionConfig {
-        targets: vec![TargetSpec::Replay {
-            file: file.to_path_buf(),
-            recording: Box::new(rec),
-        }],
+        targets,
         rate: 0.0,
         load: false,
         log_file,

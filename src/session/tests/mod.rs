@@ -469,3 +469,54 @@ fn a_replay_feeds_its_lines_and_seeks() {
         .await;
     });
 }
+
+/// Two recordings replayed side by side: each feeds its own target, from its own
+/// start, on one clock; a seek moves both; the longer one's position is shown.
+#[test]
+fn two_recordings_replay_side_by_side() {
+    let rt = runtime();
+    let _rt = rt.enter();
+    rt.block_on(async {
+        let rec = |model, lines: u64| Recording {
+            infos: vec![(0, info(model, 7))],
+            snapshots: (1..=lines)
+                .map(|seq| {
+                    let mut s = snapshot(seq, vec![worker(0, 1.0, 0.0, 0)], vec![]);
+                    s.model = model;
+                    s
+                })
+                .collect(),
+            damage: None,
+        };
+        let replay = |file: &str, model, lines| TargetSpec::Replay {
+            file: file.into(),
+            recording: Box::new(rec(model, lines)),
+        };
+        let mut session = Session::new(config(vec![
+            replay("a.ndjson", Model::Node, 30),
+            replay("b.ndjson", Model::Fastapi, 50),
+        ]))
+        .unwrap();
+        session.perform(Command::Seek(2000));
+        let seen = until(
+            &mut session,
+            |u| matches!(u, Update::Replay(r) if r.at_s >= 2.0),
+        )
+        .await;
+        let fed = |target: usize, model| {
+            seen.iter()
+                .filter_map(snapshot_of)
+                .filter(|s| *s == (target, model))
+                .count()
+        };
+        // Up to 2 s of each (lines 100 ms apart), each to its own column.
+        assert!(fed(0, Model::Node) >= 20, "{seen:?}");
+        assert!(fed(1, Model::Fastapi) >= 20, "{seen:?}");
+        assert_eq!(fed(0, Model::Fastapi) + fed(1, Model::Node), 0);
+        let shown = seen.iter().rev().find_map(|u| match u {
+            Update::Replay(r) => Some(r.total_s),
+            _ => None,
+        });
+        assert_eq!(shown, Some(4.9), "the longer recording's length");
+    });
+}

@@ -541,7 +541,7 @@ fn attach_to_many_shows_each_stall_under_its_own_server() {
     let (left, right) = (ui.columns(0, 50), ui.columns(50, 50));
     let node_header = format!("node agent · pid {}", node.child.id());
     assert!(left.contains(&node_header), "{}", ui.text());
-    assert!(right.contains("fastapi · 1 workers"), "{}", ui.text());
+    assert!(right.contains("fastapi · 1 worker ·"), "{}", ui.text());
     // A 20 MB parse on the Node loop: the left column stalls, the right does not.
     let parse = get_in_background(&node.app, "/json?mb=20");
     stall_shows_in(&ui, (0, 50), (50, 50), "the Node parse");

@@ -375,14 +375,18 @@ fn header_line<'a>(
             );
             parts.push(Span::styled(name, theme.bold()));
             parts.push(Span::raw(match info.model {
-                Model::Fastapi => format!("{workers} workers"),
+                Model::Fastapi => {
+                    format!("{workers} worker{}", if workers == 1 { "" } else { "s" })
+                }
                 Model::Tokio => format!("pid {} · {workers} threads", info.pid),
                 _ => format!("pid {}", info.pid),
             }));
         } else {
             parts.push(Span::styled(info.model.as_str(), theme.bold()));
             parts.push(Span::raw(match info.model {
-                Model::Fastapi => format!("{workers} workers"),
+                Model::Fastapi => {
+                    format!("{workers} worker{}", if workers == 1 { "" } else { "s" })
+                }
                 Model::Tokio => format!("1 process, {workers} worker threads"),
                 _ => "1 process".to_string(),
             }));

@@ -139,7 +139,9 @@ fn queued_and_the_oldest_wait_with_thousands_of_jobs_queued() {
         pool.submit(counting(&done));
     }
     let s = pool.snapshot();
-    let waited_ms = first.elapsed().as_secs_f64() * 1000.0;
+    // The pool's times are whole microseconds, each rounded down: a wait it reads
+    // may pass the true one by up to 1 µs.
+    let waited_ms = first.elapsed().as_secs_f64() * 1000.0 + 0.001;
     assert_eq!((s.busy, s.queued), (1, 3001), "{s:?}");
     // The oldest is the first job queued, 60 ms before the others.
     assert!(
@@ -153,7 +155,7 @@ fn queued_and_the_oldest_wait_with_thousands_of_jobs_queued() {
         pool.submit(counting(&done));
     }
     let s = pool.snapshot();
-    let waited_ms = first.elapsed().as_secs_f64() * 1000.0;
+    let waited_ms = first.elapsed().as_secs_f64() * 1000.0 + 0.001;
     assert_eq!(s.queued as u64, 3001 + EnqueueRing::LEN, "{s:?}");
     assert!(s.oldest_wait_ms <= waited_ms, "{s:?}");
     release_tx.send(()).unwrap();

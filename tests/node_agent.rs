@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::pty::Dashboard;
 use common::{runtime, serial};
 use loopscope::client::http;
-use loopscope::protocol::{AddressLine, Event, Model, ServerInfo, Snapshot};
+use loopscope::protocol::{Event, Model, ServerInfo, Snapshot};
 
 const AGENT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -25,23 +24,7 @@ const CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents/node_cl
 /// True when `node` runs; otherwise says why the test is skipped, or fails when
 /// `LOOPSCOPE_REQUIRE_AGENTS=1`.
 fn node_present() -> bool {
-    let ok = Command::new("node")
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("LOOPSCOPE_REQUIRE_AGENTS").as_deref() != Ok("1"),
-            "LOOPSCOPE_REQUIRE_AGENTS=1 but `node` does not run"
-        );
-        eprintln!(
-            "skipped: `node` is not installed (set LOOPSCOPE_REQUIRE_AGENTS=1 to fail instead)"
-        );
-    }
-    ok
+    common::agent::runtime_present("node", &["--version"], "`node`")
 }
 
 /// A Node server with the agent, killed when dropped.
@@ -57,63 +40,18 @@ impl NodeServer {
     /// address line: the agent's, with the telemetry address, when `announced`;
     /// otherwise the server's own.
     fn start(script: &str, telemetry: &str, announced: bool, env: &[(&str, &str)]) -> NodeServer {
-        let mut child = Command::new("node")
-            .args(["--require", AGENT, script])
+        let mut cmd = Command::new("node");
+        cmd.args(["--require", AGENT, script])
             .env("LOOPSCOPE_TELEMETRY", telemetry)
             .env("LOOPSCOPE_ANNOUNCE", "1")
             .env("UV_THREADPOOL_SIZE", "4")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start node");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(a) = serde_json::from_str::<AddressLine>(line.trim()) {
-                    let _ = tx.send(a);
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut server = NodeServer {
-            child,
-            app: String::new(),
-            telemetry: String::new(),
-            stderr,
-        };
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let a = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "no address line within 20 s; stderr:\n{}",
-                    server.stderr.lock().unwrap()
-                )
-            });
-            server.app = a.app;
-            if let Some(t) = a.telemetry {
-                server.telemetry = t;
-            }
-            if !announced || !server.telemetry.is_empty() {
-                return server;
-            }
+            .envs(env.iter().copied());
+        let a = common::agent::start_announced(&mut cmd, announced, Duration::from_secs(20));
+        NodeServer {
+            child: a.child,
+            app: a.app,
+            telemetry: a.telemetry,
+            stderr: a.stderr,
         }
     }
 
@@ -287,32 +225,6 @@ fn loopscope_attach_reads_the_agent_headless() {
     assert!(lag_max >= 100.0, "the parse shows in the table: {stdout}");
 }
 
-/// Reads raw `/telemetry` lines (not through the client) for `within`.
-async fn raw_lines(addr: &str, within: Duration) -> Vec<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(format!("GET /telemetry HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut data = Vec::new();
-    let end = tokio::time::Instant::now() + within;
-    let mut buf = [0u8; 65536];
-    while let Ok(Ok(n)) = tokio::time::timeout_at(end, sock.read(&mut buf)).await {
-        if n == 0 {
-            break;
-        }
-        data.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8(data).unwrap();
-    let (_, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    let mut lines: Vec<String> = body.lines().map(str::to_string).collect();
-    // The line cut short at the end of the read.
-    if !body.ends_with('\n') {
-        lines.pop();
-    }
-    lines
-}
-
 #[test]
 fn every_agent_line_is_a_snapshot_and_info_a_server_info() {
     if !node_present() {
@@ -347,7 +259,7 @@ fn every_agent_line_is_a_snapshot_and_info_a_server_info() {
                 common::get(&c, &app, "/hello").await;
             }
         });
-        let lines = raw_lines(&node.telemetry, Duration::from_millis(2500)).await;
+        let lines = common::agent::raw_lines(&node.telemetry, Duration::from_millis(2500)).await;
         load.await.unwrap();
         assert!(lines.len() >= 15, "{} lines in 2.5 s", lines.len());
         let mut prev: Option<u64> = None;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod pty;
 
 use std::io::{BufRead, BufReader};

@@ -155,31 +155,6 @@ fn eight_executor_jobs_queue_four_behind_four_pool_threads() {
     });
 }
 
-/// Reads raw `/telemetry` lines (not through the client) for `within`.
-async fn raw_lines(addr: &str, within: Duration) -> Vec<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(format!("GET /telemetry HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut data = Vec::new();
-    let end = tokio::time::Instant::now() + within;
-    let mut buf = [0u8; 65536];
-    while let Ok(Ok(n)) = tokio::time::timeout_at(end, sock.read(&mut buf)).await {
-        if n == 0 {
-            break;
-        }
-        data.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8(data).unwrap();
-    let (_, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    let mut lines: Vec<String> = body.lines().map(str::to_string).collect();
-    if !body.ends_with('\n') {
-        lines.pop();
-    }
-    lines
-}
-
 #[test]
 fn every_agent_line_is_a_snapshot_and_info_a_server_info() {
     if !python_present() {
@@ -214,7 +189,7 @@ fn every_agent_line_is_a_snapshot_and_info_a_server_info() {
                 common::get(&c, &app, "/hello").await;
             }
         });
-        let lines = raw_lines(&server.telemetry, Duration::from_millis(2500)).await;
+        let lines = common::agent::raw_lines(&server.telemetry, Duration::from_millis(2500)).await;
         load.await.unwrap();
         assert!(lines.len() >= 15, "{} lines in 2.5 s", lines.len());
         let mut prev: Option<u64> = None;

@@ -1,43 +1,24 @@
 //! Starting Python servers under the agent, and the throw-away virtualenv with
 //! uvicorn and FastAPI.
 
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use loopscope::protocol::AddressLine;
-
 pub const AGENT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/agents/python");
 pub const SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents/py_server.py");
 pub const AGENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents");
 
-fn required() -> bool {
-    std::env::var("LOOPSCOPE_REQUIRE_AGENTS").as_deref() == Ok("1")
-}
-
 /// True when `python3` (≥ 3.9) runs; otherwise says why the test is skipped, or
 /// fails when `LOOPSCOPE_REQUIRE_AGENTS=1`.
 pub fn python_present() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import sys; assert sys.version_info >= (3, 9)"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            !required(),
-            "LOOPSCOPE_REQUIRE_AGENTS=1 but `python3` (>= 3.9) does not run"
-        );
-        eprintln!(
-            "skipped: `python3` >= 3.9 is not installed (set LOOPSCOPE_REQUIRE_AGENTS=1 to fail instead)"
-        );
-    }
-    ok
+    crate::common::agent::runtime_present(
+        "python3",
+        &["-c", "import sys; assert sys.version_info >= (3, 9)"],
+        "`python3` (>= 3.9)",
+    )
 }
 
 /// The Python of a virtualenv under `target/` with uvicorn and FastAPI, built once
@@ -172,68 +153,18 @@ impl PyServer {
     /// Starts `cmd` and waits (≤ 30 s) for its address line: the agent's, with the
     /// telemetry address, when `announced`; otherwise the server's own.
     fn start(mut cmd: Command, telemetry: &str, announced: bool, env: &[(&str, &str)]) -> PyServer {
-        let mut child = cmd
-            .env("LOOPSCOPE_TELEMETRY", telemetry)
+        cmd.env("LOOPSCOPE_TELEMETRY", telemetry)
             .env("LOOPSCOPE_ANNOUNCE", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .envs(env.iter().copied())
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start python");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(a) = serde_json::from_str::<AddressLine>(line.trim()) {
-                    let _ = tx.send(a);
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut server = PyServer {
-            child,
-            app: String::new(),
-            telemetry: String::new(),
-            pid: 0,
-            stderr,
-        };
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let a = rx.recv_timeout(left).unwrap_or_else(|_| {
-                let pid = server.child.id();
-                panic!(
-                    "no address line within 30 s (pid {pid} gone: {}, children {:?}); stderr:\n{}",
-                    crate::common::process_gone(pid),
-                    children_of(pid),
-                    server.stderr.lock().unwrap()
-                )
-            });
-            server.app = a.app;
-            server.pid = a.pid;
-            if let Some(t) = a.telemetry {
-                server.telemetry = t;
-            }
-            if !announced || !server.telemetry.is_empty() {
-                return server;
-            }
+            .process_group(0);
+        let a = crate::common::agent::start_announced(&mut cmd, announced, Duration::from_secs(30));
+        PyServer {
+            child: a.child,
+            app: a.app,
+            telemetry: a.telemetry,
+            pid: a.pid,
+            stderr: a.stderr,
         }
     }
 
@@ -257,29 +188,7 @@ impl Drop for PyServer {
     }
 }
 
-/// The pids whose parent is `pid`, from `/proc/*/stat`.
-pub fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|s| s.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            out.push(p);
-        }
-    }
-    out
-}
+pub use crate::common::agent::children_of;
 
 /// Resident memory of `pid` in kB (`VmRSS`).
 pub fn rss_kb(pid: u32) -> u64 {

@@ -11,6 +11,18 @@ use loopscope::client::http;
 use loopscope::protocol::Snapshot;
 
 /// Runs `loopscope <args>` to completion (≤ 30 s), while `during` runs.
+/// `GET /block?ms=400` at `app`, 0.8 s into a run (once its telemetry flows).
+fn block_400_ms_soon(app: &str) -> impl FnOnce() {
+    let app = app.to_string();
+    move || {
+        std::thread::sleep(Duration::from_millis(800));
+        runtime().block_on(async {
+            let r = common::get(&http::client(), &app, "/block?ms=400").await;
+            assert_eq!(r.status, 200);
+        });
+    }
+}
+
 fn run_while(args: &[&str], during: impl FnOnce()) -> Output {
     let log = std::env::temp_dir().join(format!("loopscope-headless-{}.log", std::process::id()));
     let child = Command::new(env!("CARGO_BIN_EXE_loopscope"))
@@ -49,27 +61,14 @@ fn a_block_crosses_the_lag_threshold_and_is_diagnosed() {
         "100",
         "--no-load",
     ];
-    let app = demo.app.clone();
-    let out = run_while(&args, || {
-        std::thread::sleep(Duration::from_millis(800));
-        runtime().block_on(async {
-            let r = common::get(&http::client(), &app, "/block?ms=400").await;
-            assert_eq!(r.status, 200);
-        });
-    });
+    let out = run_while(&args, block_400_ms_soon(&demo.app));
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(
         out.status.code(),
         Some(2),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    let row: Vec<&str> = stdout
-        .lines()
-        .find(|l| l.starts_with("w0 "))
-        .unwrap_or_else(|| panic!("no w0 row:\n{stdout}"))
-        .split_whitespace()
-        .collect();
-    let lag_max: f64 = row[3].parse().unwrap();
+    let lag_max = common::table_lag_max(&stdout, &stderr);
     assert!(
         (390.0..600.0).contains(&lag_max),
         "lag max {lag_max}:\n{stdout}"
@@ -241,21 +240,13 @@ fn two_attached_servers_are_summed_up_apart() {
         "100",
         "--no-load",
     ];
-    let app = blocked.app.clone();
-    let out = run_while(&table, || {
-        std::thread::sleep(Duration::from_millis(800));
-        runtime().block_on(async {
-            let r = common::get(&http::client(), &app, "/block?ms=400").await;
-            assert_eq!(r.status, 200);
-        });
-    });
+    let out = run_while(&table, block_400_ms_soon(&blocked.app));
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
     // Each server's table under its address; the block in the first one's only.
-    let lag_max = |server: &str| -> f64 {
+    let lag_max = |server: &str| {
         let section = stdout.split("== ").find(|s| s.starts_with(server)).unwrap();
-        let row = section.lines().find(|l| l.starts_with("w0 ")).unwrap();
-        row.split_whitespace().nth(3).unwrap().parse().unwrap()
+        common::table_lag_max(section, &stderr)
     };
     assert!(lag_max(&blocked.telemetry) >= 390.0, "{stdout}");
     assert!(lag_max(&calm.telemetry) < 100.0, "{stdout}");

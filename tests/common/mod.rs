@@ -224,3 +224,16 @@ pub async fn hello_while_blocked<T>(
     }
     during
 }
+
+/// The lag max (ms) of worker 0's row in a headless summary table; panics, showing
+/// the table and `context` (e.g. the run's stderr), when there is no such row.
+pub fn table_lag_max(table: &str, context: &str) -> f64 {
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("w0 "))
+        .unwrap_or_else(|| panic!("no w0 row:\n{table}\n{context}"));
+    let lag_max = row.split_whitespace().nth(3);
+    lag_max
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no lag max in {row:?}"))
+}

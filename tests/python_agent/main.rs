@@ -419,12 +419,6 @@ fn loopscope_attach_reads_the_agent_headless() {
         Some(0),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    let row: Vec<&str> = stdout
-        .lines()
-        .find(|l| l.starts_with("w0 "))
-        .unwrap_or_else(|| panic!("no w0 row:\n{stdout}\nstderr:\n{stderr}"))
-        .split_whitespace()
-        .collect();
-    let lag_max: f64 = row[3].parse().unwrap();
+    let lag_max = common::table_lag_max(&stdout, &stderr);
     assert!(lag_max >= 100.0, "the parse shows in the table: {stdout}");
 }

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{current_thread, pin_to_cpu, rss_mb};
+use common::{current_thread, pin_to_cpu, read_response, rss_mb};
 use loopscope::client::http::{self, TelemetryStream};
 use loopscope::protocol::AddressLine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 struct Demo {
@@ -108,26 +108,7 @@ async fn hello_load(addr: &str, conns: usize, secs: f64) -> u64 {
             let mut n = 0u64;
             while Instant::now() < end {
                 s.write_all(req.as_bytes()).await.unwrap();
-                let mut have = 0;
-                loop {
-                    let r = s.read(&mut buf[have..]).await.unwrap();
-                    assert!(r > 0, "server closed");
-                    have += r;
-                    if let Some(h) = find(&buf[..have], b"\r\n\r\n") {
-                        let head = std::str::from_utf8(&buf[..h]).unwrap();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse().ok())?
-                            })
-                            .unwrap_or(0);
-                        if have >= h + 4 + len {
-                            break;
-                        }
-                    }
-                }
+                read_response(&mut s, &mut buf).await;
                 n += 1;
             }
             n
@@ -138,10 +119,6 @@ async fn hello_load(addr: &str, conns: usize, secs: f64) -> u64 {
         total += t.await.unwrap();
     }
     total
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -43,11 +43,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Hello, current_thread, pin_to_cpu, rss_mb, thread_cpu};
+use common::{Hello, builder, current_thread, pin_to_cpu, read_response, rss_mb, thread_cpu};
 use loopscope::client::http::{self, TelemetryStream};
 use loopscope::protocol::AddressLine;
 use service::monotonic_ns;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A server process started by the bench; killed (by its own pid) when dropped.
@@ -307,30 +307,6 @@ async fn drive(addr: &str, plan: &Plan) -> Answered {
     Answered {
         ok: counted.0.load(Ordering::Relaxed),
         bad: counted.1.load(Ordering::Relaxed),
-    }
-}
-
-/// Reads one response; true if its status is 200.
-async fn read_response(s: &mut TcpStream, buf: &mut [u8]) -> bool {
-    let mut have = 0;
-    loop {
-        let r = s.read(&mut buf[have..]).await.unwrap();
-        assert!(r > 0, "server closed");
-        have += r;
-        if let Some(h) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..h]).unwrap();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            if have >= h + 4 + len {
-                return head.starts_with("HTTP/1.1 200");
-            }
-        }
     }
 }
 
@@ -830,39 +806,22 @@ fn request(quick: bool) {
     let layered = ProbeLayer::new(probe.clone()).layer(Hello);
     let hooked_probe = LoopProbe::new(0, ProbeConfig::default());
     let hooked_layered = ProbeLayer::new(hooked_probe.clone()).layer(Hello);
-    let build = |multi: bool, hooks: bool| {
-        let mut b = if multi {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(2);
-            b
-        } else {
-            tokio::runtime::Builder::new_current_thread()
-        };
-        b.enable_all();
-        if hooks {
-            LoopProbe::new(0, ProbeConfig::default()).install_hooks(&mut b);
-        }
-        b.build().unwrap()
-    };
-    let (ct_bare, ct_hooks) = (build(false, false), build(false, true));
-    let ct_probed = {
-        let mut b = tokio::runtime::Builder::new_current_thread();
-        hooked_probe.install_hooks(b.enable_all());
-        b.build().unwrap()
-    };
-    // One worker, so that the task polls stay on the thread whose CPU is read.
-    let one_worker = |probe: Option<&LoopProbe>| {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(1).enable_all();
+    // A runtime of `workers` (current_thread without), with `probe`'s hooks if any.
+    let build = |workers: Option<usize>, probe: Option<&LoopProbe>| {
+        let mut b = builder(workers);
         if let Some(p) = probe {
             p.install_hooks(&mut b);
         }
         b.build().unwrap()
     };
+    let hooks_only = || LoopProbe::new(0, ProbeConfig::default());
+    let (ct_bare, ct_hooks) = (build(None, None), build(None, Some(&hooks_only())));
+    let ct_probed = build(None, Some(&hooked_probe));
+    // One worker, so that the task polls stay on the thread whose CPU is read.
     let mt_probe = LoopProbe::new(0, ProbeConfig::default());
     let mt_layered = ProbeLayer::new(mt_probe.clone()).layer(Hello);
-    let (mt1_bare, mt1_probed) = (one_worker(None), one_worker(Some(&mt_probe)));
-    let (mt_bare, mt_hooks) = (build(true, false), build(true, true));
+    let (mt1_bare, mt1_probed) = (build(Some(1), None), build(Some(1), Some(&mt_probe)));
+    let (mt_bare, mt_hooks) = (build(Some(2), None), build(Some(2), Some(&hooks_only())));
     type Pair<'a> = (
         &'a str,
         Box<dyn Fn() -> f64 + 'a>,

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{Hello, current_thread, thread_cpu};
+use common::{Hello, builder, current_thread, thread_cpu};
 use criterion::{Criterion, criterion_group, criterion_main};
 use hyper::http::Request;
 use loopscope::probe::{LoopProbe, ProbeConfig, ProbeLayer, RequestTag};
@@ -85,9 +85,9 @@ fn request(c: &mut Criterion) {
     let probe = LoopProbe::new(0, ProbeConfig::default());
     let hooked_probe = LoopProbe::new(0, ProbeConfig::default());
     let hooked = {
-        let mut b = tokio::runtime::Builder::new_current_thread();
+        let mut b = builder(None);
         hooked_probe.install_hooks(&mut b);
-        b.enable_all().build().unwrap()
+        b.build().unwrap()
     };
     let mut g = c.benchmark_group("request");
     g.bench_function("service_bare", |b| {
@@ -153,14 +153,7 @@ enum Hooks {
 }
 
 fn runtime(multi: bool, hooks: Hooks) -> tokio::runtime::Runtime {
-    let mut b = if multi {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(2);
-        b
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-    };
-    b.enable_all();
+    let mut b = builder(multi.then_some(2));
     match hooks {
         Hooks::Bare => {}
         Hooks::Counting => {

@@ -46,6 +46,21 @@ pub fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// A runtime builder with I/O and timers: `current_thread` without `workers`, else
+/// `multi_thread` with that many workers.
+pub fn builder(workers: Option<usize>) -> tokio::runtime::Builder {
+    let mut b = match workers {
+        None => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    b.enable_all();
+    b
+}
+
 /// A `current_thread` runtime with I/O and timers.
 pub fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -70,5 +85,32 @@ impl tower_service::Service<Request<()>> for Hello {
     fn call(&mut self, req: Request<()>) -> Self::Future {
         black_box(&req);
         ready(Ok("hello\n"))
+    }
+}
+
+/// Reads one HTTP/1.1 response (head and `content-length` body) off `s`, into
+/// `buf`; true if its status is 200.
+pub async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut [u8]) -> bool {
+    let mut have = 0;
+    loop {
+        let r = tokio::io::AsyncReadExt::read(s, &mut buf[have..])
+            .await
+            .unwrap();
+        assert!(r > 0, "server closed");
+        have += r;
+        if let Some(h) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..h]).unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if have >= h + 4 + len {
+                return head.starts_with("HTTP/1.1 200");
+            }
+        }
     }
 }

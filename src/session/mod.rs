@@ -267,9 +267,7 @@ impl Session {
             }
             Command::ReplayPause => {
                 // Pause or resume as the longest recording is; one that ended stays.
-                let longest = self.replays.iter().map(|(_, r)| r.status());
-                let longest = longest.max_by(|a, b| a.total_s.total_cmp(&b.total_s));
-                let paused = longest.is_some_and(|s| s.paused);
+                let paused = self.longest_replay().is_some_and(|s| s.paused);
                 self.each_replay(|r| match r.status().paused == paused {
                     true => r.toggle_pause(now),
                     false => Vec::new(),
@@ -346,14 +344,18 @@ impl Session {
                 self.push(target, msg);
             }
         }
-        let longest = self.replays.iter().map(|(_, r)| r.status());
-        let longest = longest.max_by(|a, b| a.total_s.total_cmp(&b.total_s));
-        if let Some(status) = longest
+        if let Some(status) = self.longest_replay()
             && self.replay_shown.as_ref() != Some(&status)
         {
             self.replay_shown = Some(status.clone());
             self.pending.push_back(Update::Replay(status));
         }
+    }
+
+    /// Where the longest of the recordings played is.
+    fn longest_replay(&self) -> Option<ReplayStatus> {
+        let statuses = self.replays.iter().map(|(_, r)| r.status());
+        statuses.max_by(|a, b| a.total_s.total_cmp(&b.total_s))
     }
 
     fn advance_replay(&mut self) {

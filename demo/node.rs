@@ -1,5 +1,6 @@
 //! The Node.js-style model: one process, one loop, one process-wide pool.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use loopscope::probe::aggregate::{Aggregator, Feed, Publisher};
@@ -36,15 +37,16 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
                 epoch,
             )?;
             // One worker in this process: the sampler publishes itself, no thread hop.
+            let watched = Arc::clone(&hub);
             let mut publisher = Publisher::new(Aggregator::new(Model::Node, config.period), hub);
             publisher.feed(Feed::WorkerStarted { id: 0, pid });
             let probe = LoopProbe::new(0, config);
-            Sampler::new(probe.clone(), Some(pool.clone()), ThreadNames::default()).spawn(
-                move |report| {
+            Sampler::new(probe.clone(), Some(pool.clone()), ThreadNames::default())
+                .check_stalls_while(move || watched.has_readers())
+                .spawn(move |report| {
                     publisher.feed(Feed::Report(Box::new(report)));
                     true
-                },
-            )?;
+                })?;
             Some(probe)
         }
     };

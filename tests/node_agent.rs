@@ -281,10 +281,12 @@ fn every_agent_line_is_a_snapshot_and_info_a_server_info() {
         }
         assert_eq!(slow_polls, 1, "one slow_poll event for the 5 MB parse");
         let last: Snapshot = serde_json::from_str(lines.last().unwrap()).unwrap();
-        assert!(
-            last.workers[0].requests.completed >= 22,
-            "{:?}",
-            last.workers[0].requests
+        // Every request answered counted once, none left in flight.
+        let requests = &last.workers[0].requests;
+        assert_eq!(
+            (requests.completed, requests.in_flight),
+            (22, 0),
+            "{requests:?}"
         );
         assert!(
             last.workers[0].pool.completed >= 6,

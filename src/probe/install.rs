@@ -186,8 +186,10 @@ impl ProbeBuilder {
         let blocking = self.blocking_threads;
         let config = self.config;
         let watched = probe.clone();
+        let readers = Arc::clone(&hub);
         Sampler::new(probe.clone(), None, ThreadNames::none())
             .blocking_pool_size(blocking)
+            .check_stalls_while(move || readers.has_readers())
             .spawn(move |report| {
                 // Nothing to say before the runtime runs; then start its lag timer.
                 let Some(handle) = watched.runtime() else {

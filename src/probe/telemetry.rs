@@ -62,6 +62,11 @@ impl TelemetryHub {
         }
     }
 
+    /// Whether a `/telemetry` reader is connected now.
+    pub fn has_readers(&self) -> bool {
+        self.lines.receiver_count() > 0
+    }
+
     /// The newest snapshot.
     pub fn latest(&self) -> Option<Arc<Snapshot>> {
         let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);

@@ -14,12 +14,31 @@ const { spawn } = require('child_process');
 const { performance } = require('perf_hooks');
 const fs = require('fs');
 const http = require('http');
+const net = require('net');
 const path = require('path');
 
+// With two CPUs or more and taskset, the servers run on CPU 1 and this client on
+// CPU 0 (it runs itself again under taskset), so that neither slows the other.
+const PINNED = (() => {
+  if (require('os').cpus().length < 2) return false;
+  const probe = require('child_process').spawnSync('taskset', ['-c', '0', 'true']);
+  return probe.status === 0;
+})();
+if (PINNED && !process.env.LOOPSCOPE_BENCH_CLIENT) {
+  const r = require('child_process').spawnSync('taskset', ['-c', '0', process.execPath, __filename], {
+    stdio: 'inherit',
+    env: { ...process.env, LOOPSCOPE_BENCH_CLIENT: '1' },
+  });
+  process.exit(r.status === null ? 1 : r.status);
+}
 const ROUNDS = Number(process.env.ROUNDS || 3);
 const IDLE_S = Number(process.env.IDLE_S || 3);
 const REQUESTS = Number(process.env.REQUESTS || 4000);
 const CONCURRENCY = Number(process.env.CONCURRENCY || 8);
+// raw: a raw-socket client that keeps the server busy (the agent's cost per request);
+// http: Node's own http client, slower than the server, which then sleeps between
+// requests (each of the agent's timer ticks then costs a loop wake-up as well).
+const LOAD = process.env.LOAD || 'raw';
 const SERVER = path.join(__dirname, '../../../tests/agents/node_server.js');
 const AGENT = path.join(__dirname, 'loopscope.js');
 const ENDPOINTS = ['/hello', '/promises?n=100', '/fs'];
@@ -44,7 +63,9 @@ function cpuMs(pid) {
 
 function start(v) {
   return new Promise((ok, fail) => {
-    const child = spawn(process.execPath, [...v.args, SERVER], {
+    const argv = [process.execPath, ...v.args, SERVER];
+    const [cmd, ...args] = PINNED ? ['taskset', '-c', '1', ...argv] : argv;
+    const child = spawn(cmd, args, {
       env: { ...process.env, LOOPSCOPE_TELEMETRY: '127.0.0.1:0', LOOPSCOPE_ANNOUNCE: '1', ...v.env },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
@@ -62,6 +83,53 @@ function start(v) {
       }
     });
     child.on('error', fail);
+  });
+}
+
+// The measured load: raw HTTP/1.1 on CONCURRENCY keep-alive sockets, each sending
+// its next request as soon as the previous answer is in (closed loop), parsed no
+// further than its Content-Length, so that the client, pinned to the other core,
+// outpaces the server and keeps it busy: the server's CPU per request is then its
+// work per request, not the cost of waking up between requests.
+function rawLoad(app, target, n) {
+  const [host, port] = app.split(':');
+  const request = Buffer.from(`GET ${target} HTTP/1.1\r\nHost: ${app}\r\n\r\n`);
+  let sent = 0;
+  let answered = 0;
+  return new Promise((ok, fail) => {
+    let open = CONCURRENCY;
+    for (let c = 0; c < CONCURRENCY; c++) {
+      const socket = net.connect({ host, port: Number(port) });
+      socket.setNoDelay(true);
+      let buf = Buffer.alloc(0);
+      const next = () => {
+        if (sent < n) {
+          sent++;
+          socket.write(request);
+        } else {
+          socket.end();
+        }
+      };
+      socket.on('connect', next);
+      socket.on('data', (d) => {
+        buf = buf.length ? Buffer.concat([buf, d]) : d;
+        for (;;) {
+          const end = buf.indexOf('\r\n\r\n');
+          if (end < 0) return;
+          const head = buf.toString('latin1', 0, end).toLowerCase();
+          const m = /content-length: *(\d+)/.exec(head);
+          const total = end + 4 + (m ? Number(m[1]) : 0);
+          if (buf.length < total) return;
+          buf = buf.subarray(total);
+          answered++;
+          next();
+        }
+      });
+      socket.on('error', fail);
+      socket.on('close', () => {
+        if (--open === 0) (answered >= n ? ok : fail)(new Error(`${answered} of ${n} answered`));
+      });
+    }
   });
 }
 
@@ -86,12 +154,16 @@ function load(app, target, n) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const quantile = (xs, q) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * q))];
+const median = (xs) => quantile(xs, 0.5);
 
 (async () => {
   const results = VARIANTS.map(() => ({ idle: [], watched: [], per: ENDPOINTS.map(() => []), rps: ENDPOINTS.map(() => []) }));
   for (let round = 0; round < ROUNDS; round++) {
-    for (const [i, v] of VARIANTS.entries()) {
+    // Each round starts with the next variant, so that none is always first.
+    const order = VARIANTS.map((_, k) => (k + round) % VARIANTS.length);
+    for (const i of order) {
+      const v = VARIANTS[i];
       const { child, app, telemetry } = await start(v);
       await sleep(500);
       await load(app, '/hello', 500);
@@ -116,7 +188,7 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
       for (const [j, e] of ENDPOINTS.entries()) {
         const a = cpuMs(child.pid);
         const t0 = process.hrtime.bigint();
-        await load(app, e, REQUESTS);
+        await (LOAD === 'http' ? load : rawLoad)(app, e, REQUESTS);
         const s = Number(process.hrtime.bigint() - t0) / 1e9;
         results[i].per[j].push(((cpuMs(child.pid) - a) * 1000) / REQUESTS);
         results[i].rps[j].push(REQUESTS / s);
@@ -125,12 +197,17 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
       await new Promise((r) => child.once('exit', r));
     }
   }
-  console.log(`medians of ${ROUNDS} rounds; ${REQUESTS} requests per endpoint, ${CONCURRENCY} connections`);
+  console.log(`medians of ${ROUNDS} rounds; ${REQUESTS} requests per endpoint, ${CONCURRENCY} connections, ${LOAD} client${PINNED ? ', server on CPU 1, client on CPU 0' : ''}`);
   for (const [i, v] of VARIANTS.entries()) {
     const r = results[i];
     const cols = ENDPOINTS.map((e, j) => {
-      // The ratio to the bare server of the same round, then its median.
-      const ratio = i === 0 ? '' : ` (${pct(median(r.per[j].map((x, k) => x / results[0].per[j][k])))})`;
+      // The ratio to the bare server of the same round: its median and quartiles,
+      // and the ratio of the sums.
+      const ratios = r.per[j].map((x, k) => x / results[0].per[j][k]);
+      const sum = (xs) => xs.reduce((a, b) => a + b, 0);
+      const ratio = i === 0
+        ? ''
+        : ` (${pct(median(ratios))}, quartiles ${pct(quantile(ratios, 0.25))} .. ${pct(quantile(ratios, 0.75))}, totals ${pct(sum(r.per[j]) / sum(results[0].per[j]))})`;
       return `${e}: ${median(r.per[j]).toFixed(1)} µs CPU/req${ratio}, ${median(r.rps[j]).toFixed(0)} req/s`;
     });
     const watched = r.watched.length ? `, watched ${median(r.watched).toFixed(1)}%` : '';

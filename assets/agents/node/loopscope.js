@@ -52,7 +52,6 @@ const POOL_TYPES = new Set([
 
 // Shared buffer layout: BigInt64 slots, then Int32 slots, then rings and bytes.
 const B_HEARTBEAT = 0; // hrtime ns of the last lag tick (0: none yet)
-const B_REQ_DONE = 1; // requests answered since start
 const B_POOL_DONE = 2; // pool jobs finished since start
 const B_POOL_OLDEST = 3; // init time (ns) of the oldest waiting pool job, 0: none
 const B_ELU_ACTIVE = 4; // event loop active time (µs) since start, as of B_ELU_AT
@@ -65,6 +64,7 @@ const I_REQ_SEQ = I_BASE + 2; // odd while the request name is being written
 const I_REQ_LEN = I_BASE + 3; // bytes of the request name, 0: none
 const I_LAG_W = I_BASE + 4; // lag samples written (wraps)
 const I_WAIT_W = I_BASE + 5; // pool wait samples written (wraps)
+const I_REQ_DONE = I_BASE + 6; // requests answered since start (wraps)
 const I_SLOTS = 16;
 const LAG_OFF = I_BASE + I_SLOTS; // Int32 index of the lag ring
 const WAIT_OFF = LAG_OFF + LAG_RING;
@@ -213,11 +213,26 @@ function startMain() {
   let announced = false;
   let appAddr = '';
   let telemetryAddr = '';
-  const writeCurrent = (name) => {
-    Atomics.add(i32, I_REQ_SEQ, 1);
-    const n = name ? bytes.write(name, 0, REQ_BYTES, 'utf8') : 0;
-    Atomics.store(i32, I_REQ_LEN, n);
-    Atomics.add(i32, I_REQ_SEQ, 1);
+  // The request held now: its bytes are written only when they differ from the
+  // last request's (under the sequence counter); a request to the same target as
+  // the last one only stores its length, and the handler's end stores 0.
+  let lastMethod = '';
+  let lastUrl = '';
+  let lastTarget = '';
+  let lastLen = 0;
+  const holdRequest = (method, url) => {
+    if (method !== lastMethod || url !== lastUrl) {
+      lastMethod = method;
+      lastUrl = url;
+      lastTarget = cut(`${method} ${url}`);
+      Atomics.add(i32, I_REQ_SEQ, 1);
+      lastLen = bytes.write(lastTarget, 0, REQ_BYTES, 'utf8');
+      Atomics.store(i32, I_REQ_LEN, lastLen);
+      Atomics.add(i32, I_REQ_SEQ, 1);
+    } else {
+      Atomics.store(i32, I_REQ_LEN, lastLen);
+    }
+    return lastTarget;
   };
   function onApp(addr) {
     if (appAddr || !addr) return;
@@ -245,10 +260,20 @@ function startMain() {
   worker.unref();
 
   // A response closed: its request is no longer in flight; answered if it finished.
-  function onResponseClosed() {
-    Atomics.sub(i32, I_REQ_INFLIGHT, 1);
-    if (this.writableFinished) Atomics.add(i64, B_REQ_DONE, 1n);
-  }
+  // Seen in the responses' own emit (every server response emits 'close' once), not
+  // through a listener added to each.
+  const patchResponse = (proto) => {
+    if (!proto || proto.__loopscopePatched) return;
+    const original = proto.emit;
+    proto.__loopscopePatched = true;
+    proto.emit = function loopscopeResponseEmit(event) {
+      if (event === 'close') {
+        Atomics.sub(i32, I_REQ_INFLIGHT, 1);
+        if (this.writableFinished) Atomics.add(i32, I_REQ_DONE, 1);
+      }
+      return original.apply(this, arguments);
+    };
+  };
   const patch = (proto) => {
     if (!proto || proto.__loopscopePatched) return;
     const original = proto.emit;
@@ -265,13 +290,10 @@ function startMain() {
       let t0 = 0;
       let target = '';
       try {
-        target = cut(`${req.method} ${req.url}`);
+        target = depth++ === 0 ? holdRequest(req.method, req.url) : cut(`${req.method} ${req.url}`);
         // A double, not a BigInt: nothing allocated to time the handler.
         t0 = performance.now();
-        if (depth++ === 0) writeCurrent(target);
         Atomics.add(i32, I_REQ_INFLIGHT, 1);
-        // One shared listener, no closure per request ('close' comes once).
-        res.on('close', onResponseClosed);
       } catch (e) {
         warnOnce('request', `request bookkeeping: ${e && e.message}`);
       }
@@ -279,11 +301,11 @@ function startMain() {
         return original.apply(this, arguments);
       } finally {
         try {
-          if (--depth === 0) writeCurrent('');
+          if (--depth === 0) Atomics.store(i32, I_REQ_LEN, 0);
           if (t0) {
             const ms = performance.now() - t0;
-            const end = hr();
             if (ms >= SLOW_POLL_MS) {
+              const end = hr();
               const q = target.indexOf('?');
               post({
                 type: 'event',
@@ -305,6 +327,7 @@ function startMain() {
     };
   };
   patch(http.Server.prototype);
+  patchResponse(http.ServerResponse.prototype);
   const https = safeRequire('https');
   if (https) patch(https.Server.prototype);
 
@@ -627,7 +650,10 @@ function startAgentThread(config) {
   let lastThreads = new Map();
   let lastHost = hostTimes();
   let lastBusyUs = null;
-  let lastReqDone = 0n;
+  // The main thread counts answered requests in an Int32 that wraps; the total is
+  // kept here from its differences.
+  let lastReqDone = 0;
+  let reqTotal = 0;
   let lastPoolDone = 0n;
   function cpuUs() {
     const u = process.cpuUsage();
@@ -688,7 +714,9 @@ function startAgentThread(config) {
     const inFlight = Math.max(Atomics.load(i32, I_POOL_INFLIGHT), 0);
     const oldest = Atomics.load(i64, B_POOL_OLDEST);
     const poolDone = Atomics.load(i64, B_POOL_DONE);
-    const reqDone = Atomics.load(i64, B_REQ_DONE);
+    const reqDone = Atomics.load(i32, I_REQ_DONE);
+    const reqNew = (reqDone - lastReqDone) >>> 0;
+    reqTotal += reqNew;
     const ws = summary(waits);
     const oldestWait = oldest > 0n && inFlight > poolSize ? Number(now - oldest) / 1e6 : 0;
     const w = {
@@ -714,8 +742,8 @@ function startAgentThread(config) {
       cpu: { process: r1(process_), loop_thread: r1(th.loop), pool_threads: r1(th.pool) },
       requests: {
         in_flight: Math.max(Atomics.load(i32, I_REQ_INFLIGHT), 0),
-        completed: Number(reqDone),
-        per_s: r3((Number(reqDone - lastReqDone) / dtMs) * 1000),
+        completed: reqTotal,
+        per_s: r3((reqNew / dtMs) * 1000),
       },
     };
     if (stall > 0) {
@@ -1023,7 +1051,7 @@ function startAgentThread(config) {
     lastBusyUs = null;
     lagRead = Atomics.load(i32, I_LAG_W);
     waitRead = Atomics.load(i32, I_WAIT_W);
-    lastReqDone = Atomics.load(i64, B_REQ_DONE);
+    lastReqDone = Atomics.load(i32, I_REQ_DONE);
     lastPoolDone = Atomics.load(i64, B_POOL_DONE);
   };
   const schedule = () => {

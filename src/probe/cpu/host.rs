@@ -22,7 +22,9 @@ pub struct HostCpu {
 enum HostSource {
     /// The last figures, `/proc/stat` kept open (opening it is most of the cost of
     /// a read) and a buffer for its text.
-    ProcStat(CpuTimes, ProcStat),
+    /// Read at most every [`HostCpu::INTERVAL`]: the kernel formats the whole file
+    /// (every interrupt's count) for each read, however little of it is read.
+    ProcStat(CpuTimes, ProcStat, Instant),
     /// None where sysinfo cannot read this system: host CPU then reads 0.
     Sysinfo {
         sys: Option<Box<sysinfo::System>>,
@@ -114,8 +116,9 @@ impl Default for HostCpu {
 }
 
 impl HostCpu {
-    /// sysinfo needs an interval to measure over: it refreshes no more often.
-    const SYSINFO_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+    /// The host's CPU is read again no more often than this: sysinfo needs an
+    /// interval to measure over, and a read of `/proc/stat` costs tens of µs.
+    pub const INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
     /// A host sampler; the first sample covers the time since this call.
     pub fn new() -> Self {
@@ -123,7 +126,7 @@ impl HostCpu {
             && let Some((times, cores)) = stat.read()
         {
             return Self {
-                source: HostSource::ProcStat(times, stat),
+                source: HostSource::ProcStat(times, stat, Instant::now()),
                 cores,
                 last_percent: 0.0,
             };
@@ -151,12 +154,16 @@ impl HostCpu {
         self.cores
     }
 
-    /// Host CPU since the previous call, in percent of one core (up to 100 × cores).
-    /// A call less than a tick per core after the previous one repeats its figure
-    /// and leaves that period to the next call.
+    /// Host CPU since the previous reading, in percent of one core (up to 100 ×
+    /// cores). A call less than [`HostCpu::INTERVAL`], or a tick per core, after the
+    /// previous reading repeats its figure and leaves that time to a later call.
     pub fn sample(&mut self) -> f64 {
         match &mut self.source {
-            HostSource::ProcStat(last, stat) => {
+            HostSource::ProcStat(last, stat, read_at) => {
+                if read_at.elapsed() < Self::INTERVAL {
+                    return self.last_percent;
+                }
+                *read_at = Instant::now();
                 let Some((now, _)) = stat.read() else {
                     return self.last_percent;
                 };
@@ -166,7 +173,7 @@ impl HostCpu {
                 }
             }
             HostSource::Sysinfo { sys, last_refresh } => {
-                if let (true, Some(sys)) = (last_refresh.elapsed() >= Self::SYSINFO_INTERVAL, sys) {
+                if let (true, Some(sys)) = (last_refresh.elapsed() >= Self::INTERVAL, sys) {
                     sys.refresh_cpu_usage();
                     *last_refresh = Instant::now();
                     self.last_percent = round1(sys.global_cpu_usage() as f64 * self.cores as f64);

@@ -1,6 +1,6 @@
 //! CPU per process and per thread, in percent of one core.
 //!
-//! On Linux the threads are listed from `/proc/self/task`; each thread's run time
+//! On Linux the threads are listed from `/proc/self/task` (kept open); each thread's run time
 //! comes from its CPU clock (`clock_gettime`: nanoseconds, the figure of
 //! `/proc/self/task/<tid>/schedstat`, in one system call instead of three), falling
 //! back to `schedstat` and then to `stat`'s utime+stime (clock ticks of 10 ms, too
@@ -53,6 +53,12 @@ pub struct CpuSampler {
     last: HashMap<u32, Seen>,
     threads: Vec<ThreadCpu>,
     last_process_ns: Option<u64>,
+    /// `/proc/self/task`, kept open and read again from its start at each sample.
+    #[cfg(target_os = "linux")]
+    tasks: Option<linux::TaskDir>,
+    /// The thread ids listed last (kept to reuse its allocation).
+    #[cfg(target_os = "linux")]
+    tids: Vec<u32>,
     /// CPU time counted so far, by class (the loop's and the pool's in ns, added
     /// period by period so that threads that ended still count).
     totals: Totals,
@@ -78,6 +84,10 @@ impl CpuSampler {
             last: HashMap::new(),
             threads: Vec::new(),
             last_process_ns: None,
+            #[cfg(target_os = "linux")]
+            tasks: None,
+            #[cfg(target_os = "linux")]
+            tids: Vec::new(),
             totals: Totals::default(),
             #[cfg(not(target_os = "linux"))]
             fallback: Fallback::new(),
@@ -119,23 +129,21 @@ impl CpuSampler {
         let mut current = HashMap::with_capacity(self.last.len());
         self.threads.clear();
         let mut snap = CpuSnapshot::default();
-        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        if self.tasks.is_none() {
+            self.tasks = linux::TaskDir::open();
+        }
+        let Some(tasks) = &mut self.tasks else {
             return snap;
         };
+        let mut tids = std::mem::take(&mut self.tids);
+        tasks.list(&mut tids);
         // Who is registered now; a thread registering while the list is read is
         // classed by name this once.
         let mut registered = HashMap::new();
         for r in self.registries.iter().rev() {
             registered.extend(r.snapshot());
         }
-        for entry in dir.flatten() {
-            let Some(tid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
+        for &tid in &tids {
             let Some(run_ns) = linux::thread_run_ns(tid) else {
                 continue;
             };
@@ -176,6 +184,7 @@ impl CpuSampler {
             });
             current.insert(tid, Seen { name, run_ns });
         }
+        self.tids = tids;
         self.last = current;
         // The process figure from the kernel's process clock, which also counts
         // threads that ended during the period.
@@ -256,6 +265,49 @@ mod linux {
             return None;
         }
         Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    }
+
+    /// `/proc/self/task` held open: each listing rewinds it and reads it again
+    /// (the kernel lists the threads alive at that moment), so that a sample costs
+    /// no path lookup and no open.
+    pub(super) struct TaskDir(std::ptr::NonNull<libc::DIR>);
+
+    // SAFETY: the stream is used by one thread at a time (its owner's `&mut self`).
+    unsafe impl Send for TaskDir {}
+
+    impl TaskDir {
+        pub(super) fn open() -> Option<Self> {
+            // SAFETY: a NUL-terminated path; a null return is an error.
+            let dir = unsafe { libc::opendir(c"/proc/self/task".as_ptr()) };
+            std::ptr::NonNull::new(dir).map(Self)
+        }
+
+        /// The ids of this process's threads, into `tids` (cleared first).
+        pub(super) fn list(&mut self, tids: &mut Vec<u32>) {
+            tids.clear();
+            // SAFETY: the stream is open until drop; readdir's entry is read before
+            // the next call on the same stream.
+            unsafe {
+                libc::rewinddir(self.0.as_ptr());
+                loop {
+                    let entry = libc::readdir(self.0.as_ptr());
+                    if entry.is_null() {
+                        break;
+                    }
+                    let name = std::ffi::CStr::from_ptr((*entry).d_name.as_ptr());
+                    if let Some(tid) = name.to_str().ok().and_then(|s| s.parse().ok()) {
+                        tids.push(tid);
+                    }
+                }
+            }
+        }
+    }
+
+    impl Drop for TaskDir {
+        fn drop(&mut self) {
+            // SAFETY: opened by opendir, closed once.
+            unsafe { libc::closedir(self.0.as_ptr()) };
+        }
     }
 
     pub(super) fn thread_name(tid: u32) -> Option<String> {

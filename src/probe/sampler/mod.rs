@@ -11,7 +11,8 @@
 //! It never runs on the runtime it measures, so a blocked loop is still reported. It
 //! looks for a stall every 25 ms (the loop's heartbeat, or a worker's running poll)
 //! and sends an early (`urgent`) report the moment one begins, so a reader sees it
-//! within ~35 ms instead of up to a period later.
+//! within ~35 ms instead of up to a period later; with
+//! [`Sampler::check_stalls_while`], only while someone reads the reports live.
 
 mod multi;
 
@@ -55,6 +56,8 @@ pub struct Sampler {
     /// Set once the runtime is seen to be a multi-thread one.
     multi: Option<multi::MultiThread>,
     blocking_pool_size: u32,
+    /// Whether anyone waits for an early report now; `None`: always.
+    watched: Option<Box<dyn Fn() -> bool + Send>>,
 }
 
 impl Sampler {
@@ -82,7 +85,17 @@ impl Sampler {
             last_stalled: Duration::ZERO,
             multi: None,
             blocking_pool_size: TOKIO_BLOCKING_THREADS,
+            watched: None,
         }
+    }
+
+    /// Looks for a stall between reports only while `watched` says someone reads
+    /// the reports as they come (a `/telemetry` stream): the early report of a stall
+    /// onset is for them. Unwatched, the sampler wakes once a period instead of
+    /// four times (each wake-up costs the measured process ~20 – 50 µs of CPU).
+    pub fn check_stalls_while(mut self, watched: impl Fn() -> bool + Send + 'static) -> Self {
+        self.watched = Some(Box::new(watched));
+        self
     }
 
     /// The cap on a multi-thread runtime's blocking threads, if it is not tokio's
@@ -127,11 +140,18 @@ impl Sampler {
                 let mut was_stalled = false;
                 loop {
                     let now = Instant::now();
-                    let wake = next_report.min(now + STALL_CHECK);
+                    let checking = sampler.watched.as_ref().is_none_or(|w| w());
+                    let wake = if checking {
+                        next_report.min(now + STALL_CHECK)
+                    } else {
+                        next_report
+                    };
                     std::thread::sleep(wake.saturating_duration_since(now));
                     let now = Instant::now();
                     let stalled = sampler.stalled_for().is_some();
-                    let onset = stalled && !was_stalled;
+                    // Early: a stall that began since the last look, before the
+                    // report was due.
+                    let onset = stalled && !was_stalled && now < next_report;
                     was_stalled = stalled;
                     if onset || now >= next_report {
                         let reports = sampler.reports(now, onset);
@@ -273,6 +293,82 @@ mod tests {
     use super::*;
     use crate::probe::ProbeConfig;
     use std::sync::mpsc;
+
+    /// Unwatched, the sampler wakes once a period and a stall shows at the next
+    /// periodic report; watched, it looks four times a period and the stall shows
+    /// within ~35 ms of its onset, in an early report.
+    #[test]
+    fn stalls_are_looked_for_between_reports_only_while_watched() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let _serial = crate::test_support::timing_lock();
+        let probe = LoopProbe::new(0, ProbeConfig::default());
+        let watched = Arc::new(AtomicBool::new(false));
+        // The sampler's wake-ups in each phase: it asks once per wake-up.
+        let looks = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let (w, l) = (Arc::clone(&watched), Arc::clone(&looks));
+        // Once the loop ends its heartbeat stops, which would read as a stall.
+        let done = Arc::new(AtomicBool::new(false));
+        let (ended, phase) = (Arc::clone(&done), Arc::clone(&watched));
+        let (tx, rx) = mpsc::channel();
+        Sampler::new(probe.clone(), None, ThreadNames::default())
+            .check_stalls_while(move || {
+                let on = w.load(Ordering::Relaxed);
+                l[usize::from(on)].fetch_add(1, Ordering::Relaxed);
+                on
+            })
+            .spawn(move |r| {
+                let report = (
+                    phase.load(Ordering::Relaxed),
+                    r.worker.stalled_for_ms,
+                    r.urgent,
+                );
+                !ended.load(Ordering::Relaxed) && tx.send(report).is_ok()
+            })
+            .unwrap();
+        let loop_probe = probe.clone();
+        let flag = Arc::clone(&watched);
+        let looper = std::thread::spawn(move || {
+            let mut b = tokio::runtime::Builder::new_current_thread();
+            loop_probe.install_hooks(&mut b);
+            let rt = b.enable_all().build().unwrap();
+            rt.block_on(async {
+                loop_probe.spawn_lag_task();
+                for watch in [false, true] {
+                    flag.store(watch, Ordering::Relaxed);
+                    // Past the sampler's current sleep (one period at most).
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    tokio::spawn(async { std::thread::sleep(Duration::from_millis(300)) })
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                done.store(true, Ordering::Relaxed);
+            });
+        });
+        looper.join().unwrap();
+        let reports: Vec<(bool, f64, bool)> = rx.try_iter().collect();
+        let stalled = |on: bool| -> Vec<(f64, bool)> {
+            reports
+                .iter()
+                .filter(|(w, ms, _)| *w == on && *ms > 0.0)
+                .map(|(_, ms, urgent)| (*ms, *urgent))
+                .collect()
+        };
+        // ~800 ms a phase: ~8 wake-ups unwatched, ~32 watched.
+        let (quiet, busy) = (
+            looks[0].load(Ordering::Relaxed),
+            looks[1].load(Ordering::Relaxed),
+        );
+        assert!(quiet <= 14 && busy >= 20, "{quiet} and {busy} looks");
+        let (unwatched, watched) = (stalled(false), stalled(true));
+        assert!(!unwatched.is_empty(), "{reports:?}");
+        assert!(unwatched.iter().all(|(_, urgent)| !urgent), "{reports:?}");
+        assert!(
+            watched.first().is_some_and(|(ms, _)| *ms <= 75.0),
+            "{reports:?}"
+        );
+    }
 
     /// A loop blocked for 300 ms: the sampler reports the stall while it lasts,
     /// early, then the lag histogram shows it once the loop runs again; the

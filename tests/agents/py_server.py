@@ -3,7 +3,7 @@
 Prints its address line {"app":"127.0.0.1:PORT","pid":N} on stdout once it listens
 (port from PORT, default 0). With LOOPSCOPE_AGENT=0 it runs without the agent
 (imported from assets/agents/python); otherwise it installs it in main() and names
-each request with loopscope_agent.request().
+each request with loopscope_agent.request() (not with LOOPSCOPE_NAMING=0).
 
   GET /hello           a small JSON answer
   GET /json?mb=20      json.loads of a ~20 MB document in the coroutine; answers
@@ -24,6 +24,8 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 AGENT = os.environ.get("LOOPSCOPE_AGENT", "1") != "0"
+# LOOPSCOPE_NAMING=0: the agent installed, requests not named (install() alone).
+NAMING = AGENT and os.environ.get("LOOPSCOPE_NAMING", "1") != "0"
 if AGENT:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                     "..", "..", "assets", "agents", "python"))
@@ -80,7 +82,7 @@ async def connection(reader, writer):
             line = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
             method, target = line[0], line[1] if len(line) > 1 else "/"
             work = handle(method, target)
-            if AGENT:
+            if NAMING:
                 work = loopscope_agent.request("%s %s" % (method, target), work)
             status, body = await work
             data = json.dumps(body).encode()

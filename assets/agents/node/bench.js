@@ -1,15 +1,19 @@
 'use strict';
-// The agent's own cost: the test server (tests/agents/node_server.js) without the
-// agent, with it and LOOPSCOPE_POOL_HOOKS=0, and with it (pool hooks on), taking
-// turns for ROUNDS rounds. Per variant, the server's CPU (the sum of its threads'
-// run time, /proc/PID/task/*/schedstat) idle over IDLE_S seconds, idle again with a
-// /telemetry client reading, and per request under a closed-loop load of
-// CONCURRENCY keep-alive connections on each endpoint. Prints medians, and each
-// agent variant's median ratio to the bare server of the same round. Each server
-// has run one pool job before it is measured. Then how soon a stall shows (STALLS
-// parses of 20 MB).
+// The agent's own cost, on the test server (tests/agents/node_server.js) without the
+// agent, with it and LOOPSCOPE_POOL_HOOKS=0, and with it (pool hooks on):
+//   - idle: each server alone, its CPU (the sum of its threads' run time,
+//     /proc/PID/task/*/schedstat) over IDLE_S seconds, then again with a /telemetry
+//     client reading; IDLE_ROUNDS times;
+//   - per request: all the servers running at once, taking turns in measures of
+//     REQUESTS requests per endpoint, ROUNDS rounds, under a closed-loop load of
+//     CONCURRENCY keep-alive connections from a client that keeps the server busy
+//     (LOAD=http: Node's own client, slower than the server);
+//   - how soon a stall shows (STALLS parses of 20 MB).
+// Prints medians, and each agent variant's ratio to the bare server in the same
+// round (median, quartiles, totals). Each server has run one pool job before it is
+// measured.
 //
-//   node assets/agents/node/bench.js            (ROUNDS=3 IDLE_S=3 REQUESTS=4000)
+//   node assets/agents/node/bench.js     (ROUNDS=20 REQUESTS=20000 IDLE_ROUNDS=3 IDLE_S=3)
 const { spawn } = require('child_process');
 const { performance } = require('perf_hooks');
 const fs = require('fs');
@@ -31,9 +35,10 @@ if (PINNED && !process.env.LOOPSCOPE_BENCH_CLIENT) {
   });
   process.exit(r.status === null ? 1 : r.status);
 }
-const ROUNDS = Number(process.env.ROUNDS || 3);
+const ROUNDS = Number(process.env.ROUNDS || 20);
+const IDLE_ROUNDS = Number(process.env.IDLE_ROUNDS || 3);
 const IDLE_S = Number(process.env.IDLE_S || 3);
-const REQUESTS = Number(process.env.REQUESTS || 4000);
+const REQUESTS = Number(process.env.REQUESTS || 20000);
 const CONCURRENCY = Number(process.env.CONCURRENCY || 8);
 // raw: a raw-socket client that keeps the server busy (the agent's cost per request);
 // http: Node's own http client, slower than the server, which then sleeps between
@@ -159,18 +164,19 @@ const median = (xs) => quantile(xs, 0.5);
 
 (async () => {
   const results = VARIANTS.map(() => ({ idle: [], watched: [], per: ENDPOINTS.map(() => []), rps: ENDPOINTS.map(() => []) }));
-  for (let round = 0; round < ROUNDS; round++) {
-    // Each round starts with the next variant, so that none is always first.
-    const order = VARIANTS.map((_, k) => (k + round) % VARIANTS.length);
-    for (const i of order) {
-      const v = VARIANTS[i];
+  const warm = async (app) => {
+    await load(app, '/hello', 500);
+    // One pool job first: with the pool hooks off, the agent's hook that finds the
+    // pool's threads stays on until the pool's first job (or 10 s); the figures are
+    // the steady state's, after it.
+    await load(app, '/fs', 1);
+  };
+  // Idle: one server at a time, IDLE_ROUNDS times.
+  for (let round = 0; round < IDLE_ROUNDS; round++) {
+    for (const [i, v] of VARIANTS.entries()) {
       const { child, app, telemetry } = await start(v);
       await sleep(500);
-      await load(app, '/hello', 500);
-      // One pool job first: with the pool hooks off, the agent's hook that finds the
-      // pool's threads stays on until the pool's first job (or 10 s); the figures are
-      // the steady state's, after it.
-      await load(app, '/fs', 1);
+      await warm(app);
       await sleep(1000);
       const c0 = cpuMs(child.pid);
       await sleep(IDLE_S * 1000);
@@ -185,7 +191,24 @@ const median = (xs) => quantile(xs, 0.5);
         results[i].watched.push(((cpuMs(child.pid) - c1) / (IDLE_S * 1000)) * 100);
         req.destroy();
       }
-      for (const [j, e] of ENDPOINTS.entries()) {
+      child.kill();
+      await new Promise((r) => child.once('exit', r));
+    }
+  }
+  // Per request: every variant's server runs at once, and they take turns in short
+  // measures (REQUESTS each, the first of each round rotating), so that a slow spell
+  // of the machine falls on all of them alike.
+  const servers = [];
+  for (const v of VARIANTS) servers.push(await start(v));
+  for (const { app } of servers) {
+    await warm(app);
+    for (const e of ENDPOINTS) await rawLoad(app, e, Math.min(REQUESTS, 5000));
+  }
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const [j, e] of ENDPOINTS.entries()) {
+      for (let k = 0; k < VARIANTS.length; k++) {
+        const i = (k + round) % VARIANTS.length;
+        const { child, app } = servers[i];
         const a = cpuMs(child.pid);
         const t0 = process.hrtime.bigint();
         await (LOAD === 'http' ? load : rawLoad)(app, e, REQUESTS);
@@ -193,11 +216,13 @@ const median = (xs) => quantile(xs, 0.5);
         results[i].per[j].push(((cpuMs(child.pid) - a) * 1000) / REQUESTS);
         results[i].rps[j].push(REQUESTS / s);
       }
-      child.kill();
-      await new Promise((r) => child.once('exit', r));
     }
   }
-  console.log(`medians of ${ROUNDS} rounds; ${REQUESTS} requests per endpoint, ${CONCURRENCY} connections, ${LOAD} client${PINNED ? ', server on CPU 1, client on CPU 0' : ''}`);
+  for (const { child } of servers) {
+    child.kill();
+    await new Promise((r) => child.once('exit', r));
+  }
+  console.log(`idle: medians of ${IDLE_ROUNDS} rounds; per request: medians of ${ROUNDS} rounds of ${REQUESTS} requests per endpoint, ${CONCURRENCY} connections, ${LOAD} client${PINNED ? ', server on CPU 1, client on CPU 0' : ''}`);
   for (const [i, v] of VARIANTS.entries()) {
     const r = results[i];
     const cols = ENDPOINTS.map((e, j) => {
@@ -225,7 +250,8 @@ function pct(ratio) {
 // the stall: its stalled_for_ms (how long the loop had been held when the agent's
 // thread made the line) and the time from sending the request to reading the line.
 async function stallVisibility() {
-  const STALLS = Number(process.env.STALLS || 10);
+  const STALLS = Number(process.env.STALLS ?? 10);
+  if (!STALLS) return;
   const { child, app, telemetry } = await start(VARIANTS[2]);
   const [host, port] = telemetry.split(':');
   const lines = [];

@@ -2,14 +2,16 @@
 
   asyncio            tests/agents/py_server.py without the agent (LOOPSCOPE_AGENT=0)
   asyncio + agent    the same with install() and request() naming
+  asyncio + install() only   the same, requests not named (LOOPSCOPE_NAMING=0)
   uvicorn ...        tests/agents/py_asgi.py (FastAPI) under uvicorn, without and with
                      asgi(); only when PYTHON names a Python with uvicorn and fastapi
 
 Per variant: the server's CPU (the sum of its threads' run time,
 /proc/PID/task/*/schedstat) idle over IDLE_S seconds; then per request under a
 closed-loop load of CONCURRENCY keep-alive connections sending REQUESTS requests
-(bounded by MAX_S seconds), with nobody watching and again with a /telemetry client
-reading. The agent's telemetry process is measured apart (its CPU per request and
+(bounded by MAX_S seconds) from a client fast enough to keep the server busy, with
+nobody watching and again with a /telemetry client reading. With two CPUs, servers
+run on CPU 1 and the client on CPU 0. The agent's telemetry process is measured apart (its CPU per request and
 idle). Prints medians. Loopback only.
 
   python3 assets/agents/python/bench.py
@@ -32,22 +34,28 @@ REQUESTS = int(os.environ.get("REQUESTS", "6000"))
 CONCURRENCY = int(os.environ.get("CONCURRENCY", "8"))
 MAX_S = float(os.environ.get("MAX_S", "30"))
 STALLS = int(os.environ.get("STALLS", "10"))
+# With two CPUs or more, the servers run on CPU 1 and this client on CPU 0.
+PINNED = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+SERVER_CPU = 1
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
 AGENTS = os.path.join(ROOT, "tests", "agents")
 
 
 def variants():
+    server = [sys.executable, os.path.join(AGENTS, "py_server.py")]
+    # (name, command, environment, the index of the bare server it is compared with)
     out = [
-        ("asyncio", [sys.executable, os.path.join(AGENTS, "py_server.py")], {"LOOPSCOPE_AGENT": "0"}),
-        ("asyncio + agent", [sys.executable, os.path.join(AGENTS, "py_server.py")], {}),
+        ("asyncio", server, {"LOOPSCOPE_AGENT": "0"}, None),
+        ("asyncio + agent", server, {}, 0),
+        ("asyncio + install() only", server, {"LOOPSCOPE_NAMING": "0"}, 0),
     ]
     py = os.environ.get("PYTHON")
     if py:
         py = os.path.abspath(py)
         uv = [py, "-m", "uvicorn", "py_asgi:app", "--host", "127.0.0.1", "--port", "0",
               "--log-level", "warning", "--no-access-log"]
-        out.append(("uvicorn+fastapi", uv, {"LOOPSCOPE_AGENT": "0"}))
-        out.append(("uvicorn+fastapi + agent", uv, {}))
+        out.append(("uvicorn+fastapi", uv, {"LOOPSCOPE_AGENT": "0"}, None))
+        out.append(("uvicorn+fastapi + agent", uv, {}, 3))
     return out
 
 
@@ -80,7 +88,9 @@ def start(cmd, env):
                 PYTHONDONTWRITEBYTECODE="1", PORT=str(port), **env)
     cmd = [c if c != "0" or cmd[i - 1] != "--port" else str(port) for i, c in enumerate(cmd)]
     child = subprocess.Popen(cmd, env=full, cwd=AGENTS, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, start_new_session=True)
+                             stdout=subprocess.PIPE, start_new_session=True,
+                             preexec_fn=(lambda: os.sched_setaffinity(0, {SERVER_CPU}))
+                             if PINNED else None)
     try:
         return started(child, port, env)
     except BaseException:
@@ -129,47 +139,54 @@ def wait_listening(app, deadline):
 
 
 def load(app, n):
-    """CONCURRENCY keep-alive connections, each sending /hello until n are answered."""
+    """CONCURRENCY keep-alive connections, each sending /hello as soon as its previous
+    answer is in, until n are answered (or MAX_S): one thread and a selector, parsing
+    no further than Content-Length, so that the client (on the other CPU) outpaces the
+    server and keeps it busy. Returns (answered, seconds)."""
+    import selectors
+
     host, port = app.split(":")
     request = b"GET /hello HTTP/1.1\r\nHost: bench\r\n\r\n"
-    counter = {"left": n}
-    lock = threading.Lock()
-    end = time.monotonic() + MAX_S
-
-    def lane():
+    sel = selectors.DefaultSelector()
+    bufs = {}
+    sent = answered = 0
+    t0 = time.monotonic()
+    end = t0 + MAX_S
+    for _ in range(CONCURRENCY):
         s = socket.create_connection((host, int(port)))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.settimeout(10)
-        buf = b""
-        while time.monotonic() < end:
-            with lock:
-                if counter["left"] <= 0:
-                    break
-                counter["left"] -= 1
-            s.sendall(request)
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+        bufs[s] = b""
+        if sent < n:
+            sent += 1
+            s.send(request)
+    while answered < n and time.monotonic() < end:
+        for key, _ in sel.select(1):
+            s = key.fileobj
+            chunk = s.recv(65536)
+            if not chunk:
+                raise SystemExit("the server closed a connection")
+            buf = bufs[s] + chunk
             while True:
                 head, sep, rest = buf.partition(b"\r\n\r\n")
-                if sep:
-                    length = 0
-                    for line in head.split(b"\r\n"):
-                        if line.lower().startswith(b"content-length:"):
-                            length = int(line.split(b":")[1])
-                    if len(rest) >= length:
-                        buf = rest[length:]
-                        break
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise SystemExit("the server closed a connection")
-                buf += chunk
+                if not sep:
+                    break
+                i = head.lower().find(b"content-length:")
+                length = int(head[i + 15:].split(b"\r\n", 1)[0]) if i >= 0 else 0
+                if len(rest) < length:
+                    break
+                buf = rest[length:]
+                answered += 1
+                if sent < n:
+                    sent += 1
+                    s.send(request)
+            bufs[s] = buf
+    secs = time.monotonic() - t0
+    for s in bufs:
+        sel.unregister(s)
         s.close()
-
-    threads = [threading.Thread(target=lane) for _ in range(CONCURRENCY)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return n - max(counter["left"], 0), time.monotonic() - t0
+    return answered, secs
 
 
 def watcher(telemetry):
@@ -260,14 +277,18 @@ def median(xs):
 def main():
     # A TERM runs the finally blocks: every server started is killed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    if PINNED:
+        os.sched_setaffinity(0, {0})
     vs = variants()
-    res = {name: {"idle": [], "hub_idle": [], "per": [], "per_w": [], "hub_per_w": [], "rps": [],
-                  "built": [], "seen": []}
-           for name, _, _ in vs}
-    for _ in range(ROUNDS):
-        for name, cmd, env in vs:
+    res = [{"idle": [], "hub_idle": [], "per": [], "per_w": [], "hub_per_w": [], "rps": [],
+            "built": [], "seen": []} for _ in vs]
+    for rnd in range(ROUNDS):
+        # Each round starts with the next variant, so that none is always first.
+        for k in range(len(vs)):
+            i = (k + rnd) % len(vs)
+            name, cmd, env, _ = vs[i]
             child, app, telemetry, hub = start(cmd, env)
-            r = res[name]
+            r = res[i]
             try:
                 load(app, 500)
                 time.sleep(0.5)
@@ -288,37 +309,45 @@ def main():
                     r["per_w"].append((cpu_ms(child.pid) - a) * 1000 / done)
                     r["hub_per_w"].append((cpu_ms(hub) - h) * 1000 / done)
                     close()
-                    built, seen = visibility(app, telemetry, "/sleep?ms=200", STALLS)
-                    r["built"] += built
-                    r["seen"] += seen
+                    if STALLS:
+                        built, seen = visibility(app, telemetry, "/sleep?ms=200", STALLS)
+                        r["built"] += built
+                        r["seen"] += seen
             finally:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
-    print("medians of %d rounds; %d requests of /hello per measure, %d connections"
-          % (ROUNDS, REQUESTS, CONCURRENCY))
-    for name, _, _ in vs:
-        r = res[name]
-        line = "%-24s idle %4.1f%% | %5.1f µs CPU/req, %5.0f req/s" % (
+    print("medians of %d rounds; %d requests of /hello per measure, %d connections%s"
+          % (ROUNDS, REQUESTS, CONCURRENCY,
+             ", servers on CPU 1, client on CPU 0" if PINNED else ""))
+    for (name, _, _, _), r in zip(vs, res):
+        line = "%-26s idle %4.1f%% | %5.1f µs CPU/req, %5.0f req/s" % (
             name, median(r["idle"]), median(r["per"]), median(r["rps"]))
         if r["per_w"]:
             line += " | watched: %5.1f µs CPU/req + telemetry process %4.1f µs/req" % (
                 median(r["per_w"]), median(r["hub_per_w"]))
             line += " | telemetry process idle %4.1f%%" % median(r["hub_idle"])
         print(line)
-    for name, _, _ in vs:
-        b, v = sorted(res[name]["built"]), sorted(res[name]["seen"])
+    for (name, _, _, _), r in zip(vs, res):
+        b, v = sorted(r["built"]), sorted(r["seen"])
         if b:
             print("%s: a 200 ms time.sleep shows in the first line %.0f ms after it began "
                   "(median of %d; p90 %.0f, max %.0f); request sent -> line read %.0f ms "
                   "(median; p90 %.0f, max %.0f)" % (
                       name, median(b), len(b), b[int(len(b) * 0.9)], b[-1],
                       median(v), v[int(len(v) * 0.9)], v[-1]))
-    names = [n for n, _, _ in vs]
-    for base, agent in zip(names[0::2], names[1::2]):
-        b, a = median(res[base]["per"]), median(res[agent]["per"])
-        w = median(res[agent]["per_w"])
-        print("%s: agent +%.1f%% server CPU per request (watched +%.1f%%)"
-              % (agent, (a - b) / b * 100, (w - b) / b * 100))
+    for (name, _, _, base), r in zip(vs, res):
+        if base is None:
+            continue
+        bare = res[base]["per"]
+        # The ratio to the bare server of the same round: median, quartiles, and the
+        # ratio of the sums; watched: the median ratio.
+        ratios = sorted(a / b for a, b in zip(r["per"], bare))
+        watched = [a / b for a, b in zip(r["per_w"], bare)]
+        print("%s: agent %+.1f%% server CPU per request (quartiles %+.1f%% .. %+.1f%%, "
+              "totals %+.1f%%; watched %+.1f%%)" % (
+                  name, (median(ratios) - 1) * 100, (ratios[len(ratios) // 4] - 1) * 100,
+                  (ratios[(3 * len(ratios)) // 4] - 1) * 100,
+                  (sum(r["per"]) / sum(bare) - 1) * 100, (median(watched) - 1) * 100))
 
 
 if __name__ == "__main__":

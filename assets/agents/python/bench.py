@@ -6,13 +6,16 @@
   uvicorn ...        tests/agents/py_asgi.py (FastAPI) under uvicorn, without and with
                      asgi(); only when PYTHON names a Python with uvicorn and fastapi
 
-Per variant: the server's CPU (the sum of its threads' run time,
-/proc/PID/task/*/schedstat) idle over IDLE_S seconds; then per request under a
-closed-loop load of CONCURRENCY keep-alive connections sending REQUESTS requests
-(bounded by MAX_S seconds) from a client fast enough to keep the server busy, with
-nobody watching and again with a /telemetry client reading. With two CPUs, servers
-run on CPU 1 and the client on CPU 0. The agent's telemetry process is measured apart (its CPU per request and
-idle). Prints medians. Loopback only.
+Idle (IDLE_ROUNDS rounds, one server at a time): the server's CPU (the sum of its
+threads' run time, /proc/PID/task/*/schedstat) over IDLE_S seconds, and how soon a
+200 ms time.sleep shows in /telemetry (STALLS times). Per request (ROUNDS rounds):
+all the servers run at once and take turns, the others stopped (SIGSTOP) while one is
+measured, under a closed-loop load of CONCURRENCY keep-alive connections sending
+REQUESTS requests (bounded by MAX_S seconds) from a client fast enough to keep the
+server busy, with nobody watching and again with a /telemetry client reading. With
+two CPUs, servers run on CPU 1, the client and the agent's telemetry process (measured
+apart) on CPU 0. Prints medians and each agent variant's ratio to its bare server in
+the same round. Loopback only.
 
   python3 assets/agents/python/bench.py
   PYTHON=target/python-agent-venv/bin/python ROUNDS=5 python3 assets/agents/python/bench.py
@@ -28,7 +31,8 @@ import sys
 import threading
 import time
 
-ROUNDS = int(os.environ.get("ROUNDS", "5"))
+ROUNDS = int(os.environ.get("ROUNDS", "15"))
+IDLE_ROUNDS = int(os.environ.get("IDLE_ROUNDS", "2"))
 IDLE_S = float(os.environ.get("IDLE_S", "2"))
 REQUESTS = int(os.environ.get("REQUESTS", "6000"))
 CONCURRENCY = int(os.environ.get("CONCURRENCY", "8"))
@@ -282,13 +286,10 @@ def main():
     vs = variants()
     res = [{"idle": [], "hub_idle": [], "per": [], "per_w": [], "hub_per_w": [], "rps": [],
             "built": [], "seen": []} for _ in vs]
-    for rnd in range(ROUNDS):
-        # Each round starts with the next variant, so that none is always first.
-        for k in range(len(vs)):
-            i = (k + rnd) % len(vs)
-            name, cmd, env, _ = vs[i]
+    # Idle, and how soon a stall shows: one server at a time, IDLE_ROUNDS times.
+    for _ in range(IDLE_ROUNDS):
+        for (name, cmd, env, _), r in zip(vs, res):
             child, app, telemetry, hub = start(cmd, env)
-            r = res[i]
             try:
                 load(app, 500)
                 time.sleep(0.5)
@@ -297,6 +298,34 @@ def main():
                 r["idle"].append((cpu_ms(child.pid) - c0) / (IDLE_S * 1000) * 100)
                 if hub:
                     r["hub_idle"].append((cpu_ms(hub) - h0) / (IDLE_S * 1000) * 100)
+                if telemetry and STALLS:
+                    built, seen = visibility(app, telemetry, "/sleep?ms=200", STALLS)
+                    r["built"] += built
+                    r["seen"] += seen
+            finally:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+    # Per request: every server started at once; they take turns, the first of each
+    # round rotating, and all but the one measured are stopped (SIGSTOP), so that
+    # neither their timers nor a slow spell of the machine weigh on one more than
+    # another. The agent's telemetry process runs on the client's CPU: it is
+    # measured apart.
+    servers = []
+    try:
+        for name, cmd, env, _ in vs:
+            child, app, telemetry, hub = start(cmd, env)
+            servers.append((child, app, telemetry, hub))
+            if hub and PINNED:
+                os.sched_setaffinity(hub, {0})
+            load(app, 2000)
+            os.killpg(child.pid, signal.SIGSTOP)
+        for rnd in range(ROUNDS):
+            for k in range(len(vs)):
+                i = (k + rnd) % len(vs)
+                child, app, telemetry, hub = servers[i]
+                r = res[i]
+                os.killpg(child.pid, signal.SIGCONT)
+                time.sleep(0.2)
                 a = cpu_ms(child.pid)
                 done, secs = load(app, REQUESTS)
                 r["per"].append((cpu_ms(child.pid) - a) * 1000 / done)
@@ -309,15 +338,15 @@ def main():
                     r["per_w"].append((cpu_ms(child.pid) - a) * 1000 / done)
                     r["hub_per_w"].append((cpu_ms(hub) - h) * 1000 / done)
                     close()
-                    if STALLS:
-                        built, seen = visibility(app, telemetry, "/sleep?ms=200", STALLS)
-                        r["built"] += built
-                        r["seen"] += seen
-            finally:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-    print("medians of %d rounds; %d requests of /hello per measure, %d connections%s"
-          % (ROUNDS, REQUESTS, CONCURRENCY,
+                os.killpg(child.pid, signal.SIGSTOP)
+    finally:
+        for child, _, _, _ in servers:
+            os.killpg(child.pid, signal.SIGKILL)
+            os.killpg(child.pid, signal.SIGCONT)
+            child.wait()
+    print("idle: medians of %d rounds; per request: medians of %d rounds, %d requests of "
+          "/hello per measure, %d connections%s"
+          % (IDLE_ROUNDS, ROUNDS, REQUESTS, CONCURRENCY,
              ", servers on CPU 1, client on CPU 0" if PINNED else ""))
     for (name, _, _, _), r in zip(vs, res):
         line = "%-26s idle %4.1f%% | %5.1f µs CPU/req, %5.0f req/s" % (

@@ -19,6 +19,7 @@ the same round. Loopback only.
 
   python3 assets/agents/python/bench.py
   PYTHON=target/python-agent-venv/bin/python ROUNDS=5 python3 assets/agents/python/bench.py
+  PYTHON=... ONLY=uvicorn ROUNDS=40 python3 assets/agents/python/bench.py   (one pair)
 """
 
 import json
@@ -60,6 +61,12 @@ def variants():
               "--log-level", "warning", "--no-access-log"]
         out.append(("uvicorn+fastapi", uv, {"LOOPSCOPE_AGENT": "0"}, None))
         out.append(("uvicorn+fastapi + agent", uv, {}, 3))
+    # ONLY=uvicorn (or asyncio): the variants whose name starts with it.
+    only = os.environ.get("ONLY")
+    if only:
+        keep = [i for i, v in enumerate(out) if v[0].startswith(only)]
+        out = [(n, c, e, None if b is None else keep.index(b)) for n, c, e, b in
+               (out[i] for i in keep)]
     return out
 
 

@@ -224,7 +224,13 @@ fn every_agent_line_is_a_snapshot_and_info_a_server_info() {
         assert_eq!(slow_polls, 1, "one slow_poll event for the 5 MB parse");
         let last: Snapshot = serde_json::from_str(lines.last().unwrap()).unwrap();
         let w = &last.workers[0];
-        assert!(w.requests.completed >= 22, "{:?}", w.requests);
+        // Every request answered counted once, none left in flight.
+        assert_eq!(
+            (w.requests.completed, w.requests.in_flight),
+            (22, 0),
+            "{:?}",
+            w.requests
+        );
         assert!(w.pool.completed >= 6, "{:?}", w.pool);
         assert!(w.lag_ms.samples >= 50, "1 ms ticks: {:?}", w.lag_ms);
     });

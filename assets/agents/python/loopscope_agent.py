@@ -219,9 +219,6 @@ class Agent:
         self.channel = None
         self.telemetry_addr = ""
         self.forked = False  # set in a forked child: this block is its parent's
-        # True once the loop's callbacks are named through asyncio's Handle (a
-        # standard-library loop); else each request is stepped by _Traced.
-        self.handle_naming = False
 
     # --- on the loop -------------------------------------------------------
     def start(self):
@@ -252,7 +249,6 @@ class Agent:
                 self.q[H.BUSY_KNOWN] = 1
             except Exception:
                 pass
-        self.handle_naming = isinstance(loop, asyncio.BaseEventLoop) and _name_handles()
         self._watch_pools()
         self._watch_servers()
         self.armed = time.monotonic_ns()
@@ -544,134 +540,8 @@ _CURRENT = H.CURRENT
 _SLOW_NS = SLOW_POLL_MS * 1_000_000
 
 
-# The request each task runs now: task -> (name slot, name). A standard-library
-# loop runs every callback through asyncio.events.Handle._run; wrapped, it marks the
-# name slot of the request whose task step (or wake-up) it runs, and times that step
-# for slow_poll. Nothing runs per step of the request's own coroutine, which is
-# awaited with a plain `yield from`.
-_named = {}
-# Callback type -> whether its __self__ may be a task (bound methods, a task's step).
-_kinds = {}
-# A request named in the middle of the running callback: (its start ns, its name), or
-# None; the callback's end unmarks it (and times that step).
-_mid = [None]
-_handles_named = False
-
-
-def _name_handles():
-    """Wraps Handle._run once per process; True when done."""
-    global _handles_named
-    if _handles_named:
-        return True
-    try:
-        orig = asyncio.events.Handle._run
-    except AttributeError:
-        return False
-    named, kinds, mid = _named, _kinds, _mid
-    mono = time.monotonic_ns
-    current, slow = _CURRENT, _SLOW_NS
-
-    def _run(self):
-        cb = self._callback
-        kind = kinds.get(type(cb))
-        if kind is None:
-            kind = kinds[type(cb)] = hasattr(cb, "__self__")
-        held = None
-        if kind:
-            try:
-                held = named.get(cb.__self__)
-            except TypeError:  # an unhashable bound object
-                pass
-        agent = _agent
-        if held is None or agent is None or agent.forked:
-            try:
-                return orig(self)
-            finally:
-                if mid[0] is not None:
-                    _unmark(mid)
-        slot, name = held
-        if agent.slot_names[slot] is not name:
-            # Its slot went to another name since (NAMES names ago).
-            slot = agent.slot_for(name)
-            named[cb.__self__] = (slot, name)
-        q = agent.q
-        q[current] = slot + 1
-        t0 = mono()
-        try:
-            return orig(self)
-        finally:
-            q[current] = 0
-            mid[0] = None
-            t1 = mono()
-            if t1 - t0 >= slow:
-                agent.slow_poll(name, (t1 - t0) / 1e6, t1)
-
-    asyncio.events.Handle._run = _run
-    _handles_named = True
-    return True
-
-
-def _unmark(mid):
-    """The callback in which a request began (or ended) is over: its step is."""
-    start, name = mid[0]
-    mid[0] = None
-    agent = _agent
-    if agent is None or agent.forked:
-        return
-    agent.q[_CURRENT] = 0
-    t1 = time.monotonic_ns()
-    if t1 - start >= _SLOW_NS:
-        agent.slow_poll(name, (t1 - start) / 1e6, t1)
-
-
-class _Named:
-    """Awaits a request's coroutine as its task's current request: the loop's
-    callbacks that run that task are named (see _name_handles)."""
-
-    __slots__ = ("coro", "name")
-
-    def __init__(self, name, coro):
-        self.coro = coro
-        self.name = name
-
-    def __await__(self):
-        agent = _agent
-        coro = self.coro
-        if agent is None or agent.forked:
-            return (yield from coro.__await__())
-        task = asyncio.current_task() if agent.handle_naming else None
-        if task is None:
-            return (yield from _Traced(self.name, coro).__await__())
-        name = self.name
-        slot = agent.slot_for(name)
-        prev = _named.get(task)
-        _named[task] = (slot, name)
-        # This callback began unnamed: the rest of it is this request's step.
-        agent.q[_CURRENT] = slot + 1
-        _mid[0] = (time.monotonic_ns(), name)
-        agent.in_flight += 1
-        answered = False
-        try:
-            value = yield from coro.__await__()
-            answered = True
-            return value
-        finally:
-            agent.in_flight -= 1
-            if answered:
-                agent.done += 1
-            if prev is None:
-                _named.pop(task, None)
-            else:
-                _named[task] = prev
-            if _mid[0] is not None and _mid[0][1] is name:
-                _unmark(_mid)
-            if not agent.forked:
-                agent.q[_CURRENT] = prev[0] + 1 if prev is not None else 0
-
-
 class _Traced:
-    """Awaits a coroutine step by step, naming it as the loop's current request (a
-    loop whose callbacks cannot be wrapped, e.g. uvloop's)."""
+    """Awaits a coroutine step by step, naming it as the loop's current request."""
 
     __slots__ = ("coro", "name")
 
@@ -739,8 +609,6 @@ def _after_fork():
             pass
     _agent = None
     _tried = False
-    _named.clear()
-    _mid[0] = None
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -781,7 +649,7 @@ def request(name, awaitable):
     the loop are named in a stall, and it counts as a request."""
     if not hasattr(awaitable, "send"):
         awaitable = _coroutine(awaitable)
-    return _Named(cut(name), awaitable)
+    return _Traced(cut(name), awaitable)
 
 
 async def _coroutine(awaitable):
@@ -803,6 +671,6 @@ def asgi(app):
         if qs:
             target += "?" + qs.decode("latin-1")
         name = cut("%s %s" % (scope.get("method", "GET"), target))
-        return await _Named(name, app(scope, receive, send))
+        return await _Traced(name, app(scope, receive, send))
 
     return loopscope_asgi

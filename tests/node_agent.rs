@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::pty::Dashboard;
 use common::{runtime, serial};
 use loopscope::client::http;
-use loopscope::protocol::{Event, Model, ServerInfo, Snapshot};
+use loopscope::protocol::{Model, ServerInfo};
 
 const AGENT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -226,74 +226,16 @@ fn every_agent_line_is_a_snapshot_and_info_a_server_info() {
     }
     let _serial = serial();
     let node = NodeServer::start(SERVER, "127.0.0.1:0", true, &[]);
-    runtime().block_on(async {
-        let client = http::client();
-        let info = common::get(&client, &node.telemetry, "/info").await;
-        let info: ServerInfo = serde_json::from_slice(&info.body)
-            .unwrap_or_else(|e| panic!("/info {}: {e}", info.text()));
-        assert_eq!(info.v, 2);
-        assert_eq!(info.model, Model::Node);
-        assert_eq!(info.app, node.app);
-        assert_eq!(info.telemetry, node.telemetry);
-        assert_eq!(info.pid, node.child.id());
-        assert_eq!(info.workers.len(), 1);
-        assert_eq!(info.workers[0].pid, node.child.id());
-        assert_eq!((info.pool_size, info.period_ms), (4, 100));
-        assert_eq!((info.lag_resolution_ms, info.slow_poll_ms), (1.0, 50.0));
-        assert_eq!(info.versions.loopscope, "agent-node");
-        assert_eq!(info.versions.protocol, 2);
-
-        let app = node.app.clone();
-        let load = tokio::spawn(async move {
-            let c = http::client();
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            common::get(&c, &app, "/json?mb=5").await;
-            common::get(&c, &app, "/pbkdf2?n=6").await;
-            for _ in 0..20 {
-                common::get(&c, &app, "/hello").await;
-            }
-        });
-        let lines = common::agent::raw_lines(&node.telemetry, Duration::from_millis(2500)).await;
-        load.await.unwrap();
-        assert!(lines.len() >= 15, "{} lines in 2.5 s", lines.len());
-        let mut prev: Option<u64> = None;
-        let mut slow_polls = 0;
-        for line in &lines {
-            let s: Snapshot = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-            assert_eq!((s.v, s.model, s.period_ms), (2, Model::Node, 100), "{line}");
-            if let Some(p) = prev {
-                assert_eq!(s.seq, p + 1, "seq goes up by one");
-            }
-            prev = Some(s.seq);
-            assert_eq!(s.workers.len(), 1, "{line}");
-            let w = &s.workers[0];
-            assert_eq!((w.id, w.pid, w.alive), (0, node.child.id(), true), "{line}");
-            assert!(s.host.cores >= 1, "{line}");
-            for e in &s.events {
-                assert!(!matches!(e, Event::Unknown), "{line}");
-                if let Event::SlowPoll { endpoint, uri, .. } = e
-                    && endpoint == "GET /json"
-                {
-                    assert_eq!(uri, "GET /json?mb=5", "{line}");
-                    slow_polls += 1;
-                }
-            }
-        }
-        assert_eq!(slow_polls, 1, "one slow_poll event for the 5 MB parse");
-        let last: Snapshot = serde_json::from_str(lines.last().unwrap()).unwrap();
-        // Every request answered counted once, none left in flight.
-        let requests = &last.workers[0].requests;
-        assert_eq!(
-            (requests.completed, requests.in_flight),
-            (22, 0),
-            "{requests:?}"
-        );
-        assert!(
-            last.workers[0].pool.completed >= 6,
-            "{:?}",
-            last.workers[0].pool
-        );
-    });
+    runtime().block_on(common::agent::keeps_the_one_loop_contract(
+        &common::agent::OneLoop {
+            app: &node.app,
+            telemetry: &node.telemetry,
+            pid: node.child.id(),
+            model: Model::Node,
+            agent: "agent-node",
+            six_pool_jobs: "/pbkdf2?n=6",
+        },
+    ));
 }
 
 #[test]
@@ -338,34 +280,13 @@ fn a_cluster_shows_every_worker_and_a_restarted_one() {
         assert_eq!(request.await.unwrap().status, 200);
 
         // A worker killed and replaced keeps its slot and counts the restart.
-        // SAFETY: kill(2) on a worker process of the cluster this test started.
-        unsafe { libc::kill(pids[1] as i32, libc::SIGKILL) };
-        let (mut exited, mut restarted) = (false, None);
-        let back = common::until(&mut stream, Duration::from_secs(10), |s| {
-            for e in &s.events {
-                match e {
-                    Event::WorkerExited { worker: 1, pid, .. } if *pid == pids[1] => exited = true,
-                    Event::WorkerRestarted {
-                        worker: 1,
-                        old_pid,
-                        new_pid,
-                    } if *old_pid == pids[1] => restarted = Some(*new_pid),
-                    _ => {}
-                }
-            }
-            let w = &s.workers[1];
-            exited && restarted == Some(w.pid) && w.alive && w.restarts == 1
-        })
+        let (_, back) = common::agent::kill_worker_one_and_see_it_replaced(
+            &mut stream,
+            pids[1],
+            Duration::from_secs(10),
+        )
         .await;
-        assert!(
-            back.is_some(),
-            "worker_exited {exited}, worker_restarted {restarted:?}, then the new pid reports"
-        );
-        assert_eq!(
-            back.unwrap().workers[0].pid,
-            pids[0],
-            "the other worker stays"
-        );
+        assert_eq!(back.workers[0].pid, pids[0], "the other worker stays");
     });
 }
 

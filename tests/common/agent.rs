@@ -155,3 +155,129 @@ pub async fn raw_lines(addr: &str, within: Duration) -> Vec<String> {
     }
     lines
 }
+
+/// A one-loop server under an agent, and what it must say of itself.
+pub struct OneLoop<'a> {
+    pub app: &'a str,
+    pub telemetry: &'a str,
+    pub pid: u32,
+    pub model: loopscope::protocol::Model,
+    /// `versions.loopscope` in `/info`: `agent-node`, `agent-python`.
+    pub agent: &'a str,
+    /// A request of the server's that runs six pool jobs.
+    pub six_pool_jobs: &'a str,
+}
+
+/// What every one-loop agent keeps to: `/info` describes the server (4 pool
+/// threads, 100 ms periods, 1 ms lag, 50 ms slow polls); under a 5 MB parse, six pool
+/// jobs and 20 `/hello`, every line read for 2.5 s is a snapshot of its one live
+/// worker, `seq` going up by one, with one `slow_poll` for the parse, and the last one
+/// counts the 22 requests answered, none in flight, and ≥ 6 pool jobs done. Returns
+/// the snapshots, for the agent's own checks.
+pub async fn keeps_the_one_loop_contract(t: &OneLoop<'_>) -> Vec<loopscope::protocol::Snapshot> {
+    use loopscope::client::http;
+    use loopscope::protocol::{Event, ServerInfo, Snapshot};
+    let client = http::client();
+    let info = super::get(&client, t.telemetry, "/info").await;
+    let info: ServerInfo =
+        serde_json::from_slice(&info.body).unwrap_or_else(|e| panic!("/info {}: {e}", info.text()));
+    assert_eq!((info.v, info.model), (2, t.model));
+    assert_eq!(info.app, t.app);
+    assert_eq!(info.telemetry, t.telemetry);
+    assert_eq!(info.pid, t.pid);
+    assert_eq!(info.workers.len(), 1);
+    assert_eq!(info.workers[0].pid, t.pid);
+    assert_eq!((info.pool_size, info.period_ms), (4, 100));
+    assert_eq!((info.lag_resolution_ms, info.slow_poll_ms), (1.0, 50.0));
+    assert_eq!(info.versions.loopscope, t.agent);
+    assert_eq!(info.versions.protocol, 2);
+
+    let (app, pool) = (t.app.to_string(), t.six_pool_jobs.to_string());
+    let load = tokio::spawn(async move {
+        let c = http::client();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        super::get(&c, &app, "/json?mb=5").await;
+        super::get(&c, &app, &pool).await;
+        for _ in 0..20 {
+            super::get(&c, &app, "/hello").await;
+        }
+    });
+    let lines = raw_lines(t.telemetry, Duration::from_millis(2500)).await;
+    load.await.unwrap();
+    assert!(lines.len() >= 15, "{} lines in 2.5 s", lines.len());
+    let mut prev: Option<u64> = None;
+    let mut slow_polls = 0;
+    let mut snapshots = Vec::new();
+    for line in &lines {
+        let s: Snapshot = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!((s.v, s.model, s.period_ms), (2, t.model, 100), "{line}");
+        if let Some(p) = prev {
+            assert_eq!(s.seq, p + 1, "seq goes up by one");
+        }
+        prev = Some(s.seq);
+        assert_eq!(s.workers.len(), 1, "{line}");
+        let w = &s.workers[0];
+        assert_eq!((w.id, w.pid, w.alive), (0, t.pid, true), "{line}");
+        assert!(s.host.cores >= 1, "{line}");
+        for e in &s.events {
+            assert!(!matches!(e, Event::Unknown), "{line}");
+            if let Event::SlowPoll { endpoint, uri, .. } = e
+                && endpoint == "GET /json"
+            {
+                assert_eq!(uri, "GET /json?mb=5", "{line}");
+                slow_polls += 1;
+            }
+        }
+        snapshots.push(s);
+    }
+    assert_eq!(slow_polls, 1, "one slow_poll event for the 5 MB parse");
+    let last = &snapshots.last().unwrap().workers[0];
+    // Every request answered counted once, none left in flight.
+    let requests = &last.requests;
+    assert_eq!(
+        (requests.completed, requests.in_flight),
+        (22, 0),
+        "{requests:?}"
+    );
+    assert!(last.pool.completed >= 6, "{:?}", last.pool);
+    snapshots
+}
+
+/// Kills worker 1 (pid `old`) of the server `stream` reads, then waits (≤ `within`)
+/// for its `worker_exited`, its `worker_restarted` and a snapshot in which slot 1 is
+/// the new pid, alive and restarted once. Returns the exit status and that snapshot;
+/// panics, saying what came, when not all of it came.
+pub async fn kill_worker_one_and_see_it_replaced(
+    stream: &mut loopscope::client::http::TelemetryStream,
+    old: u32,
+    within: Duration,
+) -> (String, loopscope::protocol::Snapshot) {
+    use loopscope::protocol::Event;
+    // SAFETY: kill(2) on a worker process of a server the test started.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let (mut exited, mut restarted) = (None, None);
+    let back = super::until(stream, within, |s| {
+        for e in &s.events {
+            match e {
+                Event::WorkerExited {
+                    worker: 1,
+                    pid,
+                    status,
+                } if *pid == old => exited = Some(status.clone()),
+                Event::WorkerRestarted {
+                    worker: 1,
+                    old_pid,
+                    new_pid,
+                } if *old_pid == old => restarted = Some(*new_pid),
+                _ => {}
+            }
+        }
+        let w = &s.workers[1];
+        exited.is_some() && restarted == Some(w.pid) && w.alive && w.restarts == 1
+    })
+    .await;
+    let back = back.unwrap_or_else(|| {
+        panic!("worker_exited {exited:?}, worker_restarted {restarted:?}, then the new pid reports")
+    });
+    (exited.unwrap(), back)
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::common::{self, runtime, serial};
 use crate::support::{PyServer, python_present, uvicorn_python};
 use loopscope::client::http;
-use loopscope::protocol::{Event, Model, ServerInfo};
+use loopscope::protocol::{Model, ServerInfo};
 
 #[test]
 fn uvicorn_workers_are_one_server_a_blocked_one_leaves_the_other_alone_and_a_restart_shows() {
@@ -107,35 +107,13 @@ fn uvicorn_workers_are_one_server_a_blocked_one_leaves_the_other_alone_and_a_res
         assert_eq!(parse.await.unwrap().status, 200);
 
         // A worker killed and replaced by uvicorn keeps its slot and counts a restart.
-        // SAFETY: kill(2) on a worker process of the server this test started.
-        unsafe { libc::kill(pids[1] as i32, libc::SIGKILL) };
-        let (mut exited, mut restarted) = (None, None);
-        let back = common::until(&mut stream, Duration::from_secs(30), |s| {
-            for e in &s.events {
-                match e {
-                    Event::WorkerExited {
-                        worker: 1,
-                        pid,
-                        status,
-                    } if *pid == pids[1] => exited = Some(status.clone()),
-                    Event::WorkerRestarted {
-                        worker: 1,
-                        old_pid,
-                        new_pid,
-                    } if *old_pid == pids[1] => restarted = Some(*new_pid),
-                    _ => {}
-                }
-            }
-            let w = &s.workers[1];
-            exited.is_some() && restarted == Some(w.pid) && w.alive && w.restarts == 1
-        })
+        let (exited, back) = common::agent::kill_worker_one_and_see_it_replaced(
+            &mut stream,
+            pids[1],
+            Duration::from_secs(30),
+        )
         .await;
-        assert!(
-            back.is_some(),
-            "worker_exited {exited:?}, worker_restarted {restarted:?}, then the new pid reports"
-        );
-        assert_eq!(exited.as_deref(), Some("killed by signal 9"));
-        let back = back.unwrap();
+        assert_eq!(exited, "killed by signal 9");
         assert_eq!(back.workers[0].pid, pids[0], "the other worker stays");
         assert_eq!(back.workers[0].restarts, 0);
     });

@@ -19,17 +19,9 @@ import time
 
 from fastapi import FastAPI
 
+from py_documents import document
+
 app = FastAPI()
-_documents = {}
-
-
-def document(mb):
-    if mb not in _documents:
-        item = json.dumps({"id": 12345, "name": "loopscope", "tags": ["a", "b", "c"],
-                           "value": 3.14159})
-        n = max(1, round(mb * 1024 * 1024 / (len(item) + 1)))
-        _documents[mb] = "[" + ",".join([item] * n) + "]"
-    return _documents[mb]
 
 
 document(20)

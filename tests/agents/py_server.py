@@ -23,6 +23,8 @@ import sys
 import time
 from urllib.parse import parse_qs, urlsplit
 
+from py_documents import document
+
 AGENT = os.environ.get("LOOPSCOPE_AGENT", "1") != "0"
 # LOOPSCOPE_NAMING=0: the agent installed, requests not named (install() alone).
 NAMING = AGENT and os.environ.get("LOOPSCOPE_NAMING", "1") != "0"
@@ -30,17 +32,6 @@ if AGENT:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                     "..", "..", "assets", "agents", "python"))
     import loopscope_agent
-
-_documents = {}
-
-
-def document(mb):
-    if mb not in _documents:
-        item = json.dumps({"id": 12345, "name": "loopscope", "tags": ["a", "b", "c"],
-                           "value": 3.14159})
-        n = max(1, round(mb * 1024 * 1024 / (len(item) + 1)))
-        _documents[mb] = "[" + ",".join([item] * n) + "]"
-    return _documents[mb]
 
 
 async def handle(method, target):

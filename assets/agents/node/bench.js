@@ -13,7 +13,7 @@
 // round (median, quartiles, totals). Each server has run one pool job before it is
 // measured.
 //
-//   node assets/agents/node/bench.js     (ROUNDS=20 REQUESTS=20000 IDLE_ROUNDS=3 IDLE_S=3)
+//   node assets/agents/node/bench.js     (ROUNDS=20 REQUESTS=20000 IDLE_ROUNDS=3 IDLE_S=3 MAX_S=60)
 const { spawn } = require('child_process');
 const { performance } = require('perf_hooks');
 const fs = require('fs');
@@ -44,6 +44,8 @@ const CONCURRENCY = Number(process.env.CONCURRENCY || 8);
 // http: Node's own http client, slower than the server, which then sleeps between
 // requests (each of the agent's timer ticks then costs a loop wake-up as well).
 const LOAD = process.env.LOAD || 'raw';
+// Any one load gives up (and the run fails) after MAX_S seconds.
+const MAX_S = Number(process.env.MAX_S || 60);
 const SERVER = path.join(__dirname, '../../../tests/agents/node_server.js');
 const AGENT = path.join(__dirname, 'loopscope.js');
 const ENDPOINTS = ['/hello', '/promises?n=100', '/fs'];
@@ -101,14 +103,16 @@ function rawLoad(app, target, n) {
   const request = Buffer.from(`GET ${target} HTTP/1.1\r\nHost: ${app}\r\n\r\n`);
   let sent = 0;
   let answered = 0;
+  const deadline = Date.now() + MAX_S * 1000;
   return new Promise((ok, fail) => {
     let open = CONCURRENCY;
     for (let c = 0; c < CONCURRENCY; c++) {
       const socket = net.connect({ host, port: Number(port) });
       socket.setNoDelay(true);
+      socket.setTimeout(MAX_S * 1000, () => socket.destroy(new Error(`no answer within ${MAX_S} s`)));
       let buf = Buffer.alloc(0);
       const next = () => {
-        if (sent < n) {
+        if (sent < n && Date.now() < deadline) {
           sent++;
           socket.write(request);
         } else {
@@ -132,7 +136,7 @@ function rawLoad(app, target, n) {
       });
       socket.on('error', fail);
       socket.on('close', () => {
-        if (--open === 0) (answered >= n ? ok : fail)(new Error(`${answered} of ${n} answered`));
+        if (--open === 0) (answered >= n ? ok : fail)(new Error(`${answered} of ${n} answered within ${MAX_S} s`));
       });
     }
   });
@@ -142,20 +146,24 @@ function load(app, target, n) {
   const [host, port] = app.split(':');
   const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
   let sent = 0;
+  const deadline = Date.now() + MAX_S * 1000;
   const one = () =>
     new Promise((ok, fail) => {
-      http.get({ host, port, path: target, agent }, (res) => {
+      const req = http.get({ host, port, path: target, agent }, (res) => {
         res.resume();
         res.on('end', ok);
-      }).on('error', fail);
+      });
+      req.setTimeout(MAX_S * 1000, () => req.destroy(new Error(`no answer within ${MAX_S} s`)));
+      req.on('error', fail);
     });
   const lane = async () => {
     while (sent < n) {
+      if (Date.now() >= deadline) throw new Error(`${sent} of ${n} sent within ${MAX_S} s`);
       sent++;
       await one();
     }
   };
-  return Promise.all(Array.from({ length: CONCURRENCY }, lane)).then(() => agent.destroy());
+  return Promise.all(Array.from({ length: CONCURRENCY }, lane)).finally(() => agent.destroy());
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));

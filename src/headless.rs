@@ -82,22 +82,24 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
         record: config.record.clone(),
         scenario: config.scenario.clone(),
     })?;
-    let labels: Vec<String> = config.targets.iter().map(label).collect();
-    let many = labels.len() > 1;
+    let many = config.targets.len() > 1;
+    let mut servers: Vec<Watched> = config
+        .targets
+        .iter()
+        .map(|t| Watched::new(label(t), many))
+        .collect();
     runtime.block_on(async move {
-        let mut summaries: Vec<Summary> = labels.iter().map(|_| Summary::default()).collect();
-        let mut diagnoses: Vec<RunDiagnosis> =
-            labels.iter().map(|_| RunDiagnosis::default()).collect();
         let mut stdout = std::io::stdout().lock();
         let mut deadline = tokio::time::Instant::now() + duration;
-        let mut connected = vec![false; labels.len()];
         loop {
             let update = tokio::select! {
                 u = session.next() => u,
                 _ = tokio::time::sleep_until(deadline) => break,
             };
-            let (at, msg) = match update {
-                Update::Target { target, msg } if target < labels.len() => (target, msg),
+            let (server, msg) = match update {
+                Update::Target { target, msg } if target < servers.len() => {
+                    (&mut servers[target], msg)
+                }
                 Update::Target { .. } => continue,
                 Update::Caption(text) => {
                     eprintln!("caption: {text}");
@@ -110,22 +112,17 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
                 }
                 Update::Replay(_) => continue,
             };
-            // Said about one of several servers: which one.
-            let from = if many {
-                format!("{}: ", labels[at])
-            } else {
-                String::new()
-            };
+            let from = &server.from;
             match msg {
-                Msg::Telemetry(TelemetryMsg::Connected(_)) => connected[at] = true,
+                Msg::Telemetry(TelemetryMsg::Connected(_)) => server.connected = true,
                 Msg::Telemetry(TelemetryMsg::Snapshot(snap)) => {
-                    summaries[at].observe(&snap);
-                    diagnoses[at].observe(&snap);
+                    server.summary.observe(&snap);
+                    server.diagnosis.observe(&snap);
                     if config.format == Format::Ndjson {
                         if many {
                             // The snapshot's fields, after the server it came from.
                             let mut line = serde_json::Map::new();
-                            line.insert("server".into(), labels[at].clone().into());
+                            line.insert("server".into(), server.label.clone().into());
                             if let serde_json::Value::Object(fields) = serde_json::to_value(&*snap)?
                             {
                                 line.extend(fields);
@@ -166,11 +163,18 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
                 Msg::Load(_) | Msg::LoadPlan { .. } | Msg::Reset { .. } => {}
             }
         }
-        if let Some(at) = connected.iter().position(|c| !c) {
-            anyhow::bail!("no telemetry within {duration:?} from {}", labels[at]);
+        if let Some(silent) = servers.iter().find(|s| !s.connected) {
+            anyhow::bail!("no telemetry within {duration:?} from {}", silent.label);
         }
         let mut crossed = Vec::new();
-        for ((label, mut summary), diagnosis) in labels.iter().zip(summaries).zip(diagnoses) {
+        for Watched {
+            label,
+            from,
+            mut summary,
+            diagnosis,
+            ..
+        } in servers
+        {
             summary.finish();
             let diagnosis: Vec<Diagnosis> = diagnosis.lines();
             if config.format == Format::Table {
@@ -183,22 +187,41 @@ pub fn run(config: HeadlessConfig) -> anyhow::Result<Vec<String>> {
                 }
             } else {
                 for d in &diagnosis {
-                    let from = if many {
-                        format!("{label}: ")
-                    } else {
-                        String::new()
-                    };
                     eprintln!("diagnosis: {from}{}", printable(&d.text));
                 }
             }
             let found = summary.crossed(config.fail_on_lag_ms, config.fail_on_queue);
-            crossed.extend(found.into_iter().map(|c| match many {
-                true => format!("{label}: {c}"),
-                false => c,
-            }));
+            crossed.extend(found.into_iter().map(|c| format!("{from}{c}")));
         }
         Ok(crossed)
     })
+}
+
+/// One server of a headless run, and what the run has seen of it.
+struct Watched {
+    /// Its name among several ([`label`]).
+    label: String,
+    /// What a line about it starts with: `LABEL: ` among several, else nothing.
+    from: String,
+    summary: Summary,
+    diagnosis: RunDiagnosis,
+    connected: bool,
+}
+
+impl Watched {
+    fn new(label: String, many: bool) -> Self {
+        Self {
+            from: if many {
+                format!("{label}: ")
+            } else {
+                String::new()
+            },
+            label,
+            summary: Summary::default(),
+            diagnosis: RunDiagnosis::default(),
+            connected: false,
+        }
+    }
 }
 
 /// How a headless run names a server among several: its telemetry address, or the

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use hyper::http::Request;
 
+use super::slots::{RequestId, WorkerSlot};
 use super::target::TargetBuf;
 use super::{LoopProbe, Shared};
 use crate::protocol::Event;
@@ -67,42 +68,43 @@ impl std::fmt::Debug for RequestTag {
     }
 }
 
-/// The probe and the request's home slot, whose in-flight count it holds.
-struct InFlight(Arc<Shared>, Option<u32>);
+/// The probe and the request's id, which names its home slot, whose in-flight count
+/// it holds.
+struct InFlight(Arc<Shared>, RequestId);
 
 impl InFlight {
-    fn home(&self) -> Option<&super::slots::WorkerSlot> {
-        self.0.slots.get(self.1? as usize)
+    fn home(&self) -> Option<&WorkerSlot> {
+        self.0.slots.get(self.1.home()? as usize)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(home) = self.home() {
-            home.finished.fetch_add(1, Ordering::Relaxed);
+            home.finish();
         }
     }
 }
 
+/// [`Instrumented::started_ns`] of a request answered.
+const DONE: u64 = u64::MAX;
+
 pin_project_lite::pin_project! {
-    /// A future measured by a [`LoopProbe`]; see [`LoopProbe::instrument`].
+    /// A future measured by a [`LoopProbe`]; see [`LoopProbe::instrument`]. It adds
+    /// 24 bytes to the future it wraps: what a request's future is moved with.
     pub struct Instrumented<F> {
         #[pin]
         inner: F,
         in_flight: InFlight,
-        id: u64,
-        endpoint: usize,
-        // When the request was first polled, in the probe's ns; 0 before.
+        // When the request was first polled, in the probe's ns; 0 before, DONE once
+        // answered.
         started_ns: u64,
-        done: bool,
     }
 }
 
 /// A request counted on arrival, before its future is made.
 pub(crate) struct Arrival {
     in_flight: InFlight,
-    id: u64,
-    endpoint: usize,
 }
 
 impl Arrival {
@@ -110,25 +112,23 @@ impl Arrival {
     /// target for the culprit of a stall; `path` (the target without its query) names
     /// its endpoint.
     pub(crate) fn new(shared: Arc<Shared>, method: &str, target: &str, path: &str) -> Self {
-        let (id, home, endpoint) = match shared.slots.current() {
+        let id = match shared.slots.current() {
             Some(slot) => {
-                let id = slot.arrive();
                 let endpoint = slot.endpoints.index_of(method, path);
+                let id = slot.arrive(endpoint);
                 let named = slot.endpoints.is_named(endpoint).then_some(endpoint);
-                slot.recent.write(id, named, method, target);
-                (id, Some(slot.index), endpoint)
+                slot.recent.write(id.0, named, method, target);
+                id
             }
             // No slot left for this thread: ids from the shared counter.
-            None => (
-                shared.request_seq.fetch_add(1, Ordering::Relaxed) + 1,
+            None => RequestId::new(
                 None,
                 0,
+                shared.request_seq.fetch_add(1, Ordering::Relaxed) + 1,
             ),
         };
         Self {
-            in_flight: InFlight(shared, home),
-            id,
-            endpoint,
+            in_flight: InFlight(shared, id),
         }
     }
 }
@@ -138,10 +138,7 @@ impl<F> Instrumented<F> {
         Self {
             inner,
             in_flight: arrival.in_flight,
-            id: arrival.id,
-            endpoint: arrival.endpoint,
             started_ns: 0,
-            done: false,
         }
     }
 }
@@ -152,6 +149,7 @@ impl<F: Future> Future for Instrumented<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let shared = &this.in_flight.0;
+        let id = this.in_flight.1;
         let slot = shared.slots.current();
         // Inside a task poll timed by the runtime's poll hooks, they time this poll
         // too, report it if slow and clear the culprit when it ends; otherwise (a
@@ -165,7 +163,7 @@ impl<F: Future> Future for Instrumented<F> {
         let mut clock = None;
         if let (Some(slot), Some(_)) = (slot, hooked) {
             let before = slot.request_in_poll.load(Ordering::Relaxed);
-            if before != 0 && before != *this.id {
+            if before != 0 && before != id.0 {
                 let now = shared.now_ns();
                 shared.slots.time_deferred(slot, now);
                 clock = Some(now);
@@ -173,7 +171,7 @@ impl<F: Future> Future for Instrumented<F> {
         }
         if let Some(slot) = slot {
             // Who is about to hold this worker, for a sampler that sees a stall.
-            slot.request_in_poll.store(*this.id, Ordering::Relaxed);
+            slot.request_in_poll.store(id.0, Ordering::Relaxed);
         }
         let poll_start = match hooked {
             Some(ns) => clock.unwrap_or(ns),
@@ -189,7 +187,7 @@ impl<F: Future> Future for Instrumented<F> {
             *this.started_ns = poll_start;
         }
         let out = this.inner.poll(cx);
-        let ready = out.is_ready() && !*this.done;
+        let ready = out.is_ready() && *this.started_ns != DONE;
         let mut end_ns = None;
         if hooked.is_none() {
             let poll_end = shared.now_ns();
@@ -199,21 +197,20 @@ impl<F: Future> Future for Instrumented<F> {
                 slot.request_in_poll.store(0, Ordering::Relaxed);
             }
             let held = Duration::from_nanos(poll_end.saturating_sub(poll_start));
-            report_slow_poll(shared, slot, *this.id, held, poll_end);
+            report_slow_poll(shared, slot, id.0, held, poll_end);
         }
         if ready {
-            *this.done = true;
+            let started_ns = std::mem::replace(this.started_ns, DONE);
             if let Some(home) = this.in_flight.home() {
                 // In a hooked task poll, its end times the request (no clock read).
                 let deferred = hooked.is_some()
-                    && slot.is_some_and(|s| {
-                        s.defer_completion(*this.started_ns, home.index, *this.endpoint)
-                    });
+                    && slot
+                        .is_some_and(|s| s.defer_completion(started_ns, home.index, id.endpoint()));
                 if !deferred {
                     let end = end_ns.unwrap_or_else(|| shared.now_ns());
-                    let took = end.saturating_sub(*this.started_ns);
+                    let took = end.saturating_sub(started_ns);
                     home.endpoints
-                        .record(*this.endpoint, Duration::from_nanos(took));
+                        .record(id.endpoint(), Duration::from_nanos(took));
                 }
             }
         }
@@ -225,7 +222,7 @@ impl<F: Future> Future for Instrumented<F> {
 /// `held`, as long as [`ProbeConfig::slow_poll`](super::ProbeConfig) or longer.
 pub(crate) fn report_slow_poll(
     shared: &Shared,
-    slot: Option<&super::slots::WorkerSlot>,
+    slot: Option<&WorkerSlot>,
     id: u64,
     held: Duration,
     end_ns: u64,

@@ -29,6 +29,39 @@ pub(crate) const MAX_SLOTS: usize = 64;
 /// Requests answered in one task poll that its end times; more read the clock.
 const DEFERRED: usize = 4;
 
+/// A request's id, unique in its probe, with what its wrapper needs of the request
+/// packed in: its home slot + 1 (0 if none) in the top 16 bits, its endpoint's index
+/// in that slot's table in the next 8, and the count of arrivals there in the low 40
+/// (the count wraps after 10^12 requests of one thread; the ids of the ring of
+/// recent targets are never that far apart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RequestId(pub(crate) u64);
+
+impl RequestId {
+    const COUNT_BITS: u32 = 40;
+
+    pub(crate) fn new(home: Option<u32>, endpoint: usize, count: u64) -> Self {
+        const { assert!(super::endpoints::MAX_ENDPOINTS <= 1 << 8) };
+        const { assert!(MAX_SLOTS < 1 << 16) };
+        let home = home.map_or(0, |h| u64::from(h) + 1);
+        Self(
+            home << 48
+                | (endpoint as u64 & 0xff) << Self::COUNT_BITS
+                | count & ((1 << Self::COUNT_BITS) - 1),
+        )
+    }
+
+    /// The slot the request arrived on.
+    pub(crate) fn home(self) -> Option<u32> {
+        ((self.0 >> 48) as u32).checked_sub(1)
+    }
+
+    /// Its endpoint's index in its home slot's table.
+    pub(crate) fn endpoint(self) -> usize {
+        (self.0 >> Self::COUNT_BITS) as usize & 0xff
+    }
+}
+
 /// One worker thread's state.
 pub(crate) struct WorkerSlot {
     /// The slot's index, its worker id in snapshots.
@@ -62,8 +95,13 @@ pub(crate) struct WorkerSlot {
     pub(crate) recent: TargetRing,
     /// Requests that arrived on this thread so far; written by it alone.
     pub(crate) arrived: AtomicU64,
-    /// Requests that arrived on this thread and are gone (answered or dropped).
-    pub(crate) finished: AtomicU64,
+    /// Requests that arrived on this thread and are gone (answered or dropped),
+    /// counted by this thread ...
+    finished_here: AtomicU64,
+    /// ... and by others (a request whose task another worker stole).
+    finished_elsewhere: AtomicU64,
+    /// The id of the [`WorkerSlots`] this slot belongs to.
+    probe: usize,
     pub(crate) endpoints: EndpointTable,
 }
 
@@ -132,12 +170,12 @@ impl WorkerSlot {
         Some(held)
     }
 
-    /// A new request arrives on this thread: its id, unique in the probe (the slot
-    /// in the top bits), made without a read-modify-write. Its own thread only.
-    pub(crate) fn arrive(&self) -> u64 {
+    /// A new request of endpoint `endpoint` arrives on this thread: its id, made
+    /// without a read-modify-write (see [`RequestId`]). Its own thread only.
+    pub(crate) fn arrive(&self, endpoint: usize) -> RequestId {
         let n = self.arrived.load(Ordering::Relaxed) + 1;
         self.arrived.store(n, Ordering::Relaxed);
-        (u64::from(self.index) + 1) << 48 | (n & ((1 << 48) - 1))
+        RequestId::new(Some(self.index), endpoint, n)
     }
 
     /// Leaves the latency of a request answered in the running task poll, which
@@ -155,10 +193,25 @@ impl WorkerSlot {
         true
     }
 
+    /// A request that arrived here is gone (answered or dropped): a plain store on
+    /// this slot's own thread, an atomic add on any other.
+    pub(crate) fn finish(&self) {
+        let own = CURRENT
+            .try_with(|c| c.get() == (self.probe, self as *const WorkerSlot))
+            .unwrap_or(false);
+        if own {
+            let n = self.finished_here.load(Ordering::Relaxed);
+            self.finished_here.store(n + 1, Ordering::Release);
+        } else {
+            self.finished_elsewhere.fetch_add(1, Ordering::Release);
+        }
+    }
+
     /// Requests that arrived here and are not answered yet.
     pub(crate) fn in_flight(&self) -> u64 {
-        // `finished` first: whatever finished was counted as arrived before.
-        let finished = self.finished.load(Ordering::Acquire);
+        // The finished first: whatever finished was counted as arrived before.
+        let finished = self.finished_here.load(Ordering::Acquire)
+            + self.finished_elsewhere.load(Ordering::Acquire);
         self.arrived
             .load(Ordering::Relaxed)
             .saturating_sub(finished)
@@ -216,14 +269,18 @@ enum Lookup<'a> {
 }
 
 thread_local! {
-    /// The probe (its slots' id) and slot index this thread found last.
-    static CURRENT: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    /// The probe (its slots' id) and the slot this thread found last there.
+    static CURRENT: Cell<(usize, *const WorkerSlot)> = const { Cell::new((0, std::ptr::null())) };
 }
 
 impl WorkerSlots {
     /// The calling thread's slot, claimed if it has none; `None` when every slot is
     /// taken or the thread is being torn down.
+    #[inline]
     pub(crate) fn current(&self) -> Option<&WorkerSlot> {
+        if let Some(slot) = self.found_last() {
+            return Some(slot);
+        }
         match self.lookup()? {
             Lookup::Found(slot) => Some(slot),
             Lookup::Missing(thread) => self.claim(thread),
@@ -231,25 +288,38 @@ impl WorkerSlots {
     }
 
     /// The calling thread's slot if it has one; never claims.
+    #[inline]
     pub(crate) fn current_if_claimed(&self) -> Option<&WorkerSlot> {
+        if let Some(slot) = self.found_last() {
+            return Some(slot);
+        }
         match self.lookup()? {
             Lookup::Found(slot) => Some(slot),
             Lookup::Missing(_) => None,
         }
     }
 
-    /// The calling thread's slot: the one it found last (a thread-local read), else
-    /// its own found by thread id (it may have looked at another probe since);
-    /// `None` while the thread is being torn down.
+    /// The slot the calling thread found last, if it is one of these: a
+    /// thread-local read, on every hook and request.
+    #[inline]
+    fn found_last(&self) -> Option<&WorkerSlot> {
+        let (probe, slot) = CURRENT.try_with(Cell::get).ok()?;
+        // SAFETY: `CURRENT` holds a pointer into these slots only next to their id,
+        // which no other `WorkerSlots` of the process ever has. A claimed slot is
+        // boxed (its address never changes) and stays until the `WorkerSlots` that
+        // `&self` borrows is dropped, so it outlives the reference returned.
+        (probe == self.id && !slot.is_null()).then(|| unsafe { &*slot })
+    }
+
+    /// The calling thread's own slot found by thread id (it looked at another probe
+    /// since it found it last); `None` while the thread is being torn down.
+    #[cold]
     fn lookup(&self) -> Option<Lookup<'_>> {
-        let (probe, index) = CURRENT.try_with(Cell::get).ok()?;
-        if probe == self.id {
-            return self.slots[index].get().map(|s| Lookup::Found(s));
-        }
+        CURRENT.try_with(|_| ()).ok()?;
         let thread = std::thread::current().id();
         Some(match self.iter().find(|s| s.thread == thread) {
             Some(at) => {
-                let _ = CURRENT.try_with(|c| c.set((self.id, at.index as usize)));
+                let _ = CURRENT.try_with(|c| c.set((self.id, at as *const WorkerSlot)));
                 Lookup::Found(at)
             }
             None => Lookup::Missing(thread),
@@ -280,7 +350,9 @@ impl WorkerSlots {
             deferred_len: AtomicUsize::new(0),
             recent: TargetRing::default(),
             arrived: AtomicU64::new(0),
-            finished: AtomicU64::new(0),
+            finished_here: AtomicU64::new(0),
+            finished_elsewhere: AtomicU64::new(0),
+            probe: self.id,
             endpoints: EndpointTable::default(),
         };
         for e in self
@@ -292,8 +364,9 @@ impl WorkerSlots {
             slot.endpoints.index(e);
         }
         let _ = self.slots[index].set(Box::new(slot));
-        let _ = CURRENT.try_with(|c| c.set((self.id, index)));
-        self.slots[index].get().map(|s| &**s)
+        let claimed = self.slots[index].get().map(|s| &**s)?;
+        let _ = CURRENT.try_with(|c| c.set((self.id, claimed as *const WorkerSlot)));
+        Some(claimed)
     }
 
     /// Every claimed slot, in claiming order.
@@ -327,7 +400,7 @@ impl WorkerSlots {
 
     /// The target of request `id`, if the thread it arrived on still keeps it.
     pub(crate) fn target_of(&self, id: u64) -> Option<String> {
-        let home = self.get((id >> 48).checked_sub(1)? as usize)?;
+        let home = self.get(RequestId(id).home()? as usize)?;
         Some(match home.recent.read(id)? {
             Kept::Whole(target) => target,
             Kept::Endpoint(index, query) => {

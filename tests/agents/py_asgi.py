@@ -2,7 +2,8 @@
 
     LOOPSCOPE_TELEMETRY=127.0.0.1:0 uvicorn py_asgi:app --workers 2
 
-With LOOPSCOPE_AGENT=0 the app runs without the agent.
+With LOOPSCOPE_AGENT=0 the app runs without the agent; with LOOPSCOPE_NAMING=0 the
+agent is installed at start-up and requests are not named.
 
   GET /hello           a small JSON answer (async def)
   GET /json?mb=20      json.loads of a ~20 MB document in an async def endpoint
@@ -64,4 +65,8 @@ if os.environ.get("LOOPSCOPE_AGENT", "1") != "0":
                                     "..", "..", "assets", "agents", "python"))
     import loopscope_agent
 
-    app = loopscope_agent.asgi(app)
+    if os.environ.get("LOOPSCOPE_NAMING") == "0":
+        # The agent without naming requests (the bench's "install() only").
+        app.router.on_startup.append(loopscope_agent.install)
+    else:
+        app = loopscope_agent.asgi(app)

@@ -19,7 +19,9 @@ the same round. Loopback only.
 
   python3 assets/agents/python/bench.py
   PYTHON=target/python-agent-venv/bin/python ROUNDS=5 python3 assets/agents/python/bench.py
-  PYTHON=... ONLY=uvicorn ROUNDS=40 python3 assets/agents/python/bench.py   (one pair)
+  PYTHON=... ONLY=uvicorn ROUNDS=40 python3 assets/agents/python/bench.py   (one server)
+  AA=1 adds each bare server again, compared with itself (the method's own bias);
+  WATCHED=0 leaves out the measures with a /telemetry client reading.
 """
 
 import json
@@ -39,6 +41,8 @@ REQUESTS = int(os.environ.get("REQUESTS", "6000"))
 CONCURRENCY = int(os.environ.get("CONCURRENCY", "8"))
 MAX_S = float(os.environ.get("MAX_S", "30"))
 STALLS = int(os.environ.get("STALLS", "10"))
+# WATCHED=0: no second measure with a /telemetry client reading.
+WATCHED = os.environ.get("WATCHED", "1") != "0"
 # With two CPUs or more, the servers run on CPU 1 and this client on CPU 0.
 PINNED = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
 SERVER_CPU = 1
@@ -61,6 +65,12 @@ def variants():
               "--log-level", "warning", "--no-access-log"]
         out.append(("uvicorn+fastapi", uv, {"LOOPSCOPE_AGENT": "0"}, None))
         out.append(("uvicorn+fastapi + agent", uv, {}, 3))
+        out.append(("uvicorn+fastapi + install() only", uv, {"LOOPSCOPE_NAMING": "0"}, 3))
+    if os.environ.get("AA") == "1":
+        # The method's own bias: each bare server against a second bare one.
+        for i, (name, cmd, env, base) in enumerate(list(out)):
+            if base is None:
+                out.append((name + " (A/A)", cmd, env, i))
     # ONLY=uvicorn (or asyncio): the variants whose name starts with it.
     only = os.environ.get("ONLY")
     if only:
@@ -337,7 +347,7 @@ def main():
                 done, secs = load(app, REQUESTS)
                 r["per"].append((cpu_ms(child.pid) - a) * 1000 / done)
                 r["rps"].append(done / secs)
-                if telemetry:
+                if telemetry and WATCHED:
                     close = watcher(telemetry)
                     time.sleep(0.3)
                     a, h = cpu_ms(child.pid), cpu_ms(hub)
@@ -378,7 +388,7 @@ def main():
         # The ratio to the bare server of the same round: median, quartiles, and the
         # ratio of the sums; watched: the median ratio.
         ratios = sorted(a / b for a, b in zip(r["per"], bare))
-        watched = [a / b for a, b in zip(r["per_w"], bare)]
+        watched = [a / b for a, b in zip(r["per_w"], bare)] or [float("nan")]
         print("%s: agent %+.1f%% server CPU per request (quartiles %+.1f%% .. %+.1f%%, "
               "totals %+.1f%%; watched %+.1f%%)" % (
                   name, (median(ratios) - 1) * 100, (ratios[len(ratios) // 4] - 1) * 100,

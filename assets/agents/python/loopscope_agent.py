@@ -13,8 +13,9 @@ A plain asyncio server names its requests with ``await loopscope_agent.request(n
 coro)``. The loop itself only does cheap bookkeeping, written into a shared memory
 block (a memfd mapped by this process and by the telemetry process):
 
-  - a 1 ms timer, re-armed each time, writes how late it fired (µs) into a ring and
-    stamps a heartbeat (``time.monotonic_ns``);
+  - a 1 ms lag timer writes how late each tick came (µs) into a ring and stamps a
+    heartbeat (``time.monotonic_ns``); it is kept by the selector's ``select``
+    wrapper (no loop timer), or by a loop timer where there is no selector (uvloop);
   - the request whose code runs on the loop now (a slot of a name table), and
     requests in flight and answered;
   - the loop's busy time (time outside the selector's ``select``) and the thread
@@ -53,6 +54,7 @@ import threading
 import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_TICK_NS = 1_000_000
 
 
 def _layout():
@@ -231,36 +233,60 @@ class Agent:
         self.loop = loop
         # The busy time carries on from its last published figure.
         self.idle_ns = (time.monotonic_ns() - self.started) - self.q[H.BUSY]
-        sel = getattr(loop, "_selector", None)
-        if sel is not None and hasattr(sel, "select"):
-            original = sel.select
-            mono = time.monotonic_ns
-            agent = self
-
-            def select_(timeout=None):
-                t0 = mono()
-                try:
-                    return original(timeout)
-                finally:
-                    agent.idle_ns += mono() - t0
-
-            try:
-                sel.select = select_
-                self.q[H.BUSY_KNOWN] = 1
-            except Exception:
-                pass
+        self.due = time.monotonic_ns() + _TICK_NS
+        if not self._wrap_selector(loop):
+            # No selector to wrap (uvloop): the lag timer is a loop timer.
+            loop.call_later(0.001, self._timer)
         self._watch_pools()
         self._watch_servers()
-        self.armed = time.monotonic_ns()
-        loop.call_later(0.001, self._tick)
 
-    def _tick(self):
+    def _wrap_selector(self, loop):
+        """The lag timer and the busy time, kept around the selector's ``select``:
+        each call ends an iteration of the loop and each return starts one. A tick
+        falls due 1 ms after the last one; whichever of the two comes first past it
+        counts how late it came and stamps the heartbeat, and ``select`` never sleeps
+        past it. That is a 1 ms timer's lateness without a timer: no handle made,
+        scheduled and run by the loop 1000 times a second."""
+        sel = getattr(loop, "_selector", None)
+        if sel is None or not hasattr(sel, "select"):
+            return False
+        original = sel.select
+        mono = time.monotonic_ns
+        agent = self
+
+        def select_(timeout=None):
+            t0 = mono()
+            if t0 >= agent.due:
+                agent._tick(t0)
+            left = (agent.due - t0) / 1e9
+            if timeout is None or timeout > left:
+                timeout = left
+            try:
+                return original(timeout)
+            finally:
+                t1 = mono()
+                agent.idle_ns += t1 - t0
+                if t1 >= agent.due:
+                    agent._tick(t1)
+
+        try:
+            sel.select = select_
+        except Exception:
+            return False
+        self.q[H.BUSY_KNOWN] = 1
+        return True
+
+    def _tick(self, now):
+        """A lag tick at ``now``, due at ``self.due``: its lateness into the ring, the
+        heartbeat, and every 8th tick the other figures; the next falls due 1 ms on."""
         if self.forked:
+            # This block is the parent's: nothing more is written, and `select`
+            # sleeps as long as the loop asks (up to an hour at a time).
+            self.due = now + 3600 * 10**9
             return
-        now = time.monotonic_ns()
         q = self.q
         try:
-            late = (now - self.armed) // 1000 - 1000
+            late = (now - self.due) // 1000
             w = self.lag_w
             self.lag[w % LAG_RING] = late if 0 < late < 0x7FFFFFFF else (0 if late <= 0 else 0x7FFFFFFF)
             self.lag_w = w + 1
@@ -271,8 +297,16 @@ class Agent:
                 self._publish(now)
         except Exception as e:
             _warn("tick", "lag timer: %r" % (e,))
-        self.armed = time.monotonic_ns()
-        self.loop.call_later(0.001, self._tick)
+        self.due = now + _TICK_NS
+
+    def _timer(self):
+        """The lag timer where the selector cannot be wrapped: a loop timer re-armed
+        1 ms after each run."""
+        if self.forked:
+            return
+        now = time.monotonic_ns()
+        self._tick(now)
+        self.loop.call_later(0.001, self._timer)
 
     def _publish(self, now):
         q = self.q

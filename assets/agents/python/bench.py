@@ -21,7 +21,8 @@ the same round. Loopback only.
   PYTHON=target/python-agent-venv/bin/python ROUNDS=5 python3 assets/agents/python/bench.py
   PYTHON=... ONLY=uvicorn ROUNDS=40 python3 assets/agents/python/bench.py   (one server)
   AA=1 adds each bare server again, compared with itself (the method's own bias);
-  WATCHED=0 leaves out the measures with a /telemetry client reading.
+  WATCHED=0 leaves out the measures with a /telemetry client reading; COPIES=K
+  starts each server K times and pools the copies' ratios.
 """
 
 import json
@@ -41,6 +42,7 @@ REQUESTS = int(os.environ.get("REQUESTS", "6000"))
 CONCURRENCY = int(os.environ.get("CONCURRENCY", "8"))
 MAX_S = float(os.environ.get("MAX_S", "30"))
 STALLS = int(os.environ.get("STALLS", "10"))
+COPIES = int(os.environ.get("COPIES", "1"))
 # WATCHED=0: no second measure with a /telemetry client reading.
 WATCHED = os.environ.get("WATCHED", "1") != "0"
 # With two CPUs or more, the servers run on CPU 1 and this client on CPU 0.
@@ -77,6 +79,12 @@ def variants():
         keep = [i for i, v in enumerate(out) if v[0].startswith(only)]
         out = [(n, c, e, None if b is None else keep.index(b)) for n, c, e, b in
                (out[i] for i in keep)]
+    # COPIES=K: each server K times (a process's own speed varies with its memory
+    # layout); each copy is compared with the bare copy of the same number.
+    if COPIES > 1:
+        n = len(out)
+        out = [("%s #%d" % (name, k), cmd, env, None if b is None else b + k * n)
+               for k in range(COPIES) for name, cmd, env, b in out]
     return out
 
 
@@ -394,6 +402,15 @@ def main():
                   name, (median(ratios) - 1) * 100, (ratios[len(ratios) // 4] - 1) * 100,
                   (ratios[(3 * len(ratios)) // 4] - 1) * 100,
                   (sum(r["per"]) / sum(bare) - 1) * 100, (median(watched) - 1) * 100))
+    pooled = {}
+    for (name, _, _, base), r in zip(vs, res):
+        if base is not None and COPIES > 1:
+            key = name.rsplit(" #", 1)[0]
+            a, b = pooled.get(key, (0.0, 0.0))
+            pooled[key] = (a + sum(r["per"]), b + sum(res[base]["per"]))
+    for key, (a, b) in pooled.items():
+        print("%s, %d copies pooled: agent %+.1f%% server CPU per request (ratio of "
+              "totals)" % (key, COPIES, (a / b - 1) * 100))
 
 
 if __name__ == "__main__":

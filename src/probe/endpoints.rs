@@ -84,13 +84,12 @@ impl Buckets {
     pub(crate) fn take(&self, seen: &mut Vec<u64>) -> BucketSummary {
         seen.resize(BUCKETS, 0);
         // Most endpoints see nothing in most periods: find that out with loads alone.
-        let new: u64 = self
+        let moved = self
             .counts
             .iter()
             .zip(seen.iter())
-            .map(|(now, before)| now.load(Ordering::Relaxed).saturating_sub(*before))
-            .sum();
-        if new == 0 {
+            .any(|(now, before)| now.load(Ordering::Relaxed) > *before);
+        if !moved {
             return BucketSummary::default();
         }
         let mut delta = [0u64; BUCKETS];

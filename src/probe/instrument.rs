@@ -197,7 +197,7 @@ impl<F: Future> Future for Instrumented<F> {
                 slot.request_in_poll.store(0, Ordering::Relaxed);
             }
             let held = Duration::from_nanos(poll_end.saturating_sub(poll_start));
-            report_slow_poll(shared, slot, id.0, held, poll_end);
+            report_slow_poll(shared, slot, id, held, poll_end);
         }
         if ready {
             let started_ns = std::mem::replace(this.started_ns, DONE);
@@ -223,7 +223,7 @@ impl<F: Future> Future for Instrumented<F> {
 pub(crate) fn report_slow_poll(
     shared: &Shared,
     slot: Option<&WorkerSlot>,
-    id: u64,
+    id: RequestId,
     held: Duration,
     end_ns: u64,
 ) {

@@ -289,7 +289,13 @@ impl LoopProbe {
                         if id != 0 {
                             slot.request_in_poll.store(0, Ordering::Relaxed);
                             let held = Duration::from_nanos(held.unwrap_or(0));
-                            instrument::report_slow_poll(&after, Some(slot), id, held, now);
+                            instrument::report_slow_poll(
+                                &after,
+                                Some(slot),
+                                slots::RequestId(id),
+                                held,
+                                now,
+                            );
                         }
                     }
                 });

@@ -278,9 +278,6 @@ impl WorkerSlots {
     /// taken or the thread is being torn down.
     #[inline]
     pub(crate) fn current(&self) -> Option<&WorkerSlot> {
-        if let Some(slot) = self.found_last() {
-            return Some(slot);
-        }
         match self.lookup()? {
             Lookup::Found(slot) => Some(slot),
             Lookup::Missing(thread) => self.claim(thread),
@@ -290,17 +287,24 @@ impl WorkerSlots {
     /// The calling thread's slot if it has one; never claims.
     #[inline]
     pub(crate) fn current_if_claimed(&self) -> Option<&WorkerSlot> {
-        if let Some(slot) = self.found_last() {
-            return Some(slot);
-        }
         match self.lookup()? {
             Lookup::Found(slot) => Some(slot),
             Lookup::Missing(_) => None,
         }
     }
 
-    /// The slot the calling thread found last, if it is one of these: a
-    /// thread-local read, on every hook and request.
+    /// The calling thread's slot: the one it found last (a thread-local read, on
+    /// every hook and request), else its own found by thread id; `None` while the
+    /// thread is being torn down.
+    #[inline]
+    fn lookup(&self) -> Option<Lookup<'_>> {
+        match self.found_last() {
+            Some(slot) => Some(Lookup::Found(slot)),
+            None => self.lookup_by_thread(),
+        }
+    }
+
+    /// The slot the calling thread found last, if it is one of these.
     #[inline]
     fn found_last(&self) -> Option<&WorkerSlot> {
         let (probe, slot) = CURRENT.try_with(Cell::get).ok()?;
@@ -314,7 +318,7 @@ impl WorkerSlots {
     /// The calling thread's own slot found by thread id (it looked at another probe
     /// since it found it last); `None` while the thread is being torn down.
     #[cold]
-    fn lookup(&self) -> Option<Lookup<'_>> {
+    fn lookup_by_thread(&self) -> Option<Lookup<'_>> {
         CURRENT.try_with(|_| ()).ok()?;
         let thread = std::thread::current().id();
         Some(match self.iter().find(|s| s.thread == thread) {
@@ -399,9 +403,9 @@ impl WorkerSlots {
     }
 
     /// The target of request `id`, if the thread it arrived on still keeps it.
-    pub(crate) fn target_of(&self, id: u64) -> Option<String> {
-        let home = self.get(RequestId(id).home()? as usize)?;
-        Some(match home.recent.read(id)? {
+    pub(crate) fn target_of(&self, id: RequestId) -> Option<String> {
+        let home = self.get(id.home()? as usize)?;
+        Some(match home.recent.read(id.0)? {
             Kept::Whole(target) => target,
             Kept::Endpoint(index, query) => {
                 let endpoint = home.endpoints.name(index)?;
@@ -417,7 +421,7 @@ impl WorkerSlots {
     pub(crate) fn request_in(&self, slot: &WorkerSlot) -> Option<String> {
         match slot.request_in_poll.load(Ordering::Relaxed) {
             0 => None,
-            id => self.target_of(id),
+            id => self.target_of(RequestId(id)),
         }
     }
 

@@ -8,7 +8,8 @@ use super::round1;
 /// since the previous one, so that it covers the same period as the process and
 /// thread figures of the snapshot it goes in.
 ///
-/// On Linux it reads the aggregate `cpu` line of `/proc/stat` at every sample: busy
+/// Either source is read at most every [`HostCpu::INTERVAL`]; a sample sooner repeats
+/// the last figure. On Linux it reads the aggregate `cpu` line of `/proc/stat`: busy
 /// (user+nice+system+irq+softirq+steal) against idle (idle+iowait) clock ticks over
 /// the period, exact for that window to one tick (10 ms) per core. Elsewhere, or if
 /// `/proc/stat` is unreadable, sysinfo, which needs 250 ms between refreshes and
@@ -17,19 +18,16 @@ pub struct HostCpu {
     source: HostSource,
     cores: u32,
     last_percent: f64,
+    /// When the source was last read (or opened).
+    read_at: Instant,
 }
 
 enum HostSource {
     /// The last figures, `/proc/stat` kept open (opening it is most of the cost of
     /// a read) and a buffer for its text.
-    /// Read at most every [`HostCpu::INTERVAL`]: the kernel formats the whole file
-    /// (every interrupt's count) for each read, however little of it is read.
-    ProcStat(CpuTimes, ProcStat, Instant),
+    ProcStat(CpuTimes, ProcStat),
     /// None where sysinfo cannot read this system: host CPU then reads 0.
-    Sysinfo {
-        sys: Option<Box<sysinfo::System>>,
-        last_refresh: Instant,
-    },
+    Sysinfo(Option<Box<sysinfo::System>>),
 }
 
 /// Cumulative clock ticks of all CPUs, from `/proc/stat`'s `cpu` line.
@@ -126,9 +124,10 @@ impl HostCpu {
             && let Some((times, cores)) = stat.read()
         {
             return Self {
-                source: HostSource::ProcStat(times, stat, Instant::now()),
+                source: HostSource::ProcStat(times, stat),
                 cores,
                 last_percent: 0.0,
+                read_at: Instant::now(),
             };
         }
         let mut sys = sysinfo::System::new().ok().map(Box::new);
@@ -140,12 +139,10 @@ impl HostCpu {
             None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         };
         Self {
-            source: HostSource::Sysinfo {
-                sys,
-                last_refresh: Instant::now(),
-            },
+            source: HostSource::Sysinfo(sys),
             cores,
             last_percent: 0.0,
+            read_at: Instant::now(),
         }
     }
 
@@ -158,27 +155,24 @@ impl HostCpu {
     /// cores). A call less than [`HostCpu::INTERVAL`], or a tick per core, after the
     /// previous reading repeats its figure and leaves that time to a later call.
     pub fn sample(&mut self) -> f64 {
+        if self.read_at.elapsed() < Self::INTERVAL {
+            return self.last_percent;
+        }
+        self.read_at = Instant::now();
         match &mut self.source {
-            HostSource::ProcStat(last, stat, read_at) => {
-                if read_at.elapsed() < Self::INTERVAL {
-                    return self.last_percent;
-                }
-                *read_at = Instant::now();
-                let Some((now, _)) = stat.read() else {
-                    return self.last_percent;
-                };
-                if let Some(p) = now.busy_percent_since(last, self.cores) {
+            HostSource::ProcStat(last, stat) => {
+                if let Some((now, _)) = stat.read()
+                    && let Some(p) = now.busy_percent_since(last, self.cores)
+                {
                     *last = now;
                     self.last_percent = round1(p);
                 }
             }
-            HostSource::Sysinfo { sys, last_refresh } => {
-                if let (true, Some(sys)) = (last_refresh.elapsed() >= Self::INTERVAL, sys) {
-                    sys.refresh_cpu_usage();
-                    *last_refresh = Instant::now();
-                    self.last_percent = round1(sys.global_cpu_usage() as f64 * self.cores as f64);
-                }
+            HostSource::Sysinfo(Some(sys)) => {
+                sys.refresh_cpu_usage();
+                self.last_percent = round1(sys.global_cpu_usage() as f64 * self.cores as f64);
             }
+            HostSource::Sysinfo(None) => {}
         }
         self.last_percent
     }

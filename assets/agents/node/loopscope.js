@@ -262,23 +262,22 @@ function startMain() {
   // A response closed: its request is no longer in flight; answered if it finished.
   // Seen in the responses' own emit (every server response emits 'close' once), not
   // through a listener added to each.
-  const patchResponse = (proto) => {
+  // A prototype's emit replaced once by wrap(original emit).
+  const wrapEmit = (proto, wrap) => {
     if (!proto || proto.__loopscopePatched) return;
-    const original = proto.emit;
     proto.__loopscopePatched = true;
-    proto.emit = function loopscopeResponseEmit(event) {
+    proto.emit = wrap(proto.emit);
+  };
+  const patchResponse = (proto) => wrapEmit(proto, (original) =>
+    function loopscopeResponseEmit(event) {
       if (event === 'close') {
         Atomics.sub(i32, I_REQ_INFLIGHT, 1);
         if (this.writableFinished) Atomics.add(i32, I_REQ_DONE, 1);
       }
       return original.apply(this, arguments);
-    };
-  };
-  const patch = (proto) => {
-    if (!proto || proto.__loopscopePatched) return;
-    const original = proto.emit;
-    proto.__loopscopePatched = true;
-    proto.emit = function loopscopeEmit(event, req, res) {
+    });
+  const patch = (proto) => wrapEmit(proto, (original) =>
+    function loopscopeEmit(event, req, res) {
       if (event === 'listening' && !appAddr) {
         try {
           onApp(addrString(this.address()));
@@ -324,8 +323,7 @@ function startMain() {
           warnOnce('request-end', `request bookkeeping: ${e && e.message}`);
         }
       }
-    };
-  };
+    });
   patch(http.Server.prototype);
   patchResponse(http.ServerResponse.prototype);
   const https = safeRequire('https');

@@ -55,19 +55,22 @@ AGENTS = os.path.join(ROOT, "tests", "agents")
 def variants():
     server = [sys.executable, os.path.join(AGENTS, "py_server.py")]
     # (name, command, environment, the index of the bare server it is compared with)
-    out = [
-        ("asyncio", server, {"LOOPSCOPE_AGENT": "0"}, None),
-        ("asyncio + agent", server, {}, 0),
-        ("asyncio + install() only", server, {"LOOPSCOPE_NAMING": "0"}, 0),
-    ]
+    out = []
+
+    def kind(name, cmd):
+        """A bare server and the agent's variants of it, compared with it."""
+        bare = len(out)
+        out.append((name, cmd, {"LOOPSCOPE_AGENT": "0"}, None))
+        out.append((name + " + agent", cmd, {}, bare))
+        out.append((name + " + install() only", cmd, {"LOOPSCOPE_NAMING": "0"}, bare))
+
+    kind("asyncio", server)
     py = os.environ.get("PYTHON")
     if py:
         py = os.path.abspath(py)
         uv = [py, "-m", "uvicorn", "py_asgi:app", "--host", "127.0.0.1", "--port", "0",
               "--log-level", "warning", "--no-access-log"]
-        out.append(("uvicorn+fastapi", uv, {"LOOPSCOPE_AGENT": "0"}, None))
-        out.append(("uvicorn+fastapi + agent", uv, {}, 3))
-        out.append(("uvicorn+fastapi + install() only", uv, {"LOOPSCOPE_NAMING": "0"}, 3))
+        kind("uvicorn+fastapi", uv)
     if os.environ.get("AA") == "1":
         # The method's own bias: each bare server against a second bare one.
         for i, (name, cmd, env, base) in enumerate(list(out)):
@@ -303,6 +306,16 @@ def median(xs):
     return xs[len(xs) // 2] if xs else float("nan")
 
 
+def compared(per, bare):
+    """``per`` against ``bare``, measure by measure (the same round): the ratios'
+    median and quartiles, and the ratio of the sums."""
+    ratios = sorted(a / b for a, b in zip(per, bare))
+    pct = lambda x: (x - 1) * 100  # noqa: E731
+    return "%+.1f%% server CPU per request (quartiles %+.1f%% .. %+.1f%%, totals %+.1f%%)" % (
+        pct(median(ratios)), pct(ratios[len(ratios) // 4]),
+        pct(ratios[(3 * len(ratios)) // 4]), pct(sum(per) / sum(bare)))
+
+
 def main():
     # A TERM runs the finally blocks: every server started is killed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -393,15 +406,9 @@ def main():
         if base is None:
             continue
         bare = res[base]["per"]
-        # The ratio to the bare server of the same round: median, quartiles, and the
-        # ratio of the sums; watched: the median ratio.
-        ratios = sorted(a / b for a, b in zip(r["per"], bare))
-        watched = [a / b for a, b in zip(r["per_w"], bare)] or [float("nan")]
-        print("%s: agent %+.1f%% server CPU per request (quartiles %+.1f%% .. %+.1f%%, "
-              "totals %+.1f%%; watched %+.1f%%)" % (
-                  name, (median(ratios) - 1) * 100, (ratios[len(ratios) // 4] - 1) * 100,
-                  (ratios[(3 * len(ratios)) // 4] - 1) * 100,
-                  (sum(r["per"]) / sum(bare) - 1) * 100, (median(watched) - 1) * 100))
+        watched = [a / b for a, b in zip(r["per_w"], bare)]
+        print("%s: agent %s; watched %+.1f%%" % (
+            name, compared(r["per"], bare), (median(watched) - 1) * 100))
     pooled = {}
     for (name, _, _, base), r in zip(vs, res):
         if base is not None and COPIES > 1:

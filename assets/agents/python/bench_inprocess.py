@@ -30,20 +30,15 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-AGENTS = os.path.join(HERE, "..", "..", "..", "tests", "agents")
 sys.path.insert(0, HERE)
-sys.path.insert(0, AGENTS)
+import bench  # noqa: E402  (its client, its paths, its statistics)
+
+sys.path.insert(0, bench.AGENTS)
 os.environ.setdefault("LOOPSCOPE_TELEMETRY", "127.0.0.1:0")
 os.environ["LOOPSCOPE_AGENT"] = "0"  # py_asgi: the app unwrapped; wrapped here
 
 ROUNDS = int(os.environ.get("ROUNDS", "40"))
 REQUESTS = int(os.environ.get("REQUESTS", "8000"))
-PINNED = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
-
-
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
 
 
 async def main():
@@ -70,7 +65,7 @@ async def main():
     await asyncio.sleep(1.0)
     client = ("import os, sys; sys.path.insert(0, %r); %s import bench; "
               "print(bench.load('127.0.0.1:%d', %d)[0])"
-              % (HERE, "os.sched_setaffinity(0, {0});" if PINNED else "", port, REQUESTS))
+              % (HERE, "os.sched_setaffinity(0, {0});" if bench.PINNED else "", port, REQUESTS))
     modes = tuple(os.environ.get("MODES", "bare,agent").split(","))
     per = {m: [] for m in modes}
     for rnd in range(ROUNDS):
@@ -95,17 +90,13 @@ async def main():
     server.should_exit = True
     await serving
     for m in modes:
-        print("%-6s %6.1f µs CPU a request (median of %d measures)" % (m, median(per[m]), len(per[m])))
+        print("%-6s %6.1f µs CPU a request (median of %d measures)"
+              % (m, bench.median(per[m]), len(per[m])))
     for m in modes[1:]:
-        ratios = sorted(a / b for a, b in zip(per[m], per[modes[0]]))
-        print("%s / %s: median %+.2f%% (quartiles %+.2f .. %+.2f), ratio of totals %+.2f%%"
-              % (m, modes[0], (median(ratios) - 1) * 100,
-                 (ratios[len(ratios) // 4] - 1) * 100,
-                 (ratios[3 * len(ratios) // 4] - 1) * 100,
-                 (sum(per[m]) / sum(per[modes[0]]) - 1) * 100))
+        print("%s / %s: %s" % (m, modes[0], bench.compared(per[m], per[modes[0]])))
 
 
 if __name__ == "__main__":
-    if PINNED:
-        os.sched_setaffinity(0, {1})
+    if bench.PINNED:
+        os.sched_setaffinity(0, {bench.SERVER_CPU})
     asyncio.run(main())

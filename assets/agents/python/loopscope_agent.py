@@ -52,6 +52,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _TICK_NS = 1_000_000
@@ -574,57 +575,49 @@ _CURRENT = H.CURRENT
 _SLOW_NS = SLOW_POLL_MS * 1_000_000
 
 
-class _Traced:
-    """Awaits a coroutine step by step, naming it as the loop's current request."""
-
-    __slots__ = ("coro", "name")
-
-    def __init__(self, name, coro):
-        self.coro = coro
-        self.name = name
-
-    def __await__(self):
-        agent = _agent
-        coro = self.coro
-        if agent is None:
-            return (yield from coro.__await__())
-        name = self.name
-        slot = agent.slot_for(name)
-        q = agent.q
-        names = agent.slot_names
-        mono = time.monotonic_ns
-        current = _CURRENT
-        slow = _SLOW_NS
-        agent.in_flight += 1
-        value = error = None
-        try:
-            while True:
-                # A slot given to another name since (NAMES names ago) is not ours.
-                if names[slot] != name:
-                    slot = agent.slot_for(name)
-                q[current] = slot + 1
-                t0 = mono()
-                try:
-                    out = coro.send(value) if error is None else coro.throw(error)
-                except StopIteration as stop:
-                    agent.done += 1
-                    return stop.value
-                finally:
-                    q[current] = 0
-                    t1 = mono()
-                    if t1 - t0 >= slow:
-                        agent.slow_poll(name, (t1 - t0) / 1e6, t1)
-                error = None
-                try:
-                    value = yield out
-                except GeneratorExit:
-                    coro.close()
-                    raise
-                except BaseException as e:  # delivered into the coroutine
-                    error = e
-                    value = None
-        finally:
-            agent.in_flight -= 1
+@types.coroutine
+def _steps(name, coro):
+    """Runs ``coro`` one step at a time: around each step the loop's current request
+    is ``name``, and a step that holds the loop ``SLOW_POLL_MS`` or longer is a slow
+    poll event. A generator-based coroutine, awaited directly (no object made)."""
+    agent = _agent
+    if agent is None:
+        return (yield from coro.__await__())
+    slot = agent.slot_for(name)
+    q = agent.q
+    names = agent.slot_names
+    mono = time.monotonic_ns
+    current = _CURRENT
+    agent.in_flight += 1
+    value = error = None
+    try:
+        while True:
+            # A slot given to another name since (NAMES names ago) is not ours.
+            if names[slot] != name:
+                slot = agent.slot_for(name)
+            q[current] = slot + 1
+            t0 = mono()
+            try:
+                out = coro.send(value) if error is None else coro.throw(error)
+            except StopIteration as stop:
+                agent.done += 1
+                return stop.value
+            finally:
+                q[current] = 0
+                t1 = mono()
+                if t1 - t0 >= _SLOW_NS:
+                    agent.slow_poll(name, (t1 - t0) / 1e6, t1)
+            error = None
+            try:
+                value = yield out
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as e:  # delivered into the coroutine
+                error = e
+                value = None
+    finally:
+        agent.in_flight -= 1
 
 
 def _after_fork():
@@ -683,7 +676,7 @@ def request(name, awaitable):
     the loop are named in a stall, and it counts as a request."""
     if not hasattr(awaitable, "send"):
         awaitable = _coroutine(awaitable)
-    return _Traced(cut(name), awaitable)
+    return _steps(cut(name), awaitable)
 
 
 async def _coroutine(awaitable):
@@ -695,16 +688,37 @@ def asgi(app):
     request) and names each HTTP request by method and path."""
 
     async def loopscope_asgi(scope, receive, send):
-        kind = scope.get("type")
-        if _agent is None and not _tried:
-            install()
-        if kind != "http" or _agent is None:
+        if _agent is None:
+            if not _tried:
+                install()
+            if _agent is None:
+                return await app(scope, receive, send)
+        if scope["type"] != "http":
             return await app(scope, receive, send)
-        target = scope.get("path") or "/"
-        qs = scope.get("query_string")
-        if qs:
-            target += "?" + qs.decode("latin-1")
-        name = cut("%s %s" % (scope.get("method", "GET"), target))
-        return await _Traced(name, app(scope, receive, send))
+        return await _steps(_name_of(scope), app(scope, receive, send))
 
     return loopscope_asgi
+
+
+# An HTTP scope's (method, path, query string) -> its request's name: a request
+# repeated is named without building a string. Bounded: emptied when full.
+_NAMES = {}
+_NAMES_MAX = 1024
+
+
+def _name_of(scope):
+    try:
+        key = (scope["method"], scope["path"], scope["query_string"])
+    except (KeyError, TypeError):
+        key = (scope.get("method") or "GET", scope.get("path") or "/",
+               scope.get("query_string") or b"")
+    name = _NAMES.get(key)
+    if name is None:
+        method, target, qs = key
+        if qs:
+            target += "?" + qs.decode("latin-1")
+        name = cut("%s %s" % (method, target))
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        _NAMES[key] = name
+    return name

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench probe_cost                   # everything (~3 minutes)
-//! cargo bench --bench probe_cost -- fixed          # or one of: fixed request axum churn stall
+//! cargo bench --bench probe_cost -- fixed          # or one of: fixed request axum churn stall instructions
 //! cargo bench --bench probe_cost -- fixed --quick  # shorter windows and fewer rounds
 //! ```
 //!
@@ -21,6 +21,9 @@
 //!   50,000 req/s for 15 s (5 s quick), one setup after the other.
 //! - `stall`: a worker of the probed service held 300 ms: from the handler's start to
 //!   the first telemetry line that shows the stall (20 trials, 5 quick).
+//! - `instructions`: the instructions the service executes per `/hello` in each
+//!   setup, counted under valgrind's callgrind (no timing noise; see
+//!   `probe_cost/instructions.rs`); skipped without valgrind.
 //!
 //! The service is `examples/bench_service.rs`, run as a separate process: this
 //! program starts itself again as `probe_cost serve --probe|--bare|--console`.
@@ -31,6 +34,8 @@
 //! `RATE` and `SECS` (churn), `TRIALS` (stall), `WINDOW` (fixed, seconds).
 
 mod common;
+#[path = "probe_cost/instructions.rs"]
+mod instructions;
 #[allow(dead_code)]
 #[path = "../examples/bench_service.rs"]
 mod service;
@@ -886,7 +891,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("serve") {
         let (setup, lag) = service::parse(&args[1..])
-            .expect("serve --probe [--lag-ms N]|--console|--bare|--hooks|--layer");
+            .expect("serve --probe [--lag-ms N]|--probe-routes|--console|--bare|--hooks|--layer");
         if let Err(e) = service::run(setup, lag) {
             eprintln!("probe_cost serve: {e}");
             std::process::exit(1);
@@ -927,5 +932,8 @@ fn main() {
     }
     if wants("stall") {
         stall(quick);
+    }
+    if wants("instructions") {
+        instructions::run(quick);
     }
 }

@@ -68,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             probe.telemetry_addr(),
             std::process::id()
         );
-        axum::serve(listener, app().layer(probe.layer())).await
+        axum::serve(listener, probe.make_service(app().with_state(()))).await
     })?;
     Ok(())
 }

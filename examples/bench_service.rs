@@ -1,8 +1,9 @@
 //! The service that `cargo bench --bench probe_cost` measures: axum on a
-//! multi-thread runtime with two workers, in one of three setups.
+//! multi-thread runtime with two workers, in one of these setups.
 //!
 //! ```text
-//! cargo run --release --example bench_service -- --probe     # loopscope's probe
+//! cargo run --release --example bench_service -- --probe     # loopscope's probe (make_service)
+//! cargo run --release --example bench_service -- --probe-routes  # the same, a layer on each route
 //! cargo run --release --example bench_service -- --console   # console-subscriber
 //! cargo run --release --example bench_service -- --bare      # neither
 //! cargo run --release --example bench_service -- --probe --lag-ms 10  # a slower lag timer
@@ -38,8 +39,10 @@ const MAX_MS: u64 = 10_000;
 /// What watches the service.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Setup {
-    /// loopscope's probe: `Probe::builder().install(..)` and `probe.layer()`.
+    /// loopscope's probe: `Probe::builder().install(..)` and `probe.make_service(..)`.
     Probe,
+    /// The same probe as a layer on each route: `app.layer(probe.layer())`.
+    ProbeRoutes,
     /// console-subscriber's layer, as tokio-console asks (`ConsoleLayer::builder().init()`).
     Console,
     /// Nothing.
@@ -57,6 +60,7 @@ impl Setup {
     pub fn from_flag(flag: &str) -> Option<Setup> {
         match flag {
             "--probe" => Some(Setup::Probe),
+            "--probe-routes" => Some(Setup::ProbeRoutes),
             "--console" => Some(Setup::Console),
             "--bare" => Some(Setup::Bare),
             "--hooks" => Some(Setup::Hooks),
@@ -115,7 +119,7 @@ pub fn run(setup: Setup, lag: Option<Duration>) -> Result<(), Box<dyn std::error
         part.install_hooks(&mut rt);
     }
     let (probe, telemetry) = match setup {
-        Setup::Probe => {
+        Setup::Probe | Setup::ProbeRoutes => {
             let mut config = loopscope::probe::ProbeConfig::default();
             if let Some(lag) = lag {
                 config.lag_resolution = lag;
@@ -146,10 +150,19 @@ pub fn run(setup: Setup, lag: Option<Duration>) -> Result<(), Box<dyn std::error
             std::process::id()
         );
         match (probe, setup) {
-            (Some(probe), _) => axum::serve(listener, app().layer(probe.layer())).await,
+            (Some(probe), Setup::ProbeRoutes) => {
+                axum::serve(listener, app().layer(probe.layer())).await
+            }
+            (Some(probe), _) => {
+                axum::serve(listener, probe.make_service(app().with_state(()))).await
+            }
             (None, Setup::Layer) => {
-                let layer = loopscope::probe::ProbeLayer::new(part);
-                axum::serve(listener, app().layer(layer)).await
+                let layered = tower_layer::Layer::layer(
+                    &loopscope::probe::ProbeLayer::new(part),
+                    app().with_state(()),
+                );
+                let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(layered);
+                axum::serve(listener, make).await
             }
             (None, _) => axum::serve(listener, app()).await,
         }
@@ -157,11 +170,11 @@ pub fn run(setup: Setup, lag: Option<Duration>) -> Result<(), Box<dyn std::error
     Ok(())
 }
 
-/// The setup and lag timer interval from arguments: `--probe [--lag-ms N]`,
+/// The setup and lag timer interval from arguments: `--probe [--lag-ms N]`, `--probe-routes`,
 /// `--console`, `--bare`, `--hooks` or `--layer`.
 pub fn parse(args: &[String]) -> Option<(Setup, Option<Duration>)> {
     let setup = Setup::from_flag(args.first().map_or("--probe", String::as_str))?;
-    if setup != Setup::Probe && args.len() > 1 {
+    if !matches!(setup, Setup::Probe | Setup::ProbeRoutes) && args.len() > 1 {
         return None;
     }
     let lag = match args.get(1).map(String::as_str) {
@@ -175,7 +188,8 @@ pub fn parse(args: &[String]) -> Option<(Setup, Option<Duration>)> {
 #[allow(dead_code)]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (setup, lag) = parse(&args)
-        .ok_or("usage: bench_service --probe [--lag-ms N]|--console|--bare|--hooks|--layer")?;
+    let (setup, lag) = parse(&args).ok_or(
+        "usage: bench_service --probe [--lag-ms N]|--probe-routes|--console|--bare|--hooks|--layer",
+    )?;
     run(setup, lag)
 }

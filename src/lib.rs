@@ -10,7 +10,7 @@
 //! let probe = loopscope::probe::Probe::builder().telemetry("127.0.0.1:9464").install(rt.enable_all())?;
 //! rt.build()?.block_on(async {
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//!     axum::serve(listener, app.layer(probe.layer())).await
+//!     axum::serve(listener, probe.make_service(app.with_state(()))).await
 //! })?;
 //! # Ok(()) }
 //! ```

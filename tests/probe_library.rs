@@ -56,7 +56,9 @@ fn service(workers: usize, blocking: usize) -> (SocketAddr, SocketAddr, tokio::r
     let handle = rt.handle().clone();
     let telemetry_addr = probe.telemetry_addr();
     std::thread::spawn(move || {
-        rt.block_on(async move { axum::serve(listener, app().layer(probe.layer())).await })
+        rt.block_on(
+            async move { axum::serve(listener, probe.make_service(app().with_state(()))).await },
+        )
     });
     (app_addr, telemetry_addr, handle)
 }

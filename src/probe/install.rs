@@ -38,7 +38,7 @@ use super::cpu::ThreadNames;
 use super::sampler::{Sampler, TOKIO_BLOCKING_THREADS};
 use super::server::Limits;
 use super::telemetry::{self, TelemetryHub};
-use super::{LoopProbe, ProbeConfig, ProbeLayer, SCHEDULING_DELAY_RESOLUTION};
+use super::{LoopProbe, MakeProbeService, ProbeConfig, ProbeLayer, SCHEDULING_DELAY_RESOLUTION};
 use crate::protocol::{Model, PROTOCOL_VERSION, ServerInfo, Versions, WorkerInfo};
 
 /// The default telemetry address.
@@ -293,12 +293,29 @@ impl Probe {
     /// service (axum, hyper-util, tonic): counts, latency per endpoint, and the
     /// request a stalled worker is holding. Calling it inside the runtime also
     /// starts the probe's lag timer (the sampler starts it otherwise, within
-    /// 25 ms of the runtime's first run).
+    /// 25 ms of the runtime's first run). On an axum router,
+    /// [`make_service`](Self::make_service) measures the same for less.
     pub fn layer(&self) -> ProbeLayer {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             self.probe.ensure_lag_task(&handle);
         }
         ProbeLayer::new(self.probe.clone())
+    }
+
+    /// `service` with every request instrumented, as a make-service for a server
+    /// to take whole: `axum::serve(listener, probe.make_service(app.with_state(())))`.
+    /// The same measures as [`layer`](Self::layer), one layer around the whole
+    /// service: cheaper for axum than `app.layer(probe.layer())`, which wraps and
+    /// boxes each route's service again (axum's `Router::layer`), and so adds a
+    /// second boxed future to every request. (`with_state(())` turns the router's
+    /// handlers into routes once, as `axum::serve(listener, app)` does; a router
+    /// called as a plain service does that on every request.) Called inside the
+    /// runtime, it starts the lag timer, as [`layer`](Self::layer) does.
+    pub fn make_service<S>(&self, service: S) -> MakeProbeService<S> {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            self.probe.ensure_lag_task(&handle);
+        }
+        MakeProbeService::new(service, self.probe.clone())
     }
 
     /// Where telemetry is served.

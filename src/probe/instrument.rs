@@ -303,6 +303,37 @@ where
     }
 }
 
+/// A make-service whose every connection gets a [`ProbeService`] around the same
+/// service: what a server that makes a service per connection takes whole
+/// (`axum::serve`, hyper-util's auto server with `TowerToHyperService`). Made by
+/// [`Probe::make_service`](super::Probe::make_service).
+#[derive(Clone)]
+pub struct MakeProbeService<S> {
+    service: ProbeService<S>,
+}
+
+impl<S> MakeProbeService<S> {
+    pub(crate) fn new(inner: S, probe: LoopProbe) -> Self {
+        Self {
+            service: ProbeService { inner, probe },
+        }
+    }
+}
+
+impl<S: Clone, T> tower_service::Service<T> for MakeProbeService<S> {
+    type Response = ProbeService<S>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<ProbeService<S>, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: T) -> Self::Future {
+        std::future::ready(Ok(self.service.clone()))
+    }
+}
+
 /// Converts a poll duration for events.
 pub(crate) fn ms(d: Duration) -> f64 {
     super::histogram::round3(d.as_secs_f64() * 1000.0)

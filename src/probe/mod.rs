@@ -55,7 +55,7 @@ pub mod threads;
 
 pub use histogram::LatencyHistogram;
 pub use install::{DEFAULT_TELEMETRY, InstallError, Probe, ProbeBuilder};
-pub use instrument::{Instrumented, ProbeLayer, ProbeService, RequestTag};
+pub use instrument::{Instrumented, MakeProbeService, ProbeLayer, ProbeService, RequestTag};
 pub use pool::{Pool, PoolJob, PoolKind};
 pub use threads::{ThreadClass, ThreadRegistry};
 

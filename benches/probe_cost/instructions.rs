@@ -1,0 +1,159 @@
+//! `instructions`: what the service executes per `/hello`, counted by valgrind's
+//! callgrind rather than timed, so that no noise of the machine moves it.
+//!
+//! Each setup (bare, the probe with `make_service`, the probe as a layer on each
+//! route, console-subscriber) is served under `valgrind --tool=callgrind` with
+//! counting off; after a warm-up of the closed-loop load, counting is switched on
+//! (`callgrind_control -i on`) for `SECS` seconds of load (15, 5 with `--quick`),
+//! and the counts are dumped per thread. Printed per request answered: the
+//! instructions of the whole process and of the runtime's worker threads (the
+//! threads that ran tokio's multi-thread worker loop), and each setup against bare.
+//! User space only: the kernel's share of a request (its loopback TCP) is not
+//! counted, and it is the same in every setup.
+//!
+//! Under valgrind the service runs some 40 times slower, while the probe's
+//! sampler, telemetry server and 1 ms lag timer keep their wall-clock rates: their
+//! share of a request is overstated about 40-fold here (the sampler thread is
+//! counted in the process's total, not in the workers'). Skipped, with a message,
+//! where valgrind is not installed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::{Plan, Server, current_thread, drive};
+
+const SETUPS: [(&str, &str); 4] = [
+    ("bare", "--bare"),
+    ("probe (make_service)", "--probe"),
+    ("probe (layer on each route)", "--probe-routes"),
+    ("console-subscriber", "--console"),
+];
+
+/// Counts of one setup, per request.
+struct Counted {
+    requests: u64,
+    process: f64,
+    workers: f64,
+}
+
+pub fn run(quick: bool) {
+    println!("## instructions per /hello of the axum service (2 workers), under callgrind");
+    if !installed() {
+        println!("skipped: valgrind (with callgrind_control) is not installed");
+        return;
+    }
+    let secs: f64 = std::env::var("SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick { 5.0 } else { 15.0 });
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-instructions");
+    std::fs::create_dir_all(&dir).expect("create target/bench-instructions");
+    println!("({secs} s of load counted per setup; instructions per request answered)");
+    let mut rows: Vec<(&str, Counted)> = Vec::new();
+    for (i, (label, flag)) in SETUPS.iter().enumerate() {
+        let out = dir.join(format!("axum-{i}.out"));
+        let c = count(label, flag, &out, secs);
+        println!(
+            "{label:<28} {:>8} requests  process {:>8.0}  workers {:>8.0}",
+            c.requests, c.process, c.workers
+        );
+        rows.push((label, c));
+    }
+    let (_, bare) = &rows[0];
+    for (label, c) in &rows[1..] {
+        println!(
+            "{label:<28} / bare: process {:+.2}% ({:+.0}), workers {:+.2}% ({:+.0})",
+            (c.process / bare.process - 1.0) * 100.0,
+            c.process - bare.process,
+            (c.workers / bare.workers - 1.0) * 100.0,
+            c.workers - bare.workers,
+        );
+    }
+}
+
+fn installed() -> bool {
+    ["valgrind", "callgrind_control"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+fn count(label: &str, flag: &str, out: &Path, secs: f64) -> Counted {
+    // Dumps of an earlier run would be counted with this one's.
+    let prefix = out.file_name().unwrap().to_string_lossy().into_owned();
+    for entry in std::fs::read_dir(out.parent().unwrap()).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let mut cmd = Command::new("valgrind");
+    cmd.args([
+        "-q",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--separate-threads=yes",
+        &format!("--callgrind-out-file={}", out.display()),
+    ]);
+    cmd.arg(std::env::current_exe().unwrap())
+        .arg("serve")
+        .arg(flag);
+    let server = Server::start(label, cmd, None);
+    let rt = current_thread();
+    let warm = rt.block_on(drive(&server.app, &Plan::closed("/hello", 2.0)));
+    assert!(warm.ok > 0, "{label}: no answer in the warm-up");
+    callgrind_control(&["-i", "on"], server.pid);
+    let a = rt.block_on(drive(&server.app, &Plan::closed("/hello", secs)));
+    callgrind_control(&["-d"], server.pid);
+    drop(server);
+    assert!(
+        a.ok > 0 && a.bad == 0,
+        "{label}: {} ok, {} not 200",
+        a.ok,
+        a.bad
+    );
+    let (process, workers) = totals(out);
+    Counted {
+        requests: a.ok,
+        process: process as f64 / a.ok as f64,
+        workers: workers as f64 / a.ok as f64,
+    }
+}
+
+fn callgrind_control(args: &[&str], pid: u32) {
+    let status = Command::new("callgrind_control")
+        .args(args)
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run callgrind_control");
+    assert!(status.success(), "callgrind_control {args:?} {pid} failed");
+}
+
+/// The dump's instructions: of all its threads, and of the worker threads.
+fn totals(out: &Path) -> (u64, u64) {
+    let dump = format!("{}.1-", out.file_name().unwrap().to_string_lossy());
+    let (mut process, mut workers) = (0, 0);
+    for entry in std::fs::read_dir(out.parent().unwrap()).unwrap().flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&dump) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).expect("read a callgrind dump");
+        let n: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("totals:"))
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        process += n;
+        if text.contains("multi_thread::worker::Context::run") {
+            workers += n;
+        }
+    }
+    assert!(process > 0, "no counts in {}*", out.display());
+    (process, workers)
+}

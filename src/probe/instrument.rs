@@ -220,6 +220,8 @@ impl<F: Future> Future for Instrumented<F> {
 
 /// Emits a slow-poll event if request `id`'s poll on `slot`'s thread held it for
 /// `held`, as long as [`ProbeConfig::slow_poll`](super::ProbeConfig) or longer.
+/// The comparison inline at every poll's end; the event out of line.
+#[inline]
 pub(crate) fn report_slow_poll(
     shared: &Shared,
     slot: Option<&WorkerSlot>,
@@ -227,9 +229,20 @@ pub(crate) fn report_slow_poll(
     held: Duration,
     end_ns: u64,
 ) {
-    if held < shared.config.slow_poll {
-        return;
+    if held >= shared.config.slow_poll {
+        emit_slow_poll(shared, slot, id, held, end_ns);
     }
+}
+
+#[cold]
+#[inline(never)]
+fn emit_slow_poll(
+    shared: &Shared,
+    slot: Option<&WorkerSlot>,
+    id: RequestId,
+    held: Duration,
+    end_ns: u64,
+) {
     let uri = shared
         .slots
         .target_of(id)

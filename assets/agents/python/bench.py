@@ -12,7 +12,8 @@ threads' run time, /proc/PID/task/*/schedstat) over IDLE_S seconds, and how soon
 all the servers run at once and take turns, the others stopped (SIGSTOP) while one is
 measured, under a closed-loop load of CONCURRENCY keep-alive connections sending
 REQUESTS requests (bounded by MAX_S seconds) from a client fast enough to keep the
-server busy, with nobody watching and again with a /telemetry client reading. With
+server busy, with nobody watching and again with a /telemetry client reading. Every
+server runs with one hash seed (PYTHONHASHSEED, 0 unless set). With
 two CPUs, servers run on CPU 1, the client and the agent's telemetry process (measured
 apart) on CPU 0. Prints medians and each agent variant's ratio to its bare server in
 the same round. Loopback only.
@@ -116,8 +117,11 @@ def free_port():
 
 def start(cmd, env):
     port = free_port()
+    # One hash seed for every server (0 unless PYTHONHASHSEED says otherwise): a
+    # process's speed depends on its seed, by more than the agent costs.
     full = dict(os.environ, LOOPSCOPE_TELEMETRY="127.0.0.1:0", LOOPSCOPE_ANNOUNCE="1",
-                PYTHONDONTWRITEBYTECODE="1", PORT=str(port), **env)
+                PYTHONDONTWRITEBYTECODE="1", PORT=str(port),
+                PYTHONHASHSEED=os.environ.get("PYTHONHASHSEED", "0"), **env)
     cmd = [c if c != "0" or cmd[i - 1] != "--port" else str(port) for i, c in enumerate(cmd)]
     child = subprocess.Popen(cmd, env=full, cwd=AGENTS, stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, start_new_session=True,

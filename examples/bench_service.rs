@@ -157,12 +157,8 @@ pub fn run(setup: Setup, lag: Option<Duration>) -> Result<(), Box<dyn std::error
                 axum::serve(listener, probe.make_service(app().with_state(()))).await
             }
             (None, Setup::Layer) => {
-                let layered = tower_layer::Layer::layer(
-                    &loopscope::probe::ProbeLayer::new(part),
-                    app().with_state(()),
-                );
-                let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(layered);
-                axum::serve(listener, make).await
+                let layer = loopscope::probe::ProbeLayer::new(part);
+                axum::serve(listener, layer.make_service(app().with_state(()))).await
             }
             (None, _) => axum::serve(listener, app()).await,
         }

@@ -84,11 +84,8 @@ fn installed() -> bool {
 
 fn count(label: &str, flag: &str, out: &Path, secs: f64) -> Counted {
     // Dumps of an earlier run would be counted with this one's.
-    let prefix = out.file_name().unwrap().to_string_lossy().into_owned();
-    for entry in std::fs::read_dir(out.parent().unwrap()).unwrap().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = std::fs::remove_file(entry.path());
-        }
+    for file in files(out, "") {
+        let _ = std::fs::remove_file(file);
     }
     let mut cmd = Command::new("valgrind");
     cmd.args([
@@ -134,15 +131,23 @@ fn callgrind_control(args: &[&str], pid: u32) {
     assert!(status.success(), "callgrind_control {args:?} {pid} failed");
 }
 
-/// The dump's instructions: of all its threads, and of the worker threads.
+/// The files next to `out` whose names are `out`'s followed by `tail` and more.
+fn files(out: &Path, tail: &str) -> Vec<PathBuf> {
+    let prefix = format!("{}{tail}", out.file_name().unwrap().to_string_lossy());
+    std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The first dump's instructions (one file a thread): of all its threads, and of
+/// the worker threads.
 fn totals(out: &Path) -> (u64, u64) {
-    let dump = format!("{}.1-", out.file_name().unwrap().to_string_lossy());
     let (mut process, mut workers) = (0, 0);
-    for entry in std::fs::read_dir(out.parent().unwrap()).unwrap().flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(&dump) {
-            continue;
-        }
-        let text = std::fs::read_to_string(entry.path()).expect("read a callgrind dump");
+    for file in files(out, ".1-") {
+        let text = std::fs::read_to_string(file).expect("read a callgrind dump");
         let n: u64 = text
             .lines()
             .find_map(|l| l.strip_prefix("totals:"))

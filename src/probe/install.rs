@@ -312,10 +312,7 @@ impl Probe {
     /// called as a plain service does that on every request.) Called inside the
     /// runtime, it starts the lag timer, as [`layer`](Self::layer) does.
     pub fn make_service<S>(&self, service: S) -> MakeProbeService<S> {
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            self.probe.ensure_lag_task(&handle);
-        }
-        MakeProbeService::new(service, self.probe.clone())
+        self.layer().make_service(service)
     }
 
     /// Where telemetry is served.

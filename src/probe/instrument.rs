@@ -81,7 +81,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(home) = self.home() {
-            home.finish();
+            self.0.slots.finish(home);
         }
     }
 }
@@ -275,6 +275,14 @@ impl ProbeLayer {
     pub fn new(probe: LoopProbe) -> Self {
         Self { probe }
     }
+
+    /// `service` wrapped by this layer, as a make-service for a server to take whole
+    /// (see [`Probe::make_service`](super::Probe::make_service)).
+    pub fn make_service<S>(&self, service: S) -> MakeProbeService<S> {
+        MakeProbeService {
+            service: tower_layer::Layer::layer(self, service),
+        }
+    }
 }
 
 impl<S> tower_layer::Layer<S> for ProbeLayer {
@@ -319,18 +327,11 @@ where
 /// A make-service whose every connection gets a [`ProbeService`] around the same
 /// service: what a server that makes a service per connection takes whole
 /// (`axum::serve`, hyper-util's auto server with `TowerToHyperService`). Made by
-/// [`Probe::make_service`](super::Probe::make_service).
+/// [`Probe::make_service`](super::Probe::make_service) or
+/// [`ProbeLayer::make_service`].
 #[derive(Clone)]
 pub struct MakeProbeService<S> {
     service: ProbeService<S>,
-}
-
-impl<S> MakeProbeService<S> {
-    pub(crate) fn new(inner: S, probe: LoopProbe) -> Self {
-        Self {
-            service: ProbeService { inner, probe },
-        }
-    }
 }
 
 impl<S: Clone, T> tower_service::Service<T> for MakeProbeService<S> {

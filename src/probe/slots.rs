@@ -100,8 +100,6 @@ pub(crate) struct WorkerSlot {
     finished_here: AtomicU64,
     /// ... and by others (a request whose task another worker stole).
     finished_elsewhere: AtomicU64,
-    /// The id of the [`WorkerSlots`] this slot belongs to.
-    probe: usize,
     pub(crate) endpoints: EndpointTable,
 }
 
@@ -191,20 +189,6 @@ impl WorkerSlot {
         at.store(u64::from(home) << 32 | endpoint as u64, Ordering::Relaxed);
         self.deferred_len.store(n + 1, Ordering::Relaxed);
         true
-    }
-
-    /// A request that arrived here is gone (answered or dropped): a plain store on
-    /// this slot's own thread, an atomic add on any other.
-    pub(crate) fn finish(&self) {
-        let own = CURRENT
-            .try_with(|c| c.get() == (self.probe, self as *const WorkerSlot))
-            .unwrap_or(false);
-        if own {
-            let n = self.finished_here.load(Ordering::Relaxed);
-            self.finished_here.store(n + 1, Ordering::Release);
-        } else {
-            self.finished_elsewhere.fetch_add(1, Ordering::Release);
-        }
     }
 
     /// Requests that arrived here and are not answered yet.
@@ -304,6 +288,17 @@ impl WorkerSlots {
         }
     }
 
+    /// A request that arrived on `home` is gone (answered or dropped): a plain store
+    /// on `home`'s own thread, an atomic add on any other.
+    pub(crate) fn finish(&self, home: &WorkerSlot) {
+        if self.found_last().is_some_and(|s| std::ptr::eq(s, home)) {
+            let n = home.finished_here.load(Ordering::Relaxed);
+            home.finished_here.store(n + 1, Ordering::Release);
+        } else {
+            home.finished_elsewhere.fetch_add(1, Ordering::Release);
+        }
+    }
+
     /// The slot the calling thread found last, if it is one of these.
     #[inline]
     fn found_last(&self) -> Option<&WorkerSlot> {
@@ -356,7 +351,6 @@ impl WorkerSlots {
             arrived: AtomicU64::new(0),
             finished_here: AtomicU64::new(0),
             finished_elsewhere: AtomicU64::new(0),
-            probe: self.id,
             endpoints: EndpointTable::default(),
         };
         for e in self

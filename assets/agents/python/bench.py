@@ -54,7 +54,7 @@ AGENTS = os.path.join(ROOT, "tests", "agents")
 
 
 def variants():
-    server = [sys.executable, os.path.join(AGENTS, "py_server.py")]
+    stdlib = [sys.executable, os.path.join(AGENTS, "py_server.py")]
     # (name, command, environment, the index of the bare server it is compared with)
     out = []
 
@@ -65,13 +65,10 @@ def variants():
         out.append((name + " + agent", cmd, {}, bare))
         out.append((name + " + install() only", cmd, {"LOOPSCOPE_NAMING": "0"}, bare))
 
-    kind("asyncio", server)
+    kind("asyncio", stdlib)
     py = os.environ.get("PYTHON")
     if py:
-        py = os.path.abspath(py)
-        uv = [py, "-m", "uvicorn", "py_asgi:app", "--host", "127.0.0.1", "--port", "0",
-              "--log-level", "warning", "--no-access-log"]
-        kind("uvicorn+fastapi", uv)
+        kind("uvicorn+fastapi", uvicorn(py))
     if os.environ.get("AA") == "1":
         # The method's own bias: each bare server against a second bare one.
         for i, (name, cmd, env, base) in enumerate(list(out)):
@@ -90,6 +87,13 @@ def variants():
         out = [("%s #%d" % (name, k), cmd, env, None if b is None else b + k * n)
                for k in range(COPIES) for name, cmd, env, b in out]
     return out
+
+
+def uvicorn(python):
+    """The command of tests/agents/py_asgi.py under uvicorn, run by ``python`` (one
+    with uvicorn and fastapi), on the port that ``server`` picks."""
+    return [os.path.abspath(python), "-m", "uvicorn", "py_asgi:app", "--host", "127.0.0.1",
+            "--port", "0", "--log-level", "warning", "--no-access-log"]
 
 
 def cpu_ms(pid):
@@ -115,14 +119,21 @@ def free_port():
     return port
 
 
-def start(cmd, env):
+def server(cmd, env):
+    """A server's command with a free port for its ``--port 0``, its environment
+    (``env`` over this one's, the port in PORT), and the port. One hash seed for
+    every server (0 unless PYTHONHASHSEED says otherwise): a process's speed depends
+    on its seed, by more than the agent costs."""
     port = free_port()
-    # One hash seed for every server (0 unless PYTHONHASHSEED says otherwise): a
-    # process's speed depends on its seed, by more than the agent costs.
     full = dict(os.environ, LOOPSCOPE_TELEMETRY="127.0.0.1:0", LOOPSCOPE_ANNOUNCE="1",
                 PYTHONDONTWRITEBYTECODE="1", PORT=str(port),
                 PYTHONHASHSEED=os.environ.get("PYTHONHASHSEED", "0"), **env)
     cmd = [c if c != "0" or cmd[i - 1] != "--port" else str(port) for i, c in enumerate(cmd)]
+    return cmd, full, port
+
+
+def start(cmd, env):
+    cmd, full, port = server(cmd, env)
     child = subprocess.Popen(cmd, env=full, cwd=AGENTS, stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, start_new_session=True,
                              preexec_fn=(lambda: os.sched_setaffinity(0, {SERVER_CPU}))
@@ -411,8 +422,8 @@ def main():
             continue
         bare = res[base]["per"]
         watched = [a / b for a, b in zip(r["per_w"], bare)]
-        print("%s: agent %s; watched %+.1f%%" % (
-            name, compared(r["per"], bare), (median(watched) - 1) * 100))
+        print("%s: agent %s%s" % (name, compared(r["per"], bare), "; watched %+.1f%%" % (
+            (median(watched) - 1) * 100) if watched else ""))
     pooled = {}
     for (name, _, _, base), r in zip(vs, res):
         if base is not None and COPIES > 1:

@@ -48,14 +48,11 @@ QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
 def counted(name, cmd, env):
     """Runs one variant under callgrind; its counts over REQUESTS requests."""
-    port = bench.free_port()
-    cmd = [c if c != "0" or cmd[i - 1] != "--port" else str(port) for i, c in enumerate(cmd)]
+    cmd, full, port = bench.server(cmd, env)
     out = os.path.join(OUT, "%s.out" % name.replace(" ", "_").replace("/", ""))
     grind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=" + out]
     if CACHE:
         grind += ["--cache-sim=yes", "--branch-sim=yes"]
-    full = dict(os.environ, LOOPSCOPE_TELEMETRY="127.0.0.1:0", PYTHONDONTWRITEBYTECODE="1",
-                PYTHONHASHSEED="0", PORT=str(port), **env)
     log = open(out + ".log", "w")
     child = subprocess.Popen(grind + cmd, env=full, cwd=bench.AGENTS, stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)

@@ -36,8 +36,7 @@ def main():
     py = os.environ.get("PYTHON")
     if not py:
         sys.exit("PYTHON must name a Python with uvicorn and fastapi")
-    uv = [os.path.abspath(py), "-m", "uvicorn", "py_asgi:app", "--host", "127.0.0.1",
-          "--port", "0", "--log-level", "warning", "--no-access-log"]
+    uv = bench.uvicorn(py)
     if bench.PINNED:
         os.sched_setaffinity(0, {0})
     variants = [("bare", {"LOOPSCOPE_AGENT": "0"}), ("install() only", {"LOOPSCOPE_NAMING": "0"}),

@@ -709,12 +709,12 @@ _NAMES_MAX = 1024
 def _name_of(scope):
     try:
         key = (scope["method"], scope["path"], scope["query_string"])
-    except (KeyError, TypeError):
-        key = (scope.get("method") or "GET", scope.get("path") or "/",
-               scope.get("query_string") or b"")
+    except KeyError:
+        key = (scope.get("method"), scope.get("path"), scope.get("query_string"))
     name = _NAMES.get(key)
     if name is None:
         method, target, qs = key
+        method, target = method or "GET", target or "/"
         if qs:
             target += "?" + qs.decode("latin-1")
         name = cut("%s %s" % (method, target))

@@ -1,31 +1,39 @@
 """The Python agent's per-request work, switched on and off inside one uvicorn process.
 
-bench.py compares separate server processes, with and without the agent. This one
-runs one FastAPI app (tests/agents/py_asgi.py, /hello) under uvicorn in this process,
-installs the agent once, and then takes turns between
+bench.py compares separate server processes, with and without the agent; two
+processes of one variant differ by more than the agent costs (bench_split.py prints
+the spread of its copies: ~6% here). This bench runs one FastAPI app
+(tests/agents/py_asgi.py, /hello) under uvicorn in this process, installs the agent
+once, keeps one closed-loop client (bench.py's, a subprocess on CPU 0; the server on
+CPU 1) sending all along, and switches the process between modes in short segments:
 
   bare    the app unwrapped, the loop's selector as the loop made it
   agent   the app wrapped by asgi() (each request named) and the agent's selector
           wrapper (busy time and the 1 ms lag ticks)
+  A/A     bare again: the method's own bias, which should read ~0
+  naming, selector   the two halves of the agent apart (MODES=...)
 
-for ROUNDS rounds of REQUESTS requests each, the first mode of each round rotating
-(MODES=bare,agent,naming,selector adds the two halves of the agent apart: the app
-wrapped alone, the selector wrapper alone).
-Each measure is the server thread's CPU time (time.thread_time_ns) over the requests
-answered, under the closed-loop client of bench.py (a subprocess, on CPU 0; the
-server on CPU 1). What a process gains once and for all from installing the agent
-(its telemetry process, its shared memory, its patched pool and server hooks) is
-there in both modes: this measures the per-request work alone, free of the
-difference between two processes.
+Each round runs every mode once, in a shuffled order, SEGMENT_MS each (after SETTLE_MS
+for the requests of the previous mode to finish); a segment's figure is the process's
+CPU time (user + system, time.process_time_ns) over the requests that began in it.
+Printed per mode: the ratio of totals to bare, the median of the per-round ratios and
+their quartiles, and the mean per-round ratio with two standard errors. The app is
+reached through a one-line dispatcher in every mode (the mode's app, and a count).
+What a process gains once and for all from installing the agent (its telemetry
+process, its shared memory, its patched pool and server hooks) is there in every
+mode: this measures the per-request work, free of the difference between processes.
 
   PYTHON=target/python-agent-venv/bin/python
-  $PYTHON assets/agents/python/bench_inprocess.py          # ROUNDS=40 REQUESTS=8000
+  $PYTHON assets/agents/python/bench_inprocess.py        # ROUNDS=300, ~2 minutes
+  MODES=bare,agent,naming,selector ROUNDS=200 $PYTHON assets/agents/python/bench_inprocess.py
 
-Loopback only; every load is bounded by REQUESTS and by bench.py's MAX_S.
+Loopback only; the client stops after the rounds' time plus 30 s at the latest.
 """
 
 import asyncio
 import os
+import random
+import subprocess
 import sys
 import time
 
@@ -37,21 +45,44 @@ sys.path.insert(0, bench.AGENTS)
 os.environ.setdefault("LOOPSCOPE_TELEMETRY", "127.0.0.1:0")
 os.environ["LOOPSCOPE_AGENT"] = "0"  # py_asgi: the app unwrapped; wrapped here
 
-ROUNDS = int(os.environ.get("ROUNDS", "40"))
-REQUESTS = int(os.environ.get("REQUESTS", "8000"))
+ROUNDS = int(os.environ.get("ROUNDS", "300"))
+SEGMENT_S = float(os.environ.get("SEGMENT_MS", "100")) / 1000
+SETTLE_S = float(os.environ.get("SETTLE_MS", "10")) / 1000
+MODES = tuple(os.environ.get("MODES", "bare,agent,A/A").split(","))
+
+
+def stats(per, base):
+    """``per`` against ``base`` (lists of (cpu_ns, requests), round by round)."""
+    ratios = [(c / n) / (bc / bn) for (c, n), (bc, bn) in zip(per, base) if n and bn]
+    ratios.sort()
+    k = len(ratios)
+    mean = sum(ratios) / k
+    se = (sum((r - mean) ** 2 for r in ratios) / (k - 1) / k) ** 0.5
+    totals = (sum(c for c, _ in per) / sum(n for _, n in per)) / (
+        sum(c for c, _ in base) / sum(n for _, n in base))
+    pct = lambda x: (x - 1) * 100  # noqa: E731
+    return ("totals %+.2f%%, median %+.2f%% (quartiles %+.2f .. %+.2f%%), mean %+.2f%% "
+            "± %.2f (2 standard errors, %d rounds)"
+            % (pct(totals), pct(ratios[k // 2]), pct(ratios[k // 4]), pct(ratios[3 * k // 4]),
+               pct(mean), 200 * se, k))
 
 
 async def main():
     import uvicorn
-    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
     import loopscope_agent
     import py_asgi
 
     raw = py_asgi.app
     wrapped = loopscope_agent.asgi(raw)
-    config = uvicorn.Config(raw, host="127.0.0.1", port=0, log_level="warning",
-                            access_log=False)
+    state = [raw, 0]
+
+    def app(scope, receive, send):
+        state[1] += 1
+        return state[0](scope, receive, send)
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                            access_log=False, interface="asgi3")
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
     while not server.started:
@@ -62,38 +93,44 @@ async def main():
     if not loopscope_agent.install():
         sys.exit("the agent did not start")
     watched = loop._selector.select
-    await asyncio.sleep(1.0)
+    seconds = ROUNDS * len(MODES) * (SEGMENT_S + SETTLE_S) + 3
     client = ("import os, sys; sys.path.insert(0, %r); %s import bench; "
-              "print(bench.load('127.0.0.1:%d', %d)[0])"
-              % (HERE, "os.sched_setaffinity(0, {0});" if bench.PINNED else "", port, REQUESTS))
-    modes = tuple(os.environ.get("MODES", "bare,agent").split(","))
-    per = {m: [] for m in modes}
-    for rnd in range(ROUNDS):
-        for k in range(len(modes)):
-            mode = modes[(k + rnd) % len(modes)]
-            # uvicorn's protocols take the app when a connection opens: each measure's
-            # client opens its own connections.
-            named = mode in ("agent", "naming")
-            config.loaded_app = ProxyHeadersMiddleware(wrapped if named else raw)
-            loop._selector.select = watched if mode in ("agent", "selector") else original
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", client, stdout=asyncio.subprocess.PIPE)
-            await asyncio.sleep(0.3)  # the client starts; the server waits
-            t0 = time.thread_time_ns()
-            out = await proc.stdout.read()
-            t1 = time.thread_time_ns()
-            await proc.wait()
-            done = int(out.decode().strip() or 0)
-            if done:
-                per[mode].append((t1 - t0) / 1000 / done)
-    loop._selector.select = watched
-    server.should_exit = True
-    await serving
-    for m in modes:
-        print("%-6s %6.1f µs CPU a request (median of %d measures)"
-              % (m, bench.median(per[m]), len(per[m])))
-    for m in modes[1:]:
-        print("%s / %s: %s" % (m, modes[0], bench.compared(per[m], per[modes[0]])))
+              "print(bench.load('127.0.0.1:%d', 10**9)[0])"
+              % (HERE, "os.sched_setaffinity(0, {0});" if bench.PINNED else "", port))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", client, stdout=subprocess.DEVNULL,
+        env=dict(os.environ, MAX_S=str(seconds + 30)))
+    per = {m: [] for m in MODES}
+    rng = random.Random(int(os.environ.get("SEED", "1")))
+    # DUMP=FILE: every segment's mode, end (ns), CPU (ns) and requests.
+    dump = open(os.environ["DUMP"], "w") if os.environ.get("DUMP") else None
+    try:
+        await asyncio.sleep(2.0)  # the client starts; the server warms up
+        for _ in range(ROUNDS):
+            order = list(MODES)
+            rng.shuffle(order)
+            for mode in order:
+                state[0] = wrapped if mode in ("agent", "naming") else raw
+                loop._selector.select = watched if mode in ("agent", "selector") else original
+                await asyncio.sleep(SETTLE_S)
+                n0, c0 = state[1], time.process_time_ns()
+                await asyncio.sleep(SEGMENT_S)
+                per[mode].append((time.process_time_ns() - c0, state[1] - n0))
+                if dump:
+                    dump.write("%s %d %d %d\n" % (mode, time.monotonic_ns(), *per[mode][-1]))
+    finally:
+        proc.kill()
+        await proc.wait()
+        loop._selector.select = watched
+        server.should_exit = True
+        await serving
+    print("%d rounds of %s, %.0f ms each" % (ROUNDS, ", ".join(MODES), SEGMENT_S * 1000))
+    for m in MODES:
+        c = sum(x for x, _ in per[m])
+        n = sum(x for _, x in per[m])
+        print("%-8s %6.1f µs CPU a request, %d requests" % (m, c / 1000 / max(n, 1), n))
+    for m in MODES[1:]:
+        print("%s / %s: %s" % (m, MODES[0], stats(per[m], per[MODES[0]])))
 
 
 if __name__ == "__main__":

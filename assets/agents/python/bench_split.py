@@ -1,14 +1,19 @@
-"""User and system CPU per request of uvicorn servers, bare and with install() only.
+"""User and system CPU per request of uvicorn servers, bare and with the agent.
 
-Four uvicorn + FastAPI servers (tests/agents/py_asgi.py) under bench.py's client:
-bare, install() only (LOOPSCOPE_NAMING=0), and a second copy of each. They take
-turns for ROUNDS rounds (the others stopped with SIGSTOP), REQUESTS requests each
-turn; per server, the user and system time (/proc/PID/stat, utime and stime) over
-the requests answered. A second copy of each shows how much two processes of one
-variant differ; bench.py gives every server one hash seed (PYTHONHASHSEED, 0 unless
-set; PYTHONHASHSEED=random gives each its own).
+uvicorn + FastAPI servers (tests/agents/py_asgi.py) under bench.py's client: bare,
+install() only (LOOPSCOPE_NAMING=0) and, with AGENT=1, the whole agent (asgi()),
+COPIES processes of each (2 unless set). They take turns for ROUNDS rounds (the
+others stopped with SIGSTOP), REQUESTS requests each turn; per variant, the user and
+system time (/proc/PID/stat, utime and stime) of its copies over the requests they
+answered, and how often the server's threads were put on a CPU (schedstat's third
+field) per 1000 requests. The copies show how much processes of one variant differ;
+bench.py gives every server one hash seed (PYTHONHASHSEED, 0 unless set;
+PYTHONHASHSEED=random gives each its own). HUB_CPU=0 or 1 puts the agent's
+telemetry process on that CPU (bench.py puts it on the client's, 0); unset, it keeps
+its server's (1). HUB_CPU=stop stops it while its server is measured.
 
   PYTHON=target/python-agent-venv/bin/python python3 assets/agents/python/bench_split.py
+  AGENT=1 COPIES=4 HUB_CPU=0 PYTHON=... python3 assets/agents/python/bench_split.py
 
 Loopback only; every load is bounded by REQUESTS and by bench.py's MAX_S.
 """
@@ -23,13 +28,23 @@ import bench  # noqa: E402  (its servers, its client)
 
 ROUNDS = int(os.environ.get("ROUNDS", "10"))
 REQUESTS = int(os.environ.get("REQUESTS", "12000"))
+COPIES = int(os.environ.get("COPIES", "2"))
+HUB_CPU = os.environ.get("HUB_CPU", "")
 
 
 def times(pid):
-    """(utime, stime) of process ``pid``, in clock ticks."""
+    """(utime, stime) of process ``pid``, in clock ticks, and its threads' times on a
+    CPU (schedstat)."""
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
+    slices = 0
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
+                slices += int(f.read().split()[2])
+        except (OSError, ValueError, IndexError):
+            pass
+    return int(fields[11]), int(fields[12]), slices
 
 
 def main():
@@ -39,41 +54,62 @@ def main():
     uv = bench.uvicorn(py)
     if bench.PINNED:
         os.sched_setaffinity(0, {0})
-    variants = [("bare", {"LOOPSCOPE_AGENT": "0"}), ("install() only", {"LOOPSCOPE_NAMING": "0"}),
-                ("bare, copy 2", {"LOOPSCOPE_AGENT": "0"}),
-                ("install() only, copy 2", {"LOOPSCOPE_NAMING": "0"})]
+    kinds = [("bare", {"LOOPSCOPE_AGENT": "0"}), ("install() only", {"LOOPSCOPE_NAMING": "0"})]
+    if os.environ.get("AGENT") == "1":
+        kinds.append(("agent", {}))
     servers = []
     tick = os.sysconf("SC_CLK_TCK")
-    sums = {}
+    sums = {name: [0, 0, 0, 0] for name, _ in kinds}
+    per_copy = {}  # server index -> [ticks, requests]
     try:
-        for name, env in variants:
-            child, app, _, _ = bench.start(uv, env)
-            servers.append((name, child, app))
-            os.kill(child.pid, signal.SIGSTOP)
-            sums[name] = [0, 0, 0]
+        for copy in range(COPIES):
+            for name, env in kinds:
+                child, app, _, hub = bench.start(uv, env)
+                if hub and HUB_CPU in ("0", "1") and bench.PINNED:
+                    os.sched_setaffinity(hub, {int(HUB_CPU)})
+                servers.append((name, child, app, hub))
+                os.kill(child.pid, signal.SIGSTOP)
         for r in range(ROUNDS):
             for k in range(len(servers)):
-                name, child, app = servers[(k + r) % len(servers)]
+                i = (k + r) % len(servers)
+                name, child, app, hub = servers[i]
                 os.kill(child.pid, signal.SIGCONT)
+                if hub and HUB_CPU == "stop":
+                    os.kill(hub, signal.SIGSTOP)
                 bench.load(app, 300)  # the server wakes up
-                u0, s0 = times(child.pid)
+                u0, s0, w0 = times(child.pid)
                 answered, _ = bench.load(app, REQUESTS)
-                u1, s1 = times(child.pid)
+                u1, s1, w1 = times(child.pid)
                 os.kill(child.pid, signal.SIGSTOP)
-                sums[name][0] += u1 - u0
-                sums[name][1] += s1 - s0
-                sums[name][2] += answered
+                if hub and HUB_CPU == "stop":
+                    os.kill(hub, signal.SIGCONT)
+                for f, d in enumerate((u1 - u0, s1 - s0, answered, w1 - w0)):
+                    sums[name][f] += d
+                mine = per_copy.setdefault(i, [0, 0])
+                mine[0] += u1 - u0 + s1 - s0
+                mine[1] += answered
     finally:
-        for _, child, _ in servers:
+        for _, child, _, _ in servers:
             os.kill(child.pid, signal.SIGCONT)
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
-    print("seed %s, %d rounds of %d requests" % (os.environ.get("PYTHONHASHSEED", "0"),
-                                                 ROUNDS, REQUESTS))
-    for name, (u, s, n) in sums.items():
+    print("seed %s, %d copies, %d rounds of %d requests, telemetry process on CPU %s"
+          % (os.environ.get("PYTHONHASHSEED", "0"), COPIES, ROUNDS, REQUESTS, HUB_CPU or "1"))
+    bare = None
+    for name, (u, s, n, w) in sums.items():
         us = 1e6 / tick / max(n, 1)
-        print("%-24s user %6.1f µs  system %5.1f µs  total %6.1f µs a request (%d requests)"
-              % (name, u * us, s * us, (u + s) * us, n))
+        total = (u + s) * us
+        bare = bare or total
+        print("%-16s user %6.1f µs  system %5.1f µs  total %6.1f µs a request (%+.1f%%), "
+              "%5.1f times on a CPU per 1000 requests (%d requests)"
+              % (name, u * us, s * us, total, (total / bare - 1) * 100, w * 1000 / max(n, 1), n))
+        copies = [1e6 / tick * t / max(c, 1) for i, (t, c) in sorted(per_copy.items())
+                  if servers[i][0] == name]
+        mean = sum(copies) / len(copies)
+        sd = (sum((c - mean) ** 2 for c in copies) / max(len(copies) - 1, 1)) ** 0.5
+        print("%16s copies %s µs; their spread (sd) %.1f%%, of the mean %.1f%%"
+              % ("", " ".join("%.1f" % c for c in copies), sd / mean * 100,
+                 sd / mean * 100 / len(copies) ** 0.5))
 
 
 if __name__ == "__main__":

@@ -206,8 +206,8 @@ class Agent:
         self.wait_w = 0
         self.event_w = 0
         self.ticks = 0
-        self.in_flight = 0
-        self.done = 0
+        self.started = 0  # requests begun
+        self.done = 0  # requests ended: answered, failed or cancelled
         self.app = ""
         self.app_known = threading.Event()
         self.pool = _Pool()
@@ -247,7 +247,9 @@ class Agent:
         falls due 1 ms after the last one; whichever of the two comes first past it
         counts how late it came and stamps the heartbeat, and ``select`` never sleeps
         past it. That is a 1 ms timer's lateness without a timer: no handle made,
-        scheduled and run by the loop 1000 times a second."""
+        scheduled and run by the loop 1000 times a second. The loop is idle while
+        ``select`` may sleep; a poll (timeout 0, the loop has callbacks ready) counts
+        as busy and is passed straight on."""
         sel = getattr(loop, "_selector", None)
         if sel is None or not hasattr(sel, "select"):
             return False
@@ -259,6 +261,10 @@ class Agent:
             t0 = mono()
             if t0 >= agent.due:
                 agent._tick(t0)
+            if timeout == 0:
+                # A poll (callbacks are ready): no sleep to count as idle, none to cut
+                # short; most calls of a loaded loop.
+                return original(0)
             left = (agent.due - t0) / 1e9
             if timeout is None or timeout > left:
                 timeout = left
@@ -311,7 +317,7 @@ class Agent:
 
     def _publish(self, now):
         q = self.q
-        q[H.REQ_FLIGHT] = self.in_flight
+        q[H.REQ_FLIGHT] = self.started - self.done
         q[H.REQ_DONE] = self.done
         q[H.BUSY] = (now - self.started) - self.idle_ns
         q[H.BUSY_AT] = now
@@ -573,51 +579,68 @@ class Agent:
 
 _CURRENT = H.CURRENT
 _SLOW_NS = SLOW_POLL_MS * 1_000_000
+_mono = time.monotonic_ns
+
+
+async def _named(entry, coro):
+    """Runs request ``coro`` as ``entry`` ([name, name table slot]): around each step
+    on the loop the current request is that slot, and a step that holds the loop
+    ``SLOW_POLL_MS`` or longer is a slow poll event. The first step runs here: most
+    requests (a FastAPI ``/hello``) end in it, and need no generator for the rest."""
+    agent = _agent
+    if agent is None:
+        return await coro
+    agent.started += 1
+    try:
+        name, slot = entry
+        if agent.slot_names[slot] != name:
+            slot = entry[1] = agent.slot_for(name)
+        q = agent.q
+        q[_CURRENT] = slot + 1
+        t0 = _mono()
+        try:
+            out = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            q[_CURRENT] = 0
+            t1 = _mono()
+            if t1 - t0 >= _SLOW_NS:
+                agent.slow_poll(name, (t1 - t0) / 1e6, t1)
+        return await _rest(agent, entry, coro, out)
+    finally:
+        agent.done += 1
 
 
 @types.coroutine
-def _steps(name, coro):
-    """Runs ``coro`` one step at a time: around each step the loop's current request
-    is ``name``, and a step that holds the loop ``SLOW_POLL_MS`` or longer is a slow
-    poll event. A generator-based coroutine, awaited directly (no object made)."""
-    agent = _agent
-    if agent is None:
-        return (yield from coro.__await__())
-    slot = agent.slot_for(name)
+def _rest(agent, entry, coro, out):
+    """The steps of request ``coro`` after its first (which yielded ``out``), each
+    named and timed as the first: a generator-based coroutine, awaited directly."""
+    name = entry[0]
     q = agent.q
-    names = agent.slot_names
-    mono = time.monotonic_ns
-    current = _CURRENT
-    agent.in_flight += 1
-    value = error = None
-    try:
-        while True:
-            # A slot given to another name since (NAMES names ago) is not ours.
-            if names[slot] != name:
-                slot = agent.slot_for(name)
-            q[current] = slot + 1
-            t0 = mono()
-            try:
-                out = coro.send(value) if error is None else coro.throw(error)
-            except StopIteration as stop:
-                agent.done += 1
-                return stop.value
-            finally:
-                q[current] = 0
-                t1 = mono()
-                if t1 - t0 >= _SLOW_NS:
-                    agent.slow_poll(name, (t1 - t0) / 1e6, t1)
-            error = None
-            try:
-                value = yield out
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as e:  # delivered into the coroutine
-                error = e
-                value = None
-    finally:
-        agent.in_flight -= 1
+    while True:
+        value = error = None
+        try:
+            value = yield out
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as e:  # delivered into the coroutine
+            error = e
+        # A slot given to another name since (NAMES names ago) is not ours.
+        if agent.slot_names[entry[1]] != name:
+            entry[1] = agent.slot_for(name)
+        q[_CURRENT] = entry[1] + 1
+        t0 = _mono()
+        try:
+            out = coro.send(value) if error is None else coro.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            q[_CURRENT] = 0
+            t1 = _mono()
+            if t1 - t0 >= _SLOW_NS:
+                agent.slow_poll(name, (t1 - t0) / 1e6, t1)
 
 
 def _after_fork():
@@ -676,7 +699,10 @@ def request(name, awaitable):
     the loop are named in a stall, and it counts as a request."""
     if not hasattr(awaitable, "send"):
         awaitable = _coroutine(awaitable)
-    return _steps(cut(name), awaitable)
+    if _agent is None:
+        return awaitable
+    name = cut(name)
+    return _named([name, _agent.slot_for(name)], awaitable)
 
 
 async def _coroutine(awaitable):
@@ -695,24 +721,25 @@ def asgi(app):
                 return await app(scope, receive, send)
         if scope["type"] != "http":
             return await app(scope, receive, send)
-        return await _steps(_name_of(scope), app(scope, receive, send))
+        return await _named(_entry_of(scope), app(scope, receive, send))
 
     return loopscope_asgi
 
 
-# An HTTP scope's (method, path, query string) -> its request's name: a request
-# repeated is named without building a string. Bounded: emptied when full.
+# An HTTP scope's (method, path, query string) -> its request's [name, name table
+# slot]: a request repeated is named without building a string, and its slot found
+# without a look-up while the slot keeps its name. Bounded: emptied when full.
 _NAMES = {}
 _NAMES_MAX = 1024
 
 
-def _name_of(scope):
+def _entry_of(scope):
     try:
         key = (scope["method"], scope["path"], scope["query_string"])
     except KeyError:
         key = (scope.get("method"), scope.get("path"), scope.get("query_string"))
-    name = _NAMES.get(key)
-    if name is None:
+    entry = _NAMES.get(key)
+    if entry is None:
         method, target, qs = key
         method, target = method or "GET", target or "/"
         if qs:
@@ -720,5 +747,5 @@ def _name_of(scope):
         name = cut("%s %s" % (method, target))
         if len(_NAMES) >= _NAMES_MAX:
             _NAMES.clear()
-        _NAMES[key] = name
-    return name
+        entry = _NAMES[key] = [name, _agent.slot_for(name)]
+    return entry

@@ -51,14 +51,11 @@ impl RequestTag {
         t.split_once('?').map_or(t, |(e, _)| e)
     }
 
-    /// The method, the target and its path.
-    pub(crate) fn parts(&self) -> (&str, &str, &str) {
+    /// The method, the target, its path and its query (empty if none).
+    pub(crate) fn parts(&self) -> (&str, &str, &str, &str) {
         let (method, target) = self.target.as_str().split_once(' ').unwrap_or(("", ""));
-        (
-            method,
-            target,
-            target.split_once('?').map_or(target, |(p, _)| p),
-        )
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        (method, target, path, query)
     }
 }
 
@@ -109,15 +106,21 @@ pub(crate) struct Arrival {
 
 impl Arrival {
     /// Counts a request `METHOD target` arriving on the calling thread and keeps its
-    /// target for the culprit of a stall; `path` (the target without its query) names
-    /// its endpoint.
-    pub(crate) fn new(shared: Arc<Shared>, method: &str, target: &str, path: &str) -> Self {
+    /// target for the culprit of a stall; `path` and `query` are the target's parts
+    /// (the query empty if none): the path names its endpoint.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        method: &str,
+        target: &str,
+        path: &str,
+        query: &str,
+    ) -> Self {
         let id = match shared.slots.current() {
             Some(slot) => {
                 let endpoint = slot.endpoints.index_of(method, path);
                 let id = slot.arrive(endpoint);
                 let named = slot.endpoints.is_named(endpoint).then_some(endpoint);
-                slot.recent.write(id.0, named, method, target);
+                slot.recent.write(id.0, named, method, target, query);
                 id
             }
             // No slot left for this thread: ids from the shared counter.
@@ -318,9 +321,16 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let uri = req.uri();
         let method = req.method().as_str();
-        let target = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-        let arrival = Arrival::new(Arc::clone(&self.probe.shared), method, target, uri.path());
-        Instrumented::new(arrival, self.inner.call(req))
+        // The path and the query as the URI keeps them apart: no scan for '?'.
+        let (path, query) = (uri.path(), uri.query().unwrap_or(""));
+        let target = uri.path_and_query().map_or(path, |pq| pq.as_str());
+        let arrival = Arrival::new(Arc::clone(&self.probe.shared), method, target, path, query);
+        // Built in place: the inner future is written once, into the wrapper.
+        Instrumented {
+            inner: self.inner.call(req),
+            in_flight: arrival.in_flight,
+            started_ns: 0,
+        }
     }
 }
 

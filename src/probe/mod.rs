@@ -335,8 +335,9 @@ impl LoopProbe {
 
     /// Wraps a request future: times each poll, reports slow ones, counts the request.
     pub fn instrument<F: std::future::Future>(&self, tag: RequestTag, fut: F) -> Instrumented<F> {
-        let (method, target, path) = tag.parts();
-        let arrival = instrument::Arrival::new(Arc::clone(&self.shared), method, target, path);
+        let (method, target, path, query) = tag.parts();
+        let arrival =
+            instrument::Arrival::new(Arc::clone(&self.shared), method, target, path, query);
         Instrumented::new(arrival, fut)
     }
 

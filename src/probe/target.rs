@@ -77,12 +77,19 @@ impl TargetRing {
     }
 
     /// Keeps request `id`, `METHOD target`, of endpoint `endpoint` if it has a name
-    /// of its own. The ring's own thread only.
-    pub(crate) fn write(&self, id: u64, endpoint: Option<usize>, method: &str, target: &str) {
+    /// of its own; `query` is the target's (empty if none). The ring's own thread
+    /// only.
+    pub(crate) fn write(
+        &self,
+        id: u64,
+        endpoint: Option<usize>,
+        method: &str,
+        target: &str,
+        query: &str,
+    ) {
         let entry = self.entry(id);
         match endpoint {
             Some(index) => {
-                let query = target.split_once('?').map_or("", |(_, q)| q);
                 entry.write(id, index as u64 + 1, cut(query, TARGET_MAX).as_bytes());
             }
             None => {
@@ -190,21 +197,21 @@ mod tests {
     fn round_trips_and_cuts_long_targets_at_a_char_boundary() {
         let ring = TargetRing::default();
         assert_eq!(ring.read(1), None);
-        ring.write(1, Some(3), "GET", "/json?mb=20");
+        ring.write(1, Some(3), "GET", "/json?mb=20", "mb=20");
         assert_eq!(ring.read(1), Some(Kept::Endpoint(3, "mb=20".into())));
-        ring.write(2, Some(0), "GET", "/hello");
+        ring.write(2, Some(0), "GET", "/hello", "");
         assert_eq!(ring.read(2), Some(Kept::Endpoint(0, String::new())));
-        ring.write(3, None, "GET", "/json?mb=20");
+        ring.write(3, None, "GET", "/json?mb=20", "mb=20");
         assert_eq!(ring.read(3), Some(Kept::Whole("GET /json?mb=20".into())));
         assert_eq!(ring.read(4), None);
         let long = format!("/{}é", "a".repeat(TARGET_MAX - 6));
         let buf = TargetBuf::new("GET", &long);
         assert!(buf.as_str().len() <= TARGET_MAX);
         assert!(buf.as_str().starts_with("GET /aaa"));
-        ring.write(4, None, "GET", &long);
+        ring.write(4, None, "GET", &long, "");
         assert_eq!(ring.read(4), Some(Kept::Whole(buf.as_str().into())));
         let query = format!("q={}é", "b".repeat(TARGET_MAX - 3));
-        ring.write(5, Some(1), "GET", &format!("/s?{query}"));
+        ring.write(5, Some(1), "GET", &format!("/s?{query}"), &query);
         match ring.read(5) {
             Some(Kept::Endpoint(1, q)) => {
                 assert!(q.len() <= TARGET_MAX && query.starts_with(&q), "{q}");
@@ -213,7 +220,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // The ring keeps the last RING arrivals: id 1 + RING takes id 1's entry.
-        ring.write(1 + RING as u64, Some(2), "GET", "/x");
+        ring.write(1 + RING as u64, Some(2), "GET", "/x", "");
         assert_eq!(ring.read(1), None);
         assert_eq!(ring.read(2), Some(Kept::Endpoint(0, String::new())));
     }

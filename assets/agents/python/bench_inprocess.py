@@ -16,16 +16,17 @@ CPU 1) sending all along, and switches the process between modes in short segmen
 Each round runs every mode once, in a shuffled order, SEGMENT_MS each (after SETTLE_MS
 for the requests of the previous mode to finish); a segment's figure is the process's
 CPU time (user + system, time.process_time_ns) over the requests that began in it.
-Printed per mode: the ratio of totals to bare, the median of the per-round ratios and
-their quartiles, and the mean per-round ratio with two standard errors. The app is
+Printed per mode: the ratio of totals to bare, with its 95% interval (rounds drawn
+again with replacement), the median of the per-round ratios and their quartiles, and
+the mean per-round ratio with two standard errors. The app is
 reached through a one-line dispatcher in every mode (the mode's app, and a count).
 What a process gains once and for all from installing the agent (its telemetry
 process, its shared memory, its patched pool and server hooks) is there in every
 mode: this measures the per-request work, free of the difference between processes.
 
   PYTHON=target/python-agent-venv/bin/python
-  $PYTHON assets/agents/python/bench_inprocess.py        # ROUNDS=300, ~2 minutes
-  MODES=bare,agent,naming,selector ROUNDS=200 $PYTHON assets/agents/python/bench_inprocess.py
+  $PYTHON assets/agents/python/bench_inprocess.py        # ROUNDS=2000, ~6 minutes
+  MODES=bare,agent,naming,selector ROUNDS=1000 $PYTHON assets/agents/python/bench_inprocess.py
 
 Loopback only; the client stops after the rounds' time plus 30 s at the latest.
 """
@@ -45,8 +46,8 @@ sys.path.insert(0, bench.AGENTS)
 os.environ.setdefault("LOOPSCOPE_TELEMETRY", "127.0.0.1:0")
 os.environ["LOOPSCOPE_AGENT"] = "0"  # py_asgi: the app unwrapped; wrapped here
 
-ROUNDS = int(os.environ.get("ROUNDS", "300"))
-SEGMENT_S = float(os.environ.get("SEGMENT_MS", "100")) / 1000
+ROUNDS = int(os.environ.get("ROUNDS", "2000"))
+SEGMENT_S = float(os.environ.get("SEGMENT_MS", "50")) / 1000
 SETTLE_S = float(os.environ.get("SETTLE_MS", "10")) / 1000
 MODES = tuple(os.environ.get("MODES", "bare,agent,A/A").split(","))
 
@@ -60,11 +61,21 @@ def stats(per, base):
     se = (sum((r - mean) ** 2 for r in ratios) / (k - 1) / k) ** 0.5
     totals = (sum(c for c, _ in per) / sum(n for _, n in per)) / (
         sum(c for c, _ in base) / sum(n for _, n in base))
+    # The ratio of totals over rounds drawn again with replacement: its 95% interval.
+    rng = random.Random(0)
+    pairs = list(zip(per, base))
+    boot = []
+    for _ in range(1000):
+        draw = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+        c = sum(p[0][0] for p in draw) / sum(p[0][1] for p in draw)
+        b = sum(p[1][0] for p in draw) / sum(p[1][1] for p in draw)
+        boot.append(c / b)
+    boot.sort()
     pct = lambda x: (x - 1) * 100  # noqa: E731
-    return ("totals %+.2f%%, median %+.2f%% (quartiles %+.2f .. %+.2f%%), mean %+.2f%% "
-            "± %.2f (2 standard errors, %d rounds)"
-            % (pct(totals), pct(ratios[k // 2]), pct(ratios[k // 4]), pct(ratios[3 * k // 4]),
-               pct(mean), 200 * se, k))
+    return ("totals %+.2f%% (95%% interval %+.2f .. %+.2f%%), median %+.2f%% (quartiles "
+            "%+.2f .. %+.2f%%), mean %+.2f%% ± %.2f (2 standard errors, %d rounds)"
+            % (pct(totals), pct(boot[25]), pct(boot[974]), pct(ratios[k // 2]),
+               pct(ratios[k // 4]), pct(ratios[3 * k // 4]), pct(mean), 200 * se, k))
 
 
 async def main():

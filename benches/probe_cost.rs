@@ -16,7 +16,10 @@
 //!   runtime hooks around a spawned trivial task, bare and probed in alternating
 //!   rounds of 100,000 to 200,000 (30 rounds, 6 quick).
 //! - `axum`: server CPU per `/hello` of the axum service, bare vs probed vs
-//!   console-subscriber, in alternating 0.5 s slices (24 rounds, 6 quick).
+//!   console-subscriber, in alternating 0.5 s slices (`SLICE_MS`), the order
+//!   shuffled every round (24 rounds, 6 quick; `AA=1` adds a second bare service),
+//!   each against bare as a ratio of totals with its 95% interval (rounds drawn
+//!   again with replacement).
 //! - `churn`: RSS of the same service while every request spawns a task, at up to
 //!   50,000 req/s for 15 s (5 s quick), one setup after the other.
 //! - `stall`: a worker of the probed service held 300 ms: from the handler's start to
@@ -440,16 +443,16 @@ fn fixed(quick: bool) {
     reader.join().unwrap();
 }
 
-/// The axum service's CPU per `/hello`: bare, probed, console-subscriber.
+/// The axum service's CPU per `/hello`: bare, probed, console-subscriber (and,
+/// with `AA=1`, a second bare service: the method's own bias).
 fn axum_cpu(quick: bool) {
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 6 } else { 24 });
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+    let rounds = env("ROUNDS").map_or(if quick { 6 } else { 24 }, |r| r as usize);
+    let slice = env("SLICE_MS").unwrap_or(500.0) / 1000.0;
     println!("## axum /hello, 2 workers: server CPU per request, bare vs probe vs console");
-    println!("(the three servers run at once, pinned to CPU 1, the load generator to CPU 0;");
-    println!(" 32 keep-alive connections load one server for 0.5 s, then the next, in an order");
-    println!(" that cycles through all six; CPU from /proc/PID/task/*/schedstat)");
+    println!("(the servers run at once, pinned to CPU 1, the load generator to CPU 0;");
+    println!(" 32 keep-alive connections load one server for {slice} s, then the next, in an");
+    println!(" order shuffled every round; CPU from /proc/PID/task/*/schedstat)");
     println!("load average before: {}", load_average());
     let cpus = affinity();
     pin_to_cpu(0).expect("pin the load generator");
@@ -458,31 +461,36 @@ fn axum_cpu(quick: bool) {
     // "--probe --lag-ms 10", or "--hooks" or "--layer" for one part of the probe.
     let probe = std::env::var("PROBE_ARGS").unwrap_or_else(|_| "--probe".into());
     println!("(probe: {probe})");
-    let servers = [
+    let mut servers = vec![
         Server::service("bare", "--bare", Some(1)),
         Server::service("probe", &probe, Some(1)),
         Server::service("console", "--console", Some(1)),
     ];
+    if std::env::var("AA").as_deref() == Ok("1") {
+        servers.push(Server::service("bare A/A", "--bare", Some(1)));
+    }
+    let n = servers.len();
     for s in &servers {
         rt.block_on(drive(&s.app, &Plan::closed("/hello", 1.0)));
     }
-    const ORDERS: [[usize; 3]; 6] = [
-        [0, 1, 2],
-        [1, 2, 0],
-        [2, 0, 1],
-        [2, 1, 0],
-        [1, 0, 2],
-        [0, 2, 1],
-    ];
-    let mut per_req: [Vec<f64>; 3] = Default::default();
-    let (mut total_cpu, mut total_n) = ([0.0f64; 3], [0u64; 3]);
-    let mut classes: [BTreeMap<&'static str, (u64, u64)>; 3] = Default::default();
+    // Per server, per round: (CPU ns, requests answered).
+    let mut measures: Vec<Vec<(f64, u64)>> = vec![Vec::new(); n];
+    let mut classes: Vec<BTreeMap<&'static str, (u64, u64)>> = vec![BTreeMap::new(); n];
     let mut bad = 0;
-    for round in 0..rounds {
-        for i in ORDERS[round % 6] {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..rounds {
+        // Fisher-Yates with a xorshift generator: no server goes first more often.
+        for i in (1..n).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        for &i in &order {
             let s = &servers[i];
             let before = s.threads();
-            let a = rt.block_on(drive(&s.app, &Plan::closed("/hello", 0.5)));
+            let a = rt.block_on(drive(&s.app, &Plan::closed("/hello", slice)));
             let d = delta(&before, &s.threads());
             let cpu = d.values().map(|v| v.0).sum::<u64>() as f64;
             for (class, (ns, slices)) in d {
@@ -491,22 +499,26 @@ fn axum_cpu(quick: bool) {
                 e.1 += slices;
             }
             bad += a.bad;
-            per_req[i].push(cpu / a.ok as f64);
-            total_cpu[i] += cpu;
-            total_n[i] += a.ok;
+            measures[i].push((cpu, a.ok));
         }
     }
     println!("load average after: {}", load_average());
+    let per_req = |m: &[(f64, u64)]| m.iter().map(|(c, n)| c / *n as f64).collect::<Vec<_>>();
+    let totals = |m: &[(f64, u64)]| {
+        m.iter().map(|x| x.0).sum::<f64>() / m.iter().map(|x| x.1).sum::<u64>() as f64
+    };
     for (i, s) in servers.iter().enumerate() {
+        let p = per_req(&measures[i]);
+        let answered: u64 = measures[i].iter().map(|x| x.1).sum();
         println!(
             "{:<8} {} requests ({:.0}/s while loaded), median {:.3} µs CPU each, interquartile {:.3}..{:.3}, totals {:.3}",
             s.label,
-            total_n[i],
-            total_n[i] as f64 / (rounds as f64 * 0.5),
-            quantile(&per_req[i], 0.5) / 1000.0,
-            quantile(&per_req[i], 0.25) / 1000.0,
-            quantile(&per_req[i], 0.75) / 1000.0,
-            total_cpu[i] / total_n[i] as f64 / 1000.0,
+            answered,
+            answered as f64 / (rounds as f64 * slice),
+            quantile(&p, 0.5) / 1000.0,
+            quantile(&p, 0.25) / 1000.0,
+            quantile(&p, 0.75) / 1000.0,
+            totals(&measures[i]) / 1000.0,
         );
         println!(
             "         by thread, µs per request (wake-ups per 1,000 requests): {}",
@@ -514,23 +526,28 @@ fn axum_cpu(quick: bool) {
                 .iter()
                 .map(|(c, (ns, slices))| format!(
                     "{c} {:.3} ({:.1})",
-                    *ns as f64 / total_n[i] as f64 / 1000.0,
-                    *slices as f64 * 1000.0 / total_n[i] as f64
+                    *ns as f64 / answered as f64 / 1000.0,
+                    *slices as f64 * 1000.0 / answered as f64
                 ))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
     }
-    for i in [1, 2] {
-        let ratios: Vec<f64> = (0..rounds).map(|r| per_req[i][r] / per_req[0][r]).collect();
+    for i in 1..n {
+        let (base, this) = (per_req(&measures[0]), per_req(&measures[i]));
+        let ratios: Vec<f64> = (0..rounds).map(|r| this[r] / base[r]).collect();
         let m = quantile(&ratios, 0.5);
+        let ratio = totals(&measures[i]) / totals(&measures[0]);
+        let (low, high) = bootstrap(&measures[i], &measures[0]);
         println!(
-            "{} / bare over {rounds} rounds: median {m:.4} ({:+.2}%), interquartile {:.4}..{:.4}; ratio of totals {:.4}",
+            "{} / bare over {rounds} rounds: ratio of totals {ratio:.4} ({:+.2}%, 95% interval {:+.2}% .. {:+.2}%); median {m:.4} ({:+.2}%), interquartile {:.4}..{:.4}",
             servers[i].label,
+            (ratio - 1.0) * 100.0,
+            (low - 1.0) * 100.0,
+            (high - 1.0) * 100.0,
             (m - 1.0) * 100.0,
             quantile(&ratios, 0.25),
             quantile(&ratios, 0.75),
-            (total_cpu[i] / total_n[i] as f64) / (total_cpu[0] / total_n[0] as f64),
         );
     }
     if bad > 0 {
@@ -538,6 +555,32 @@ fn axum_cpu(quick: bool) {
     }
     drop(servers);
     set_affinity(&cpus);
+}
+
+/// The 95% interval of the ratio of totals of `this` to `base` (per round: CPU ns,
+/// requests), the rounds drawn again with replacement 2,000 times.
+fn bootstrap(this: &[(f64, u64)], base: &[(f64, u64)]) -> (f64, f64) {
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = |k: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % k as u64) as usize
+    };
+    let k = this.len().min(base.len());
+    let mut ratios: Vec<f64> = (0..2000)
+        .map(|_| {
+            let (mut a, mut b) = ((0.0, 0u64), (0.0, 0u64));
+            for _ in 0..k {
+                let r = next(k);
+                a = (a.0 + this[r].0, a.1 + this[r].1);
+                b = (b.0 + base[r].0, b.1 + base[r].1);
+            }
+            (a.0 / a.1 as f64) / (b.0 / b.1 as f64)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    (ratios[49], ratios[1949])
 }
 
 /// A load of `plan` against `s`, its RSS read every second; the load stops early

@@ -28,7 +28,7 @@ mode: this measures the per-request work, free of the difference between process
   $PYTHON assets/agents/python/bench_inprocess.py        # ROUNDS=2000, ~6 minutes
   MODES=bare,agent,naming,selector ROUNDS=1000 $PYTHON assets/agents/python/bench_inprocess.py
 
-Loopback only; the client stops after the rounds' time plus 30 s at the latest.
+Loopback only; the client stops after twice the rounds' time plus 30 s at the latest.
 """
 
 import asyncio
@@ -110,7 +110,7 @@ async def main():
               % (HERE, "os.sched_setaffinity(0, {0});" if bench.PINNED else "", port))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", client, stdout=subprocess.DEVNULL,
-        env=dict(os.environ, MAX_S=str(seconds + 30)))
+        env=dict(os.environ, MAX_S=str(2 * seconds + 30)))
     per = {m: [] for m in MODES}
     rng = random.Random(int(os.environ.get("SEED", "1")))
     # DUMP=FILE: every segment's mode, end (ns), CPU (ns) and requests.
@@ -118,6 +118,8 @@ async def main():
     try:
         await asyncio.sleep(2.0)  # the client starts; the server warms up
         for _ in range(ROUNDS):
+            if proc.returncode is not None:
+                sys.exit("the client stopped before the rounds did")
             order = list(MODES)
             rng.shuffle(order)
             for mode in order:
@@ -130,7 +132,8 @@ async def main():
                 if dump:
                     dump.write("%s %d %d %d\n" % (mode, time.monotonic_ns(), *per[mode][-1]))
     finally:
-        proc.kill()
+        if proc.returncode is None:
+            proc.kill()
         await proc.wait()
         loop._selector.select = watched
         server.should_exit = True

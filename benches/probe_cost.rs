@@ -480,12 +480,9 @@ fn axum_cpu(quick: bool) {
     let mut order: Vec<usize> = (0..n).collect();
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     for _ in 0..rounds {
-        // Fisher-Yates with a xorshift generator: no server goes first more often.
+        // Fisher-Yates: no server goes first more often.
         for i in (1..n).rev() {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            order.swap(i, (seed % (i as u64 + 1)) as usize);
+            order.swap(i, below(&mut seed, i + 1));
         }
         for &i in &order {
             let s = &servers[i];
@@ -557,22 +554,25 @@ fn axum_cpu(quick: bool) {
     set_affinity(&cpus);
 }
 
+/// A number below `k` from a xorshift generator whose state is `seed` (not 0):
+/// enough to shuffle rounds and to draw them again, without a crate for it.
+fn below(seed: &mut u64, k: usize) -> usize {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    (*seed % k as u64) as usize
+}
+
 /// The 95% interval of the ratio of totals of `this` to `base` (per round: CPU ns,
 /// requests), the rounds drawn again with replacement 2,000 times.
 fn bootstrap(this: &[(f64, u64)], base: &[(f64, u64)]) -> (f64, f64) {
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = |k: usize| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed % k as u64) as usize
-    };
     let k = this.len().min(base.len());
     let mut ratios: Vec<f64> = (0..2000)
         .map(|_| {
             let (mut a, mut b) = ((0.0, 0u64), (0.0, 0u64));
             for _ in 0..k {
-                let r = next(k);
+                let r = below(&mut seed, k);
                 a = (a.0 + this[r].0, a.1 + this[r].1);
                 b = (b.0 + base[r].0, b.1 + base[r].1);
             }

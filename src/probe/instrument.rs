@@ -325,12 +325,7 @@ where
         let (path, query) = (uri.path(), uri.query().unwrap_or(""));
         let target = uri.path_and_query().map_or(path, |pq| pq.as_str());
         let arrival = Arrival::new(Arc::clone(&self.probe.shared), method, target, path, query);
-        // Built in place: the inner future is written once, into the wrapper.
-        Instrumented {
-            inner: self.inner.call(req),
-            in_flight: arrival.in_flight,
-            started_ns: 0,
-        }
+        Instrumented::new(arrival, self.inner.call(req))
     }
 }
 

@@ -174,6 +174,15 @@ def started(child, port, env):
     return child, app, telemetry, hub
 
 
+def kill_all(children):
+    """Kills every server in ``children`` with its process group (its telemetry
+    process), stopped or not, and reaps it."""
+    for child in children:
+        os.killpg(child.pid, signal.SIGKILL)
+        os.killpg(child.pid, signal.SIGCONT)
+        child.wait()
+
+
 def wait_listening(app, deadline):
     host, port = app.split(":")
     while time.monotonic() < deadline:
@@ -393,10 +402,7 @@ def main():
                     close()
                 os.killpg(child.pid, signal.SIGSTOP)
     finally:
-        for child, _, _, _ in servers:
-            os.killpg(child.pid, signal.SIGKILL)
-            os.killpg(child.pid, signal.SIGCONT)
-            child.wait()
+        kill_all(s[0] for s in servers)
     print("idle: medians of %d rounds; per request: medians of %d rounds, %d requests of "
           "/hello per measure, %d connections%s"
           % (IDLE_ROUNDS, ROUNDS, REQUESTS, CONCURRENCY,

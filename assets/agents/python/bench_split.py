@@ -59,20 +59,18 @@ def main():
         kinds.append(("agent", {}))
     servers = []
     tick = os.sysconf("SC_CLK_TCK")
-    sums = {name: [0, 0, 0, 0] for name, _ in kinds}
-    per_copy = {}  # server index -> [ticks, requests]
     try:
         for copy in range(COPIES):
             for name, env in kinds:
                 child, app, _, hub = bench.start(uv, env)
                 if hub and HUB_CPU in ("0", "1") and bench.PINNED:
                     os.sched_setaffinity(hub, {int(HUB_CPU)})
-                servers.append((name, child, app, hub))
+                # user and system ticks, requests, times on a CPU
+                servers.append((name, child, app, hub, [0, 0, 0, 0]))
                 os.kill(child.pid, signal.SIGSTOP)
         for r in range(ROUNDS):
             for k in range(len(servers)):
-                i = (k + r) % len(servers)
-                name, child, app, hub = servers[i]
+                name, child, app, hub, sums = servers[(k + r) % len(servers)]
                 os.kill(child.pid, signal.SIGCONT)
                 if hub and HUB_CPU == "stop":
                     os.kill(hub, signal.SIGSTOP)
@@ -84,27 +82,22 @@ def main():
                 if hub and HUB_CPU == "stop":
                     os.kill(hub, signal.SIGCONT)
                 for f, d in enumerate((u1 - u0, s1 - s0, answered, w1 - w0)):
-                    sums[name][f] += d
-                mine = per_copy.setdefault(i, [0, 0])
-                mine[0] += u1 - u0 + s1 - s0
-                mine[1] += answered
+                    sums[f] += d
     finally:
-        for _, child, _, _ in servers:
-            os.kill(child.pid, signal.SIGCONT)
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
+        bench.kill_all(s[1] for s in servers)
     print("seed %s, %d copies, %d rounds of %d requests, telemetry process on CPU %s"
           % (os.environ.get("PYTHONHASHSEED", "0"), COPIES, ROUNDS, REQUESTS, HUB_CPU or "1"))
     bare = None
-    for name, (u, s, n, w) in sums.items():
+    for name, _ in kinds:
+        mine = [srv[4] for srv in servers if srv[0] == name]
+        u, s, n, w = (sum(c[f] for c in mine) for f in range(4))
         us = 1e6 / tick / max(n, 1)
         total = (u + s) * us
         bare = bare or total
         print("%-16s user %6.1f µs  system %5.1f µs  total %6.1f µs a request (%+.1f%%), "
               "%5.1f times on a CPU per 1000 requests (%d requests)"
               % (name, u * us, s * us, total, (total / bare - 1) * 100, w * 1000 / max(n, 1), n))
-        copies = [1e6 / tick * t / max(c, 1) for i, (t, c) in sorted(per_copy.items())
-                  if servers[i][0] == name]
+        copies = [1e6 / tick * (c[0] + c[1]) / max(c[2], 1) for c in mine]
         mean = sum(copies) / len(copies)
         sd = (sum((c - mean) ** 2 for c in copies) / max(len(copies) - 1, 1)) ** 0.5
         print("%16s copies %s µs; their spread (sd) %.1f%%, of the mean %.1f%%"

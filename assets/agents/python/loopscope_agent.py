@@ -586,6 +586,26 @@ _mono = time.monotonic_ns
 _UNSTARTED = object()
 
 
+def _step_begins(agent, entry):
+    """A step of request ``entry`` ([name, name table slot]) begins on the loop: the
+    current request is its slot (taken again if given to another name since, NAMES
+    names ago). Returns the step's start."""
+    name = entry[0]
+    if agent.slot_names[entry[1]] != name:
+        entry[1] = agent.slot_for(name)
+    agent.q[_CURRENT] = entry[1] + 1
+    return _mono()
+
+
+def _step_ends(agent, name, t0):
+    """The step of request ``name`` that began at ``t0`` ended: no current request,
+    and a step that held the loop ``SLOW_POLL_MS`` or longer is a slow poll event."""
+    agent.q[_CURRENT] = 0
+    t1 = _mono()
+    if t1 - t0 >= _SLOW_NS:
+        agent.slow_poll(name, (t1 - t0) / 1e6, t1)
+
+
 @types.coroutine
 def _steps(agent, entry, coro, out=_UNSTARTED):
     """Runs request ``coro`` as ``entry`` ([name, name table slot]), from its first
@@ -593,8 +613,6 @@ def _steps(agent, entry, coro, out=_UNSTARTED):
     step on the loop the current request is that slot, and a step that holds the
     loop ``SLOW_POLL_MS`` or longer is a slow poll event. A generator-based
     coroutine, awaited directly (no object around it)."""
-    name = entry[0]
-    q = agent.q
     while True:
         value = error = None
         if out is not _UNSTARTED:
@@ -605,20 +623,13 @@ def _steps(agent, entry, coro, out=_UNSTARTED):
                 raise
             except BaseException as e:  # delivered into the coroutine
                 error = e
-        # A slot given to another name since (NAMES names ago) is not ours.
-        if agent.slot_names[entry[1]] != name:
-            entry[1] = agent.slot_for(name)
-        q[_CURRENT] = entry[1] + 1
-        t0 = _mono()
+        t0 = _step_begins(agent, entry)
         try:
             out = coro.send(value) if error is None else coro.throw(error)
         except StopIteration as stop:
             return stop.value
         finally:
-            q[_CURRENT] = 0
-            t1 = _mono()
-            if t1 - t0 >= _SLOW_NS:
-                agent.slow_poll(name, (t1 - t0) / 1e6, t1)
+            _step_ends(agent, entry[0], t0)
 
 
 async def _counted(agent, entry, coro):
@@ -714,24 +725,15 @@ def asgi(app):
         coro = app(scope, receive, send)
         agent.started += 1
         try:
-            # The first step, as _steps runs each step, inline here: most requests
-            # (a FastAPI /hello) end in it and need neither a generator nor a frame
-            # more (~0.3 µs a request).
-            name, slot = entry
-            if agent.slot_names[slot] != name:
-                slot = entry[1] = agent.slot_for(name)
-            q = agent.q
-            q[_CURRENT] = slot + 1
-            t0 = _mono()
+            # The first step here: most requests (a FastAPI /hello) end in it and
+            # need no generator for the rest (~0.3 µs a request).
+            t0 = _step_begins(agent, entry)
             try:
                 out = coro.send(None)
             except StopIteration as stop:
                 return stop.value
             finally:
-                q[_CURRENT] = 0
-                t1 = _mono()
-                if t1 - t0 >= _SLOW_NS:
-                    agent.slow_poll(name, (t1 - t0) / 1e6, t1)
+                _step_ends(agent, entry[0], t0)
             return await _steps(agent, entry, coro, out)
         finally:
             agent.done += 1

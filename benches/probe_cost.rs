@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench probe_cost                   # everything (~3 minutes)
-//! cargo bench --bench probe_cost -- fixed          # or one of: fixed request axum churn stall instructions
+//! cargo bench --bench probe_cost -- fixed          # or one of: fixed request axum inprocess churn stall instructions
 //! cargo bench --bench probe_cost -- fixed --quick  # shorter windows and fewer rounds
 //! ```
 //!
@@ -20,6 +20,10 @@
 //!   shuffled every round (24 rounds, 6 quick; `AA=1` adds a second bare service),
 //!   each against bare as a ratio of totals with its 95% interval (rounds drawn
 //!   again with replacement).
+//! - `inprocess`: the probe's per-request work switched on and off every 50 ms inside
+//!   one process of the same service (`--switch`), 1,000 rounds (100 quick), each
+//!   mode against bare with its 95% interval; an A/A pair gives the method's bias
+//!   (see `probe_cost/inprocess.rs`).
 //! - `churn`: RSS of the same service while every request spawns a task, at up to
 //!   50,000 req/s for 15 s (5 s quick), one setup after the other.
 //! - `stall`: a worker of the probed service held 300 ms: from the handler's start to
@@ -29,7 +33,7 @@
 //!   `probe_cost/instructions.rs`); skipped without valgrind.
 //!
 //! The service is `examples/bench_service.rs`, run as a separate process: this
-//! program starts itself again as `probe_cost serve --probe|--bare|--console`.
+//! program starts itself again as `probe_cost serve --probe|--bare|--console|--switch`.
 //! `probe_cost load ADDR SECS` runs the closed-loop `/hello` load alone (at most
 //! 600 s), to profile a server by hand.
 //! Environment: `ROUNDS` and `PROBE_ARGS` (axum: the probed service's flags, e.g.
@@ -37,6 +41,8 @@
 //! `RATE` and `SECS` (churn), `TRIALS` (stall), `WINDOW` (fixed, seconds).
 
 mod common;
+#[path = "probe_cost/inprocess.rs"]
+mod inprocess;
 #[path = "probe_cost/instructions.rs"]
 mod instructions;
 #[allow(dead_code)]
@@ -76,8 +82,9 @@ impl Server {
                 cmd.pre_exec(move || pin_to_cpu(cpu));
             }
         }
+        // Piped: `--switch` takes its modes there; the others never read it.
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -246,6 +253,8 @@ struct Plan {
     rate: Option<f64>,
     /// Set to stop early.
     stop: Arc<AtomicBool>,
+    /// Answers so far, `(200, other)`: read while the load runs.
+    counted: Arc<(AtomicU64, AtomicU64)>,
 }
 
 impl Plan {
@@ -258,6 +267,7 @@ impl Plan {
             max: (secs * 1_000_000.0) as u64,
             rate: None,
             stop: Arc::new(AtomicBool::new(false)),
+            counted: Arc::default(),
         }
     }
 }
@@ -278,7 +288,11 @@ async fn drive(addr: &str, plan: &Plan) -> Answered {
     let interval = plan
         .rate
         .map(|r| Duration::from_secs_f64(plan.conns as f64 / r));
-    let counted = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let counted = Arc::clone(&plan.counted);
+    let (ok0, bad0) = (
+        counted.0.load(Ordering::Relaxed),
+        counted.1.load(Ordering::Relaxed),
+    );
     let mut tasks = Vec::new();
     for c in 0..plan.conns {
         let addr = addr.to_string();
@@ -313,8 +327,8 @@ async fn drive(addr: &str, plan: &Plan) -> Answered {
         t.await.unwrap();
     }
     Answered {
-        ok: counted.0.load(Ordering::Relaxed),
-        bad: counted.1.load(Ordering::Relaxed),
+        ok: counted.0.load(Ordering::Relaxed) - ok0,
+        bad: counted.1.load(Ordering::Relaxed) - bad0,
     }
 }
 
@@ -642,6 +656,7 @@ fn churn(quick: bool) {
         max: (rate * secs) as u64,
         rate: Some(rate),
         stop: Arc::new(AtomicBool::new(false)),
+        counted: Arc::default(),
     };
     let list = |v: &[f64]| {
         v.iter()
@@ -933,8 +948,9 @@ fn request(quick: bool) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("serve") {
-        let (setup, lag) = service::parse(&args[1..])
-            .expect("serve --probe [--lag-ms N]|--probe-routes|--console|--bare|--hooks|--layer");
+        let (setup, lag) = service::parse(&args[1..]).expect(
+            "serve --probe [--lag-ms N]|--probe-routes|--console|--bare|--hooks|--layer|--switch",
+        );
         if let Err(e) = service::run(setup, lag) {
             eprintln!("probe_cost serve: {e}");
             std::process::exit(1);
@@ -969,6 +985,9 @@ fn main() {
     }
     if wants("axum") {
         axum_cpu(quick);
+    }
+    if wants("inprocess") {
+        inprocess::run(quick);
     }
     if wants("churn") {
         churn(quick);

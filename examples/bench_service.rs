@@ -9,7 +9,15 @@
 //! cargo run --release --example bench_service -- --probe --lag-ms 10  # a slower lag timer
 //! cargo run --release --example bench_service -- --hooks     # the probe's hooks alone
 //! cargo run --release --example bench_service -- --layer     # its request layer alone
+//! cargo run --release --example bench_service -- --switch    # the probe, switched by stdin
 //! ```
+//!
+//! `--switch` installs the probe as `--probe` does and serves every request through
+//! a switch: a line `probe` on stdin sends the requests that follow through the
+//! probe's request layer and turns its poll timing on; a line `bare` sends them to
+//! the app unwrapped and turns the poll timing off. The sampler, telemetry server
+//! and lag timer run all along. What `cargo bench --bench probe_cost -- inprocess`
+//! measures, in one process.
 //!
 //! Routes:
 //! - `/hello`: a constant answer;
@@ -53,6 +61,8 @@ pub enum Setup {
     /// The probe's request layer alone (`ProbeLayer` over a `LoopProbe`): no hooks,
     /// no sampler, no telemetry, no lag timer.
     Layer,
+    /// The probe, its per-request work switched on and off by lines on stdin.
+    Switch,
 }
 
 impl Setup {
@@ -65,6 +75,7 @@ impl Setup {
             "--bare" => Some(Setup::Bare),
             "--hooks" => Some(Setup::Hooks),
             "--layer" => Some(Setup::Layer),
+            "--switch" => Some(Setup::Switch),
             _ => None,
         }
     }
@@ -119,7 +130,7 @@ pub fn run(setup: Setup, lag: Option<Duration>) -> Result<(), Box<dyn std::error
         part.install_hooks(&mut rt);
     }
     let (probe, telemetry) = match setup {
-        Setup::Probe | Setup::ProbeRoutes => {
+        Setup::Probe | Setup::ProbeRoutes | Setup::Switch => {
             let mut config = loopscope::probe::ProbeConfig::default();
             if let Some(lag) = lag {
                 config.lag_resolution = lag;
@@ -153,6 +164,7 @@ pub fn run(setup: Setup, lag: Option<Duration>) -> Result<(), Box<dyn std::error
             (Some(probe), Setup::ProbeRoutes) => {
                 axum::serve(listener, app().layer(probe.layer())).await
             }
+            (Some(probe), Setup::Switch) => axum::serve(listener, switch::serve(&probe)).await,
             (Some(probe), _) => {
                 axum::serve(listener, probe.make_service(app().with_state(()))).await
             }
@@ -164,6 +176,95 @@ pub fn run(setup: Setup, lag: Option<Duration>) -> Result<(), Box<dyn std::error
         }
     })?;
     Ok(())
+}
+
+/// `--switch`: one app reached bare or through the probe's layer, request by request.
+mod switch {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll};
+
+    use futures_util::future::Either;
+    use loopscope::probe::{Probe, ProbeService};
+    use tower_service::Service;
+
+    /// The app bare and the app through the probe's layer; `on` picks.
+    #[derive(Clone)]
+    pub struct Switch {
+        bare: axum::Router,
+        probed: ProbeService<axum::Router>,
+        on: Arc<AtomicBool>,
+    }
+
+    /// The switch, off, as a make-service; a thread reads `probe` and `bare` lines
+    /// on stdin and turns the layer and the probe's poll timing on and off.
+    pub fn serve(probe: &Probe) -> Make {
+        let on = Arc::new(AtomicBool::new(false));
+        let app = super::app().with_state(());
+        let switch = Switch {
+            probed: tower_layer::Layer::layer(&probe.layer(), app.clone()),
+            bare: app,
+            on: Arc::clone(&on),
+        };
+        let lp = probe.loop_probe().clone();
+        lp.set_poll_timing(false);
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                let probed = match line.trim() {
+                    "probe" => true,
+                    "bare" => false,
+                    _ => continue,
+                };
+                lp.set_poll_timing(probed);
+                on.store(probed, Ordering::Relaxed);
+            }
+        });
+        Make(switch)
+    }
+
+    impl<B> Service<hyper::Request<B>> for Switch
+    where
+        axum::Router: Service<hyper::Request<B>>,
+    {
+        type Response = <axum::Router as Service<hyper::Request<B>>>::Response;
+        type Error = <axum::Router as Service<hyper::Request<B>>>::Error;
+        type Future = Either<
+            <ProbeService<axum::Router> as Service<hyper::Request<B>>>::Future,
+            <axum::Router as Service<hyper::Request<B>>>::Future,
+        >;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            // A router is always ready.
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: hyper::Request<B>) -> Self::Future {
+            if self.on.load(Ordering::Relaxed) {
+                Either::Left(self.probed.call(req))
+            } else {
+                Either::Right(self.bare.call(req))
+            }
+        }
+    }
+
+    /// Every connection gets the same switch.
+    #[derive(Clone)]
+    pub struct Make(Switch);
+
+    impl<T> Service<T> for Make {
+        type Response = Switch;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Switch, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: T) -> Self::Future {
+            std::future::ready(Ok(self.0.clone()))
+        }
+    }
 }
 
 /// The setup and lag timer interval from arguments: `--probe [--lag-ms N]`, `--probe-routes`,
@@ -185,7 +286,7 @@ pub fn parse(args: &[String]) -> Option<(Setup, Option<Duration>)> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (setup, lag) = parse(&args).ok_or(
-        "usage: bench_service --probe [--lag-ms N]|--probe-routes|--console|--bare|--hooks|--layer",
+        "usage: bench_service --probe [--lag-ms N]|--probe-routes|--console|--bare|--hooks|--layer|--switch",
     )?;
     run(setup, lag)
 }

@@ -162,12 +162,9 @@ impl Shared {
     /// reads a task poll saved). Decided at the first hook call, inside the runtime.
     #[cfg(tokio_unstable)]
     pub(crate) fn times_polls(&self) -> bool {
-        const UNKNOWN: u8 = 0;
-        const YES: u8 = 1;
-        const NO: u8 = 2;
         match self.poll_hooks.load(Ordering::Relaxed) {
             YES => true,
-            NO => false,
+            NO | OFF => false,
             _ => {
                 self.learn_runtime();
                 let decided = match self.runtime.get().map(|h| h.runtime_flavor()) {
@@ -191,7 +188,38 @@ impl Shared {
     }
 }
 
+/// [`Shared::poll_hooks`]: not decided yet, the hooks time polls, they do not (a
+/// `current_thread` loop), or they were turned off ([`LoopProbe::set_poll_timing`]).
+#[cfg(tokio_unstable)]
+const UNKNOWN: u8 = 0;
+#[cfg(tokio_unstable)]
+const YES: u8 = 1;
+#[cfg(tokio_unstable)]
+const NO: u8 = 2;
+#[cfg(tokio_unstable)]
+const OFF: u8 = 3;
+
 impl LoopProbe {
+    /// Turns the poll hooks' timing of task polls off, or back on (its default). While
+    /// off, the hooks return at once: a multi-thread runtime's workers show no poll
+    /// durations, live stalls or culprits, and requests time their own polls. Made
+    /// for a benchmark that switches the probe's per-request work on and off inside
+    /// one process.
+    #[doc(hidden)]
+    #[cfg(tokio_unstable)]
+    pub fn set_poll_timing(&self, on: bool) {
+        // On: decided again from the runtime's flavor at the next hook call.
+        let state = if on { UNKNOWN } else { OFF };
+        self.shared.poll_hooks.store(state, Ordering::Relaxed);
+        if !on {
+            // Polls running now never end for the hooks: not left running (they
+            // would read as stalls). A hook that read the state just before the
+            // store may still mark a poll as started, until a poll after the next
+            // switch on replaces it.
+            self.shared.slots.forget_polls();
+        }
+    }
+
     /// A probe for the loop of worker `worker_id`.
     pub fn new(worker_id: u32, config: ProbeConfig) -> Self {
         let (events_tx, events_rx) = std::sync::mpsc::sync_channel(EVENT_CAPACITY);

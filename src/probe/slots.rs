@@ -148,6 +148,14 @@ impl WorkerSlot {
         }
     }
 
+    /// No poll is running any more, as far as the sampler is concerned. Any thread.
+    #[cfg(tokio_unstable)]
+    pub(crate) fn forget_poll(&self) {
+        if self.poll_started_ns.load(Ordering::Relaxed) != 0 {
+            self.poll_started_ns.store(0, Ordering::Release);
+        }
+    }
+
     /// The poll that started last ends at `now_ns`; longer than `stall_ns`, it
     /// stalled the thread. How long it held the thread, if one was running. Its own
     /// thread only.
@@ -371,6 +379,14 @@ impl WorkerSlots {
     pub(crate) fn iter(&self) -> impl Iterator<Item = &WorkerSlot> {
         let n = self.claimed.load(Ordering::Acquire).min(MAX_SLOTS);
         self.slots[..n].iter().filter_map(|s| s.get().map(|s| &**s))
+    }
+
+    /// No poll is running on any slot any more, as far as the sampler is concerned.
+    #[cfg(tokio_unstable)]
+    pub(crate) fn forget_polls(&self) {
+        for slot in self.iter() {
+            slot.forget_poll();
+        }
     }
 
     /// The slot `index`, if claimed.

@@ -100,11 +100,17 @@ impl Limits {
         if self.descriptors() <= descriptors {
             return self;
         }
+        // The refusal slots are a 16th of the connections: about a 17th of the
+        // whole, a connection less where the rounding would pass `descriptors`.
         let slots = (descriptors / 17).clamp(8, 256);
-        Limits {
+        let mut fit = Limits {
             max_connections: descriptors.saturating_sub(slots).max(16),
             ..self
+        };
+        if fit.descriptors() > descriptors && fit.max_connections > 16 {
+            fit.max_connections -= 1;
         }
+        fit
     }
 }
 
@@ -383,5 +389,16 @@ mod tests {
         assert!(fit.descriptors() <= 1000, "{fit:?}");
         assert!(fit.max_connections >= 900, "{fit:?}");
         assert_eq!(app.within(0).max_connections, 16);
+        // Every budget from the smallest that holds 16 connections: within it, and
+        // not one connection more would be.
+        for d in 24..=app.descriptors() {
+            let fit = app.within(d);
+            assert!(fit.descriptors() <= d, "{d}: {fit:?}");
+            let more = Limits {
+                max_connections: fit.max_connections + 1,
+                ..fit
+            };
+            assert!(more.descriptors() > d || fit == app, "{d}: {fit:?}");
+        }
     }
 }

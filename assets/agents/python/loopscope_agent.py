@@ -707,38 +707,67 @@ async def _coroutine(awaitable):
     return await awaitable
 
 
+# What next() gives back for a coroutine that returned: its first step ended it.
+_DONE = object()
+
+
 def asgi(app):
     """Wraps an ASGI app: installs the agent at lifespan start-up (or at the first
-    request) and names each HTTP request by method and path."""
+    request) and names each HTTP request by method and path. The app's return value
+    is None, as ASGI asks (one that returns something else has it dropped)."""
 
     async def loopscope_asgi(scope, receive, send):
         agent = _agent
-        if agent is None:
-            if not _tried:
-                install()
-            agent = _agent
-            if agent is None:
-                return await app(scope, receive, send)
-        if scope["type"] != "http":
-            return await app(scope, receive, send)
-        entry = _entry_of(scope)
+        if agent is None or scope["type"] != "http":
+            return await _unnamed(app, scope, receive, send)
+        # The request's [name, name table slot], kept by its scope's method, path
+        # and query (no string built), and its slot still its own.
+        try:
+            entry = _NAMES[scope["method"], scope["path"], scope["query_string"]]
+        except KeyError:  # a new name, or a scope without one of its keys
+            entry = None
+        if entry is None or agent.slot_names[entry[1]] is not entry[0]:
+            entry = _entry_named(agent, scope)
         coro = app(scope, receive, send)
+        q = agent.q
         agent.started += 1
         try:
-            # The first step here: most requests (a FastAPI /hello) end in it and
-            # need no generator for the rest (~0.3 µs a request).
-            t0 = _step_begins(agent, entry)
+            # The first step here, inline: most requests (a FastAPI /hello) end in
+            # it. A coroutine that returns None ends next() without making a
+            # StopIteration (no exception, traceback or frame object a request).
+            q[_CURRENT] = entry[1] + 1
+            t0 = _mono()
             try:
-                out = coro.send(None)
-            except StopIteration as stop:
-                return stop.value
+                out = next(coro.__await__(), _DONE)
             finally:
-                _step_ends(agent, entry[0], t0)
-            return await _steps(agent, entry, coro, out)
+                q[_CURRENT] = 0
+                t1 = _mono()
+                if t1 - t0 >= _SLOW_NS:
+                    agent.slow_poll(entry[0], (t1 - t0) / 1e6, t1)
+            if out is not _DONE:
+                return await _steps(agent, entry, coro, out)
         finally:
             agent.done += 1
 
     return loopscope_asgi
+
+
+async def _unnamed(app, scope, receive, send):
+    """A scope run unnamed: the agent installed first if it was never tried, and a
+    request named after all if it now runs."""
+    if _agent is None and not _tried:
+        install()
+    if _agent is None or scope["type"] != "http":
+        return await app(scope, receive, send)
+    return await _counted(_agent, _entry_named(_agent, scope), app(scope, receive, send))
+
+
+def _entry_named(agent, scope):
+    """``_entry_of(scope)`` with its slot taken again if another name has it now."""
+    entry = _entry_of(scope)
+    if agent.slot_names[entry[1]] is not entry[0]:
+        entry[1] = agent.slot_for(entry[0])
+    return entry
 
 
 # An HTTP scope's (method, path, query string) -> its request's [name, name table

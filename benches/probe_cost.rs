@@ -2,7 +2,7 @@
 //! are printed, not asserted.
 //!
 //! ```sh
-//! cargo bench --bench probe_cost                   # everything (~3 minutes)
+//! cargo bench --bench probe_cost                   # everything (~6 minutes)
 //! cargo bench --bench probe_cost -- fixed          # or one of: fixed request axum inprocess churn stall instructions
 //! cargo bench --bench probe_cost -- fixed --quick  # shorter windows and fewer rounds
 //! ```

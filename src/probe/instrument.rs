@@ -212,8 +212,7 @@ impl<F: Future> Future for Instrumented<F> {
                 if !deferred {
                     let end = end_ns.unwrap_or_else(|| shared.now_ns());
                     let took = end.saturating_sub(started_ns);
-                    home.endpoints
-                        .record(id.endpoint(), Duration::from_nanos(took));
+                    home.endpoints.record_ns(id.endpoint(), took);
                 }
             }
         }
@@ -239,7 +238,7 @@ pub(crate) fn report_slow_poll(
 
 #[cold]
 #[inline(never)]
-fn emit_slow_poll(
+pub(crate) fn emit_slow_poll(
     shared: &Shared,
     slot: Option<&WorkerSlot>,
     id: RequestId,

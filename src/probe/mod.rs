@@ -114,9 +114,9 @@ pub struct LoopProbe {
 pub(crate) struct Shared {
     pub(crate) worker_id: u32,
     pub(crate) config: ProbeConfig,
-    /// All `*_ns` atomics count from here; the TSC clock, cheap enough to read on
-    /// every park and poll.
-    pub(crate) epoch: quanta::Instant,
+    /// All `*_ns` atomics count from here, a raw reading of [`clock`]: the TSC,
+    /// cheap enough to read on every park and poll.
+    pub(crate) epoch: u64,
     /// When the lag timer last ran.
     pub(crate) heartbeat_ns: AtomicU64,
     pub(crate) lag: Mutex<LatencyHistogram>,
@@ -178,14 +178,20 @@ impl Shared {
         }
     }
 
+    /// Now, in ns since the probe began; never 0, so that 0 can mean "not set".
     pub(crate) fn now_ns(&self) -> u64 {
-        self.ns_at(quanta::Instant::now())
+        let clock = clock();
+        // A raw reading scaled once, as a difference: no conversion through
+        // `Instant` or `Duration` on every park and poll.
+        clock.delta_as_nanos(self.epoch, clock.raw()) + 1
     }
+}
 
-    pub(crate) fn ns_at(&self, t: quanta::Instant) -> u64 {
-        // Never 0, so that 0 can mean "not set".
-        t.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
-    }
+/// The process's clock: the TSC where it is invariant (else the monotonic clock),
+/// calibrated once, at the first probe.
+fn clock() -> &'static quanta::Clock {
+    static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
+    CLOCK.get_or_init(quanta::Clock::new)
 }
 
 /// [`Shared::poll_hooks`]: not decided yet, the hooks time polls, they do not (a
@@ -223,7 +229,7 @@ impl LoopProbe {
     /// A probe for the loop of worker `worker_id`.
     pub fn new(worker_id: u32, config: ProbeConfig) -> Self {
         let (events_tx, events_rx) = std::sync::mpsc::sync_channel(EVENT_CAPACITY);
-        let epoch = quanta::Instant::now();
+        let epoch = clock().raw();
         Self {
             shared: Arc::new(Shared {
                 worker_id,
@@ -297,6 +303,7 @@ impl LoopProbe {
             let before = Arc::clone(&self.shared);
             let after = Arc::clone(&self.shared);
             let stall_ns = self.shared.config.stall_threshold.as_nanos() as u64;
+            let slow_ns = self.shared.config.slow_poll.as_nanos() as u64;
             builder
                 .on_before_task_poll(move |_| {
                     if before.times_polls()
@@ -316,14 +323,16 @@ impl LoopProbe {
                         let id = slot.request_in_poll.load(Ordering::Relaxed);
                         if id != 0 {
                             slot.request_in_poll.store(0, Ordering::Relaxed);
-                            let held = Duration::from_nanos(held.unwrap_or(0));
-                            instrument::report_slow_poll(
-                                &after,
-                                Some(slot),
-                                slots::RequestId(id),
-                                held,
-                                now,
-                            );
+                            let held = held.unwrap_or(0);
+                            if held >= slow_ns {
+                                instrument::emit_slow_poll(
+                                    &after,
+                                    Some(slot),
+                                    slots::RequestId(id),
+                                    Duration::from_nanos(held),
+                                    now,
+                                );
+                            }
                         }
                     }
                 });

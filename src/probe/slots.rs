@@ -405,8 +405,7 @@ impl WorkerSlots {
             let at = at.load(Ordering::Relaxed);
             if let Some(home) = self.get((at >> 32) as usize) {
                 let took = now_ns.saturating_sub(start.load(Ordering::Relaxed));
-                let took = std::time::Duration::from_nanos(took);
-                home.endpoints.record(at as u32 as usize, took);
+                home.endpoints.record_ns(at as u32 as usize, took);
             }
         }
         slot.deferred_len.store(0, Ordering::Relaxed);

@@ -161,6 +161,7 @@ fn every_agent_line_is_a_snapshot_and_info_a_server_info() {
         return;
     }
     let _serial = serial();
+    let began = Instant::now();
     let server = PyServer::plain("127.0.0.1:0", true, &[("POOL_THREADS", "4")]);
     let pid = server.child.id();
     assert_eq!(server.pid, pid);
@@ -178,8 +179,11 @@ fn every_agent_line_is_a_snapshot_and_info_a_server_info() {
         let w = &s.workers[0];
         assert!((0.0..=1.0).contains(&w.loop_utilization), "{s:?}");
         for e in &s.events {
-            if let Event::SlowPoll { endpoint, .. } = e {
+            if let Event::SlowPoll { endpoint, t_ms, .. } = e {
                 assert_eq!(endpoint, "GET /json", "the parse's is the only slow poll");
+                // Milliseconds since the agent started, which is after `began`.
+                let age_ms = began.elapsed().as_millis() as u64;
+                assert!(*t_ms <= age_ms, "t_ms {t_ms} past the agent's age {age_ms} ms");
             }
         }
     }

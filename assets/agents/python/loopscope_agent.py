@@ -206,7 +206,7 @@ class Agent:
         self.wait_w = 0
         self.event_w = 0
         self.ticks = 0
-        self.started = 0  # requests begun
+        self.begun = 0  # requests begun
         self.done = 0  # requests ended: answered, failed or cancelled
         self.app = ""
         self.app_known = threading.Event()
@@ -317,7 +317,7 @@ class Agent:
 
     def _publish(self, now):
         q = self.q
-        q[H.REQ_FLIGHT] = self.started - self.done
+        q[H.REQ_FLIGHT] = self.begun - self.done
         q[H.REQ_DONE] = self.done
         q[H.BUSY] = (now - self.started) - self.idle_ns
         q[H.BUSY_AT] = now
@@ -634,7 +634,7 @@ def _steps(agent, entry, coro, out=_UNSTARTED):
 
 async def _counted(agent, entry, coro):
     """``coro`` run by ``_steps``, counted as a request begun and ended."""
-    agent.started += 1
+    agent.begun += 1
     try:
         return await _steps(agent, entry, coro)
     finally:
@@ -730,7 +730,7 @@ def asgi(app):
             entry = _entry_named(agent, scope)
         coro = app(scope, receive, send)
         q = agent.q
-        agent.started += 1
+        agent.begun += 1
         try:
             # The first step here, inline: most requests (a FastAPI /hello) end in
             # it. A coroutine that returns None ends next() without making a

@@ -253,7 +253,8 @@ struct Plan {
     rate: Option<f64>,
     /// Set to stop early.
     stop: Arc<AtomicBool>,
-    /// Answers so far, `(200, other)`: read while the load runs.
+    /// Answers so far, `(200, other)`: read while the load runs. A plan is driven
+    /// once.
     counted: Arc<(AtomicU64, AtomicU64)>,
 }
 
@@ -289,10 +290,6 @@ async fn drive(addr: &str, plan: &Plan) -> Answered {
         .rate
         .map(|r| Duration::from_secs_f64(plan.conns as f64 / r));
     let counted = Arc::clone(&plan.counted);
-    let (ok0, bad0) = (
-        counted.0.load(Ordering::Relaxed),
-        counted.1.load(Ordering::Relaxed),
-    );
     let mut tasks = Vec::new();
     for c in 0..plan.conns {
         let addr = addr.to_string();
@@ -327,8 +324,8 @@ async fn drive(addr: &str, plan: &Plan) -> Answered {
         t.await.unwrap();
     }
     Answered {
-        ok: counted.0.load(Ordering::Relaxed) - ok0,
-        bad: counted.1.load(Ordering::Relaxed) - bad0,
+        ok: counted.0.load(Ordering::Relaxed),
+        bad: counted.1.load(Ordering::Relaxed),
     }
 }
 
@@ -492,12 +489,9 @@ fn axum_cpu(quick: bool) {
     let mut classes: Vec<BTreeMap<&'static str, (u64, u64)>> = vec![BTreeMap::new(); n];
     let mut bad = 0;
     let mut order: Vec<usize> = (0..n).collect();
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut seed = SHUFFLE_SEED;
     for _ in 0..rounds {
-        // Fisher-Yates: no server goes first more often.
-        for i in (1..n).rev() {
-            order.swap(i, below(&mut seed, i + 1));
-        }
+        shuffle(&mut order, &mut seed);
         for &i in &order {
             let s = &servers[i];
             let before = s.threads();
@@ -514,12 +508,8 @@ fn axum_cpu(quick: bool) {
         }
     }
     println!("load average after: {}", load_average());
-    let per_req = |m: &[(f64, u64)]| m.iter().map(|(c, n)| c / *n as f64).collect::<Vec<_>>();
-    let totals = |m: &[(f64, u64)]| {
-        m.iter().map(|x| x.0).sum::<f64>() / m.iter().map(|x| x.1).sum::<u64>() as f64
-    };
     for (i, s) in servers.iter().enumerate() {
-        let p = per_req(&measures[i]);
+        let p: Vec<f64> = measures[i].iter().map(|(c, n)| c / *n as f64).collect();
         let answered: u64 = measures[i].iter().map(|x| x.1).sum();
         println!(
             "{:<8} {} requests ({:.0}/s while loaded), median {:.3} µs CPU each, interquartile {:.3}..{:.3}, totals {:.3}",
@@ -545,27 +535,51 @@ fn axum_cpu(quick: bool) {
         );
     }
     for i in 1..n {
-        let (base, this) = (per_req(&measures[0]), per_req(&measures[i]));
-        let ratios: Vec<f64> = (0..rounds).map(|r| this[r] / base[r]).collect();
-        let m = quantile(&ratios, 0.5);
-        let ratio = totals(&measures[i]) / totals(&measures[0]);
-        let (low, high) = bootstrap(&measures[i], &measures[0]);
-        println!(
-            "{} / bare over {rounds} rounds: ratio of totals {ratio:.4} ({:+.2}%, 95% interval {:+.2}% .. {:+.2}%); median {m:.4} ({:+.2}%), interquartile {:.4}..{:.4}",
-            servers[i].label,
-            (ratio - 1.0) * 100.0,
-            (low - 1.0) * 100.0,
-            (high - 1.0) * 100.0,
-            (m - 1.0) * 100.0,
-            quantile(&ratios, 0.25),
-            quantile(&ratios, 0.75),
-        );
+        println!("{}", against(&servers[i].label, &measures[i], &measures[0]));
     }
     if bad > 0 {
         println!("(answers other than 200: {bad})");
     }
     drop(servers);
     set_affinity(&cpus);
+}
+
+/// CPU ns per request over all rounds of `m` (per round: CPU ns, requests).
+fn totals(m: &[(f64, u64)]) -> f64 {
+    m.iter().map(|x| x.0).sum::<f64>() / m.iter().map(|x| x.1).sum::<u64>() as f64
+}
+
+/// `label` against bare, round by round (per round: CPU ns, requests): the ratio of
+/// totals with its 95% interval, the median of the rounds' ratios and their
+/// quartiles, as a line to print.
+fn against(label: &str, this: &[(f64, u64)], base: &[(f64, u64)]) -> String {
+    let ratios: Vec<f64> = this
+        .iter()
+        .zip(base)
+        .map(|(a, b)| (a.0 / a.1 as f64) / (b.0 / b.1 as f64))
+        .collect();
+    let pct = |r: f64| (r - 1.0) * 100.0;
+    let (low, high) = bootstrap(this, base);
+    format!(
+        "{label} / bare over {} rounds: ratio of totals {:+.2}% (95% interval {:+.2}% .. {:+.2}%); median {:+.2}% (interquartile {:+.2}% .. {:+.2}%)",
+        ratios.len(),
+        pct(totals(this) / totals(base)),
+        pct(low),
+        pct(high),
+        pct(quantile(&ratios, 0.5)),
+        pct(quantile(&ratios, 0.25)),
+        pct(quantile(&ratios, 0.75)),
+    )
+}
+
+/// The first state of [`shuffle`]'s generator.
+const SHUFFLE_SEED: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// `order` shuffled (Fisher-Yates), so that no entry goes first more often.
+fn shuffle(order: &mut [usize], seed: &mut u64) {
+    for i in (1..order.len()).rev() {
+        order.swap(i, below(seed, i + 1));
+    }
 }
 
 /// A number below `k` from a xorshift generator whose state is `seed` (not 0):

@@ -83,12 +83,18 @@ impl Setup {
 
 /// Now on `CLOCK_MONOTONIC`, in ns.
 pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Now on `clock` (a clock id: monotonic, or a process's CPU clock), in ns.
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid timespec to write to.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let err = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(err, 0, "clock_gettime({clock})");
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

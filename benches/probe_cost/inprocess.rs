@@ -29,7 +29,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
-use super::{Plan, Server, below, bootstrap, delta, drive, load_average, pin_to_cpu, quantile};
+use super::service::clock_ns;
+use super::{
+    Plan, SHUFFLE_SEED, Server, against, delta, drive, load_average, pin_to_cpu, shuffle, totals,
+};
 
 const MODES: [&str; 3] = ["bare", "probe", "A/A"];
 
@@ -75,17 +78,15 @@ pub fn run(quick: bool) {
         let load = tokio::spawn(async move { drive(&app, &plan).await });
         tokio::time::sleep(Duration::from_secs(2)).await; // connected and warm
         let mut order: Vec<usize> = (0..MODES.len()).collect();
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut seed = SHUFFLE_SEED;
         for _ in 0..rounds {
-            for i in (1..order.len()).rev() {
-                order.swap(i, below(&mut seed, i + 1));
-            }
+            shuffle(&mut order, &mut seed);
             for &m in &order {
                 switch(MODES[m]);
                 tokio::time::sleep(settle).await;
-                let (before, c0, n0) = (server.threads(), cpu_ns(clock), answered());
+                let (before, c0, n0) = (server.threads(), clock_ns(clock), answered());
                 tokio::time::sleep(segment).await;
-                let (c1, n1, after) = (cpu_ns(clock), answered(), server.threads());
+                let (c1, n1, after) = (clock_ns(clock), answered(), server.threads());
                 let mut cpu = c1 - c0;
                 for (class, (ns, _)) in delta(&before, &after) {
                     if PROBE_THREADS.contains(&class) {
@@ -103,7 +104,13 @@ pub fn run(quick: bool) {
             }
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = load.await;
+        // Each connection stops after its request in flight: seconds at most.
+        if tokio::time::timeout(Duration::from_secs(10), load)
+            .await
+            .is_err()
+        {
+            println!("(the client did not stop within 10 s of being told to)");
+        }
     });
     println!("load average after: {}", load_average());
     report(&measures, &classes);
@@ -122,21 +129,7 @@ fn process_clock(pid: u32) -> libc::clockid_t {
     clock
 }
 
-fn cpu_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to.
-    let err = unsafe { libc::clock_gettime(clock, &mut ts) };
-    assert_eq!(err, 0, "clock_gettime of the service's CPU clock");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn report(measures: &[Vec<(f64, u64)>], classes: &[BTreeMap<&'static str, u64>]) {
-    let totals = |m: &[(f64, u64)]| {
-        m.iter().map(|x| x.0).sum::<f64>() / m.iter().map(|x| x.1).sum::<u64>() as f64
-    };
     for (i, mode) in MODES.iter().enumerate() {
         let n: u64 = measures[i].iter().map(|x| x.1).sum();
         println!(
@@ -150,23 +143,6 @@ fn report(measures: &[Vec<(f64, u64)>], classes: &[BTreeMap<&'static str, u64>])
         );
     }
     for i in 1..MODES.len() {
-        let ratios: Vec<f64> = measures[i]
-            .iter()
-            .zip(&measures[0])
-            .map(|(a, b)| (a.0 / a.1 as f64) / (b.0 / b.1 as f64))
-            .collect();
-        let ratio = totals(&measures[i]) / totals(&measures[0]);
-        let (low, high) = bootstrap(&measures[i], &measures[0]);
-        println!(
-            "{} / bare over {} rounds: ratio of totals {:+.2}% (95% interval {:+.2}% .. {:+.2}%); median {:+.2}% (interquartile {:+.2}% .. {:+.2}%)",
-            MODES[i],
-            ratios.len(),
-            (ratio - 1.0) * 100.0,
-            (low - 1.0) * 100.0,
-            (high - 1.0) * 100.0,
-            (quantile(&ratios, 0.5) - 1.0) * 100.0,
-            (quantile(&ratios, 0.25) - 1.0) * 100.0,
-            (quantile(&ratios, 0.75) - 1.0) * 100.0,
-        );
+        println!("{}", against(MODES[i], &measures[i], &measures[0]));
     }
 }

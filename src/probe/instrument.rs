@@ -199,8 +199,13 @@ impl<F: Future> Future for Instrumented<F> {
                 slot.poll_ended(poll_end, shared.config.stall_threshold.as_nanos() as u64);
                 slot.request_in_poll.store(0, Ordering::Relaxed);
             }
-            let held = Duration::from_nanos(poll_end.saturating_sub(poll_start));
-            report_slow_poll(shared, slot, id, held, poll_end);
+            report_slow_poll(
+                shared,
+                slot,
+                id,
+                poll_end.saturating_sub(poll_start),
+                poll_end,
+            );
         }
         if ready {
             let started_ns = std::mem::replace(this.started_ns, DONE);
@@ -221,24 +226,25 @@ impl<F: Future> Future for Instrumented<F> {
 }
 
 /// Emits a slow-poll event if request `id`'s poll on `slot`'s thread held it for
-/// `held`, as long as [`ProbeConfig::slow_poll`](super::ProbeConfig) or longer.
-/// The comparison inline at every poll's end; the event out of line.
+/// `held_ns`, as long as [`ProbeConfig::slow_poll`](super::ProbeConfig) or longer.
+/// The comparison inline at every poll's end, in nanoseconds; the event out of
+/// line.
 #[inline]
 pub(crate) fn report_slow_poll(
     shared: &Shared,
     slot: Option<&WorkerSlot>,
     id: RequestId,
-    held: Duration,
+    held_ns: u64,
     end_ns: u64,
 ) {
-    if held >= shared.config.slow_poll {
-        emit_slow_poll(shared, slot, id, held, end_ns);
+    if u128::from(held_ns) >= shared.config.slow_poll.as_nanos() {
+        emit_slow_poll(shared, slot, id, Duration::from_nanos(held_ns), end_ns);
     }
 }
 
 #[cold]
 #[inline(never)]
-pub(crate) fn emit_slow_poll(
+fn emit_slow_poll(
     shared: &Shared,
     slot: Option<&WorkerSlot>,
     id: RequestId,

@@ -303,7 +303,6 @@ impl LoopProbe {
             let before = Arc::clone(&self.shared);
             let after = Arc::clone(&self.shared);
             let stall_ns = self.shared.config.stall_threshold.as_nanos() as u64;
-            let slow_ns = self.shared.config.slow_poll.as_nanos() as u64;
             builder
                 .on_before_task_poll(move |_| {
                     if before.times_polls()
@@ -323,16 +322,13 @@ impl LoopProbe {
                         let id = slot.request_in_poll.load(Ordering::Relaxed);
                         if id != 0 {
                             slot.request_in_poll.store(0, Ordering::Relaxed);
-                            let held = held.unwrap_or(0);
-                            if held >= slow_ns {
-                                instrument::emit_slow_poll(
-                                    &after,
-                                    Some(slot),
-                                    slots::RequestId(id),
-                                    Duration::from_nanos(held),
-                                    now,
-                                );
-                            }
+                            instrument::report_slow_poll(
+                                &after,
+                                Some(slot),
+                                slots::RequestId(id),
+                                held.unwrap_or(0),
+                                now,
+                            );
                         }
                     }
                 });

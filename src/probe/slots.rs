@@ -148,14 +148,6 @@ impl WorkerSlot {
         }
     }
 
-    /// No poll is running any more, as far as the sampler is concerned. Any thread.
-    #[cfg(tokio_unstable)]
-    pub(crate) fn forget_poll(&self) {
-        if self.poll_started_ns.load(Ordering::Relaxed) != 0 {
-            self.poll_started_ns.store(0, Ordering::Release);
-        }
-    }
-
     /// The poll that started last ends at `now_ns`; longer than `stall_ns`, it
     /// stalled the thread. How long it held the thread, if one was running. Its own
     /// thread only.
@@ -385,7 +377,7 @@ impl WorkerSlots {
     #[cfg(tokio_unstable)]
     pub(crate) fn forget_polls(&self) {
         for slot in self.iter() {
-            slot.forget_poll();
+            slot.poll_started_ns.store(0, Ordering::Release);
         }
     }
 

@@ -762,14 +762,6 @@ async def _unnamed(app, scope, receive, send):
     return await _counted(_agent, _entry_named(_agent, scope), app(scope, receive, send))
 
 
-def _entry_named(agent, scope):
-    """``_entry_of(scope)`` with its slot taken again if another name has it now."""
-    entry = _entry_of(scope)
-    if agent.slot_names[entry[1]] is not entry[0]:
-        entry[1] = agent.slot_for(entry[0])
-    return entry
-
-
 # An HTTP scope's (method, path, query string) -> its request's [name, name table
 # slot]: a request repeated is named without building a string, and its slot found
 # without a look-up while the slot keeps its name. Bounded: emptied when full.
@@ -777,7 +769,9 @@ _NAMES = {}
 _NAMES_MAX = 1024
 
 
-def _entry_of(scope):
+def _entry_named(agent, scope):
+    """The [name, name table slot] of an HTTP scope's request, made the first time,
+    with its slot taken again if another name has it now."""
     try:
         key = (scope["method"], scope["path"], scope["query_string"])
     except KeyError:
@@ -791,5 +785,9 @@ def _entry_of(scope):
         name = cut("%s %s" % (method, target))
         if len(_NAMES) >= _NAMES_MAX:
             _NAMES.clear()
-        entry = _NAMES[key] = [name, _agent.slot_for(name)]
+        entry = _NAMES[key] = [name, agent.slot_for(name)]
+    elif agent.slot_names[entry[1]] is not entry[0]:
+        entry[1] = agent.slot_for(entry[0])
+    # The very string the slot holds: asgi() checks the slot by identity.
+    entry[0] = agent.slot_names[entry[1]]
     return entry

@@ -183,7 +183,10 @@ fn every_agent_line_is_a_snapshot_and_info_a_server_info() {
                 assert_eq!(endpoint, "GET /json", "the parse's is the only slow poll");
                 // Milliseconds since the agent started, which is after `began`.
                 let age_ms = began.elapsed().as_millis() as u64;
-                assert!(*t_ms <= age_ms, "t_ms {t_ms} past the agent's age {age_ms} ms");
+                assert!(
+                    *t_ms <= age_ms,
+                    "t_ms {t_ms} past the agent's age {age_ms} ms"
+                );
             }
         }
     }

@@ -15,8 +15,10 @@
 //! `--switch` installs the probe as `--probe` does and serves every request through
 //! a switch: a line `probe` on stdin sends the requests that follow through the
 //! probe's request layer and turns its poll timing on; a line `bare` sends them to
-//! the app unwrapped and turns the poll timing off. The sampler, telemetry server
-//! and lag timer run all along. What `cargo bench --bench probe_cost -- inprocess`
+//! the app unwrapped and turns the poll timing off; `hooks` turns the poll timing
+//! on for the app unwrapped, and `skeleton` turns it on for the app behind the
+//! least layer that names the request in poll (thread-local counts only). The
+//! sampler, telemetry server and lag timer run all along. What `cargo bench --bench probe_cost -- inprocess`
 //! measures, in one process.
 //!
 //! Routes:
@@ -186,48 +188,63 @@ pub fn run(setup: Setup, lag: Option<Duration>) -> Result<(), Box<dyn std::error
 
 /// `--switch`: one app reached bare or through the probe's layer, request by request.
 mod switch {
+    use std::cell::Cell;
+    use std::future::Future;
+    use std::pin::Pin;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicU8, Ordering};
     use std::task::{Context, Poll};
 
     use futures_util::future::Either;
     use loopscope::probe::{Probe, ProbeService};
     use tower_service::Service;
 
-    /// The app bare and the app through the probe's layer; `on` picks.
+    /// The app bare, through the probe's layer, or through [`Skeleton`]; `mode`
+    /// picks ([`BARE`], [`PROBE`], [`SKELETON`]).
     #[derive(Clone)]
     pub struct Switch {
         bare: axum::Router,
         probed: ProbeService<axum::Router>,
-        on: Arc<AtomicBool>,
+        skeleton: Skeleton<axum::Router>,
+        mode: Arc<AtomicU8>,
     }
 
-    /// The switch, off, as a make-service; a thread reads `probe` and `bare` lines
-    /// on stdin and turns the layer and the probe's poll timing on and off.
+    const BARE: u8 = 0;
+    const PROBE: u8 = 1;
+    const SKELETON: u8 = 2;
+
+    /// The switch, bare, as a make-service; a thread reads lines on stdin: `probe`
+    /// (the layer and the probe's poll timing on), `hooks` (the poll timing only),
+    /// `skeleton` (the poll timing and [`Skeleton`]) and `bare` (all off).
     pub fn serve(probe: &Probe) -> Make {
-        let on = Arc::new(AtomicBool::new(false));
+        let mode = Arc::new(AtomicU8::new(BARE));
         let app = super::app().with_state(());
         let switch = Switch {
             probed: tower_layer::Layer::layer(&probe.layer(), app.clone()),
+            skeleton: Skeleton(app.clone()),
             bare: app,
-            on: Arc::clone(&on),
+            mode: Arc::clone(&mode),
         };
         let lp = probe.loop_probe().clone();
         lp.set_poll_timing(false);
         std::thread::spawn(move || {
             for line in std::io::stdin().lines() {
                 let Ok(line) = line else { break };
-                let probed = match line.trim() {
-                    "probe" => true,
-                    "bare" => false,
+                let (timing, layer) = match line.trim() {
+                    "probe" => (true, PROBE),
+                    "hooks" => (true, BARE),
+                    "skeleton" => (true, SKELETON),
+                    "bare" => (false, BARE),
                     _ => continue,
                 };
-                lp.set_poll_timing(probed);
-                on.store(probed, Ordering::Relaxed);
+                lp.set_poll_timing(timing);
+                mode.store(layer, Ordering::Relaxed);
             }
         });
         Make(switch)
     }
+
+    type Inner<B> = <axum::Router as Service<hyper::Request<B>>>::Future;
 
     impl<B> Service<hyper::Request<B>> for Switch
     where
@@ -237,7 +254,7 @@ mod switch {
         type Error = <axum::Router as Service<hyper::Request<B>>>::Error;
         type Future = Either<
             <ProbeService<axum::Router> as Service<hyper::Request<B>>>::Future,
-            <axum::Router as Service<hyper::Request<B>>>::Future,
+            Either<Counted<Inner<B>>, Inner<B>>,
         >;
 
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -246,11 +263,81 @@ mod switch {
         }
 
         fn call(&mut self, req: hyper::Request<B>) -> Self::Future {
-            if self.on.load(Ordering::Relaxed) {
-                Either::Left(self.probed.call(req))
-            } else {
-                Either::Right(self.bare.call(req))
+            match self.mode.load(Ordering::Relaxed) {
+                PROBE => Either::Left(self.probed.call(req)),
+                SKELETON => Either::Right(Either::Left(self.skeleton.call(req))),
+                _ => Either::Right(Either::Right(self.bare.call(req))),
             }
+        }
+    }
+
+    thread_local! {
+        /// [`Skeleton`]'s counts: requests begun, ended, and the one in poll.
+        static COUNTS: Cell<(u64, u64, u64)> = const { Cell::new((0, 0, 0)) };
+    }
+
+    /// The least a request layer that names the request holding a worker can do:
+    /// count the request in (a thread-local), mark it as the one in poll around
+    /// each of its polls, and count it out. What any such layer costs, whatever
+    /// it records.
+    #[derive(Clone)]
+    pub struct Skeleton<S>(S);
+
+    impl<S: Service<R>, R> Service<R> for Skeleton<S> {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = Counted<S::Future>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.0.poll_ready(cx)
+        }
+
+        fn call(&mut self, req: R) -> Self::Future {
+            let id = COUNTS.with(|c| {
+                let (begun, ended, in_poll) = c.get();
+                c.set((begun + 1, ended, in_poll));
+                begun + 1
+            });
+            Counted {
+                inner: self.0.call(req),
+                id,
+            }
+        }
+    }
+
+    pin_project_lite::pin_project! {
+        /// A request's future under [`Skeleton`].
+        pub struct Counted<F> {
+            #[pin]
+            inner: F,
+            id: u64,
+        }
+
+        impl<F> PinnedDrop for Counted<F> {
+            fn drop(this: Pin<&mut Self>) {
+                let _ = COUNTS.try_with(|c| {
+                    let (begun, ended, in_poll) = c.get();
+                    c.set((begun, ended + 1, in_poll));
+                });
+            }
+        }
+    }
+
+    impl<F: Future> Future for Counted<F> {
+        type Output = F::Output;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            let this = self.project();
+            let set = |id| {
+                COUNTS.with(|c| {
+                    let (begun, ended, _) = c.get();
+                    c.set((begun, ended, id));
+                })
+            };
+            set(*this.id);
+            let out = this.inner.poll(cx);
+            set(0);
+            out
         }
     }
 

@@ -15,7 +15,8 @@
 //! sampler, telemetry server and 1 ms lag timer keep their wall-clock rates: their
 //! share of a request is overstated about 40-fold here (the sampler thread is
 //! counted in the process's total, not in the workers'). Skipped, with a message,
-//! where valgrind is not installed.
+//! where valgrind is not installed. `ONLY=probe` (or a list of setups' flags,
+//! comma-separated, without dashes) counts those setups and bare only.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -50,7 +51,19 @@ pub fn run(quick: bool) {
     std::fs::create_dir_all(&dir).expect("create target/bench-instructions");
     println!("({secs} s of load counted per setup; instructions per request answered)");
     let mut rows: Vec<(&str, Counted)> = Vec::new();
+    // `ONLY=bare,probe`: the setups whose flags are listed (bare always).
+    let only = std::env::var("ONLY").ok();
+    let wanted = |flag: &str| {
+        let name = flag.trim_start_matches('-');
+        name == "bare"
+            || only
+                .as_deref()
+                .is_none_or(|o| o.split(',').any(|w| w == name))
+    };
     for (i, (label, flag)) in SETUPS.iter().enumerate() {
+        if !wanted(flag) {
+            continue;
+        }
         let out = dir.join(format!("axum-{i}.out"));
         let c = count(label, flag, &out, secs);
         println!(

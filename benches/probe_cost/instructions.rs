@@ -15,7 +15,12 @@
 //! sampler, telemetry server and 1 ms lag timer keep their wall-clock rates: their
 //! share of a request is overstated about 40-fold here (the sampler thread is
 //! counted in the process's total, not in the workers'). Skipped, with a message,
-//! where valgrind is not installed. `ONLY=probe` (or a list of setups' flags,
+//! where valgrind is not installed. With `CACHE=1` callgrind also simulates the
+//! caches (one L1 of 32 KiB each for instructions and data, as here) and the
+//! workers' L1 instruction-cache misses a request are printed: the server's code
+//! does not fit in that cache, so each line of code a request runs is a miss, and
+//! the probe's cost goes with the lines of code it runs more than with its
+//! instructions. `ONLY=probe` (or a list of setups' flags,
 //! comma-separated, without dashes) counts those setups and bare only.
 
 use std::path::{Path, PathBuf};
@@ -35,6 +40,13 @@ struct Counted {
     requests: u64,
     process: f64,
     workers: f64,
+    /// With `CACHE=1`: the workers' L1 instruction-cache misses, per request.
+    workers_i1_misses: Option<f64>,
+}
+
+/// Whether `CACHE=1` asks callgrind to simulate the caches.
+fn cache_sim() -> bool {
+    std::env::var("CACHE").is_ok_and(|v| v == "1")
 }
 
 pub fn run(quick: bool) {
@@ -67,8 +79,13 @@ pub fn run(quick: bool) {
         let out = dir.join(format!("axum-{i}.out"));
         let c = count(label, flag, &out, secs);
         println!(
-            "{label:<28} {:>8} requests  process {:>8.0}  workers {:>8.0}",
-            c.requests, c.process, c.workers
+            "{label:<28} {:>8} requests  process {:>8.0}  workers {:>8.0}{}",
+            c.requests,
+            c.process,
+            c.workers,
+            c.workers_i1_misses
+                .map(|m| format!("  workers' L1i misses {m:>6.1}"))
+                .unwrap_or_default()
         );
         rows.push((label, c));
     }
@@ -81,6 +98,13 @@ pub fn run(quick: bool) {
             (c.workers / bare.workers - 1.0) * 100.0,
             c.workers - bare.workers,
         );
+        if let (Some(m), Some(b)) = (c.workers_i1_misses, bare.workers_i1_misses) {
+            println!(
+                "{label:<28} / bare: workers' L1 instruction-cache misses {:+.1} a request ({:+.1}%)",
+                m - b,
+                (m / b - 1.0) * 100.0
+            );
+        }
     }
 }
 
@@ -106,6 +130,11 @@ fn count(label: &str, flag: &str, out: &Path, secs: f64) -> Counted {
         "--tool=callgrind",
         "--instr-atstart=no",
         "--separate-threads=yes",
+        if cache_sim() {
+            "--cache-sim=yes"
+        } else {
+            "--cache-sim=no"
+        },
         &format!("--callgrind-out-file={}", out.display()),
     ]);
     cmd.arg(std::env::current_exe().unwrap())
@@ -125,11 +154,12 @@ fn count(label: &str, flag: &str, out: &Path, secs: f64) -> Counted {
         a.ok,
         a.bad
     );
-    let (process, workers) = totals(out);
+    let (process, workers, i1) = totals(out);
     Counted {
         requests: a.ok,
         process: process as f64 / a.ok as f64,
         workers: workers as f64 / a.ok as f64,
+        workers_i1_misses: cache_sim().then(|| i1 as f64 / a.ok as f64),
     }
 }
 
@@ -155,23 +185,35 @@ fn files(out: &Path, tail: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The first dump's instructions (one file a thread): of all its threads, and of
-/// the worker threads.
-fn totals(out: &Path) -> (u64, u64) {
-    let (mut process, mut workers) = (0, 0);
+/// The first dump's instructions (one file a thread): of all its threads and of
+/// the worker threads; and the worker threads' L1 instruction-cache misses (0
+/// unless the caches were simulated).
+fn totals(out: &Path) -> (u64, u64, u64) {
+    let (mut process, mut workers, mut i1) = (0, 0, 0);
     for file in files(out, ".1-") {
         let text = std::fs::read_to_string(file).expect("read a callgrind dump");
-        let n: u64 = text
+        let events: Vec<&str> = text
             .lines()
-            .find_map(|l| l.strip_prefix("totals:"))
-            .and_then(|t| t.split_whitespace().next())
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
-        process += n;
+            .find_map(|l| l.strip_prefix("events:"))
+            .map_or(Vec::new(), |e| e.split_whitespace().collect());
+        let counts: Vec<u64> =
+            text.lines()
+                .find_map(|l| l.strip_prefix("totals:"))
+                .map_or(Vec::new(), |t| {
+                    t.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                });
+        let count = |event: &str| {
+            let at = events.iter().position(|e| *e == event);
+            at.and_then(|i| counts.get(i)).copied().unwrap_or(0)
+        };
+        process += count("Ir");
         if text.contains("multi_thread::worker::Context::run") {
-            workers += n;
+            workers += count("Ir");
+            i1 += count("I1mr");
         }
     }
     assert!(process > 0, "no counts in {}*", out.display());
-    (process, workers)
+    (process, workers, i1)
 }

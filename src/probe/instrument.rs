@@ -71,7 +71,7 @@ struct InFlight(Arc<Shared>, RequestId);
 
 impl InFlight {
     fn home(&self) -> Option<&WorkerSlot> {
-        self.0.slots.get(self.1.home()? as usize)
+        self.0.slots.home_of(self.1)
     }
 }
 
@@ -151,78 +151,106 @@ impl<F: Future> Future for Instrumented<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let shared = &this.in_flight.0;
+        let shared = &*this.in_flight.0;
         let id = this.in_flight.1;
         let slot = shared.slots.current();
         // Inside a task poll timed by the runtime's poll hooks, they time this poll
         // too, report it if slow and clear the culprit when it ends; otherwise (a
         // future run by `block_on`, or a build without `tokio_unstable`) the
-        // request times its own polls.
-        let hooked = slot.and_then(|s| s.polling_since_ns());
-        // The task poll's start is the request's start, and its end the request's
-        // end, unless another request was polled before it in the same task poll
-        // (pipelined requests): then the clock is read here, and the requests the
-        // task poll answered so far are timed now.
-        let mut clock = None;
-        if let (Some(slot), Some(_)) = (slot, hooked) {
-            let before = slot.request_in_poll.load(Ordering::Relaxed);
-            if before != 0 && before != id.0 {
-                let now = shared.now_ns();
-                shared.slots.time_deferred(slot, now);
-                clock = Some(now);
-            }
-        }
-        if let Some(slot) = slot {
-            // Who is about to hold this worker, for a sampler that sees a stall.
-            slot.request_in_poll.store(id.0, Ordering::Relaxed);
-        }
-        let poll_start = match hooked {
-            Some(ns) => clock.unwrap_or(ns),
-            None => {
-                let now = shared.now_ns();
-                if let Some(slot) = slot {
-                    slot.poll_started(now);
-                }
-                now
-            }
+        // request times its own polls, out of line.
+        let (Some(slot), Some(hooked_ns)) = (slot, slot.and_then(|s| s.polling_since_ns())) else {
+            return self_timed(this.inner, this.started_ns, shared, slot, id, cx);
         };
+        let start = hooked_poll_begins(shared, slot, id, hooked_ns);
         if *this.started_ns == 0 {
-            *this.started_ns = poll_start;
+            *this.started_ns = start;
         }
         let out = this.inner.poll(cx);
-        let ready = out.is_ready() && *this.started_ns != DONE;
-        let mut end_ns = None;
-        if hooked.is_none() {
-            let poll_end = shared.now_ns();
-            end_ns = Some(poll_end);
-            if let Some(slot) = slot {
-                slot.poll_ended(poll_end, shared.config.stall_threshold.as_nanos() as u64);
-                slot.request_in_poll.store(0, Ordering::Relaxed);
-            }
-            report_slow_poll(
-                shared,
-                slot,
-                id,
-                poll_end.saturating_sub(poll_start),
-                poll_end,
-            );
-        }
-        if ready {
+        if out.is_ready() && *this.started_ns != DONE {
             let started_ns = std::mem::replace(this.started_ns, DONE);
-            if let Some(home) = this.in_flight.home() {
-                // In a hooked task poll, its end times the request (no clock read).
-                let deferred = hooked.is_some()
-                    && slot
-                        .is_some_and(|s| s.defer_completion(started_ns, home.index, id.endpoint()));
-                if !deferred {
-                    let end = end_ns.unwrap_or_else(|| shared.now_ns());
-                    let took = end.saturating_sub(started_ns);
-                    home.endpoints.record_ns(id.endpoint(), took);
-                }
-            }
+            answered_in_hooked_poll(shared, slot, id, started_ns);
         }
         out
     }
+}
+
+/// Request `id` is about to hold `slot`'s worker, in a task poll the hooks time
+/// from `hooked_ns`: it is the culprit a sampler names if the worker stalls. When
+/// the task poll's start is the request's: `hooked_ns`; else (another request was
+/// polled before it in the same task poll: pipelined requests) the clock now, and
+/// the requests the task poll answered so far are timed now.
+#[inline]
+fn hooked_poll_begins(shared: &Shared, slot: &WorkerSlot, id: RequestId, hooked_ns: u64) -> u64 {
+    let before = slot.request_in_poll.load(Ordering::Relaxed);
+    slot.request_in_poll.store(id.0, Ordering::Relaxed);
+    if before != 0 && before != id.0 {
+        return after_another_request(shared, slot);
+    }
+    hooked_ns
+}
+
+#[cold]
+#[inline(never)]
+fn after_another_request(shared: &Shared, slot: &WorkerSlot) -> u64 {
+    let now = shared.now_ns();
+    shared.slots.time_deferred(slot, now);
+    now
+}
+
+/// Request `id`, first polled at `started_ns`, was answered in a task poll on
+/// `slot`'s worker that the hooks time: its end times the request (no clock read)
+/// unless too many wait for it already.
+#[inline(never)]
+fn answered_in_hooked_poll(shared: &Shared, slot: &WorkerSlot, id: RequestId, started_ns: u64) {
+    let Some(home) = shared.slots.home_of(id) else {
+        return;
+    };
+    if !slot.defer_completion(started_ns, home.index, id.endpoint()) {
+        let took = shared.now_ns().saturating_sub(started_ns);
+        home.endpoints.record_ns(id.endpoint(), took);
+    }
+}
+
+/// A poll of request `id` that times itself: outside a task poll the hooks time.
+#[inline(never)]
+fn self_timed<F: Future>(
+    inner: Pin<&mut F>,
+    started_ns: &mut u64,
+    shared: &Shared,
+    slot: Option<&WorkerSlot>,
+    id: RequestId,
+    cx: &mut Context<'_>,
+) -> Poll<F::Output> {
+    let poll_start = shared.now_ns();
+    if let Some(slot) = slot {
+        // Who is about to hold this thread, for a sampler that sees a stall.
+        slot.request_in_poll.store(id.0, Ordering::Relaxed);
+        slot.poll_started(poll_start);
+    }
+    if *started_ns == 0 {
+        *started_ns = poll_start;
+    }
+    let out = inner.poll(cx);
+    let poll_end = shared.now_ns();
+    if let Some(slot) = slot {
+        slot.poll_ended(poll_end, shared.config.stall_threshold.as_nanos() as u64);
+        slot.request_in_poll.store(0, Ordering::Relaxed);
+    }
+    report_slow_poll(
+        shared,
+        slot,
+        id,
+        poll_end.saturating_sub(poll_start),
+        poll_end,
+    );
+    if out.is_ready() && *started_ns != DONE {
+        let started = std::mem::replace(started_ns, DONE);
+        if let Some(home) = shared.slots.home_of(id) {
+            home.endpoints
+                .record_ns(id.endpoint(), poll_end.saturating_sub(started));
+        }
+    }
+    out
 }
 
 /// Emits a slow-poll event if request `id`'s poll on `slot`'s thread held it for

@@ -161,21 +161,28 @@ impl Shared {
     /// requests time their own polls, so there the hooks return at once (two clock
     /// reads a task poll saved). Decided at the first hook call, inside the runtime.
     #[cfg(tokio_unstable)]
+    #[inline]
     pub(crate) fn times_polls(&self) -> bool {
         match self.poll_hooks.load(Ordering::Relaxed) {
             YES => true,
             NO | OFF => false,
-            _ => {
-                self.learn_runtime();
-                let decided = match self.runtime.get().map(|h| h.runtime_flavor()) {
-                    Some(tokio::runtime::RuntimeFlavor::MultiThread) => YES,
-                    Some(_) => NO,
-                    None => UNKNOWN,
-                };
-                self.poll_hooks.store(decided, Ordering::Relaxed);
-                decided == YES
-            }
+            _ => self.decide_poll_timing(),
         }
+    }
+
+    /// [`times_polls`](Self::times_polls) at its first call inside the runtime.
+    #[cfg(tokio_unstable)]
+    #[cold]
+    #[inline(never)]
+    fn decide_poll_timing(&self) -> bool {
+        self.learn_runtime();
+        let decided = match self.runtime.get().map(|h| h.runtime_flavor()) {
+            Some(tokio::runtime::RuntimeFlavor::MultiThread) => YES,
+            Some(_) => NO,
+            None => UNKNOWN,
+        };
+        self.poll_hooks.store(decided, Ordering::Relaxed);
+        decided == YES
     }
 
     /// Now, in ns since the probe began; never 0, so that 0 can mean "not set".

@@ -386,6 +386,12 @@ impl WorkerSlots {
         self.slots.get(index)?.get().map(|s| &**s)
     }
 
+    /// The slot request `id` arrived on, if it had one.
+    #[inline]
+    pub(crate) fn home_of(&self, id: RequestId) -> Option<&WorkerSlot> {
+        self.get(id.home()? as usize)
+    }
+
     /// Records the latencies [`WorkerSlot::defer_completion`] left to `slot`'s task
     /// poll, which ends at `now_ns`, on their home slots. `slot`'s own thread only.
     pub(crate) fn time_deferred(&self, slot: &WorkerSlot, now_ns: u64) {
@@ -405,7 +411,7 @@ impl WorkerSlots {
 
     /// The target of request `id`, if the thread it arrived on still keeps it.
     pub(crate) fn target_of(&self, id: RequestId) -> Option<String> {
-        let home = self.get(id.home()? as usize)?;
+        let home = self.home_of(id)?;
         Some(match home.recent.read(id.0)? {
             Kept::Whole(target) => target,
             Kept::Endpoint(index, query) => {

@@ -79,6 +79,7 @@ impl TargetRing {
     /// Keeps request `id`, `METHOD target`, of endpoint `endpoint` if it has a name
     /// of its own; `query` is the target's (empty if none). The ring's own thread
     /// only.
+    #[inline]
     pub(crate) fn write(
         &self,
         id: u64,
@@ -87,16 +88,21 @@ impl TargetRing {
         target: &str,
         query: &str,
     ) {
-        let entry = self.entry(id);
         match endpoint {
             Some(index) => {
-                entry.write(id, index as u64 + 1, cut(query, TARGET_MAX).as_bytes());
+                self.entry(id)
+                    .write(id, index as u64 + 1, cut(query, TARGET_MAX).as_bytes());
             }
-            None => {
-                let whole = TargetBuf::new(method, target);
-                entry.write(id, 0, whole.as_str().as_bytes());
-            }
+            None => self.write_whole(id, method, target),
         }
+    }
+
+    /// [`write`](Self::write) of a request kept whole (one counted as `(other)`).
+    #[cold]
+    #[inline(never)]
+    fn write_whole(&self, id: u64, method: &str, target: &str) {
+        let whole = TargetBuf::new(method, target);
+        self.entry(id).write(id, 0, whole.as_str().as_bytes());
     }
 
     /// What the ring keeps of request `id`, if it still does.
@@ -110,7 +116,17 @@ impl TargetRing {
 }
 
 /// `s` cut to at most `max` bytes, at a character boundary.
+#[inline]
 fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    cut_long(s, max)
+}
+
+/// [`cut`] of a string longer than `max`.
+#[cold]
+fn cut_long(s: &str, max: usize) -> &str {
     let mut take = s.len().min(max);
     while !s.is_char_boundary(take) {
         take -= 1;
@@ -141,20 +157,30 @@ impl Default for TargetSlot {
 impl TargetSlot {
     /// Stores `bytes` (at most [`TARGET_MAX`]) and `tag` for request `id`. One
     /// writer only.
+    #[inline]
     pub(crate) fn write(&self, id: u64, tag: u64, bytes: &[u8]) {
         let seq = self.seq.load(Ordering::Relaxed);
         self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
         let bytes = &bytes[..bytes.len().min(TARGET_MAX)];
-        for (word, chunk) in self.words.iter().zip(bytes.chunks(8)) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            word.store(u64::from_le_bytes(w), Ordering::Relaxed);
+        if !bytes.is_empty() {
+            self.store_words(bytes);
         }
         self.len
             .store(bytes.len() as u64 | tag << 32, Ordering::Relaxed);
         self.holder.store(id, Ordering::Relaxed);
         self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// The bytes of [`write`](Self::write), out of line: most requests keep none
+    /// (an endpoint without a query).
+    #[inline(never)]
+    fn store_words(&self, bytes: &[u8]) {
+        for (word, chunk) in self.words.iter().zip(bytes.chunks(8)) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            word.store(u64::from_le_bytes(w), Ordering::Relaxed);
+        }
     }
 
     /// The tag and text of request `id`, if the slot holds it.

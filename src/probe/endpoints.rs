@@ -182,7 +182,7 @@ impl EndpointTable {
     /// [`index`](Self::index) of `METHOD /path`, without joining the two. On every
     /// request: the endpoint found last is compared first (requests to one endpoint
     /// come in runs), the table searched out of line.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn index_of(&self, method: &str, path: &str) -> usize {
         let hint = self.last_hit.load(Ordering::Relaxed);
         if hint < self.len.load(Ordering::Acquire) && self.names(hint, method, path) {

@@ -108,6 +108,7 @@ impl Arrival {
     /// Counts a request `METHOD target` arriving on the calling thread and keeps its
     /// target for the culprit of a stall; `path` and `query` are the target's parts
     /// (the query empty if none): the path names its endpoint.
+    #[inline]
     pub(crate) fn new(
         shared: Arc<Shared>,
         method: &str,
@@ -133,6 +134,18 @@ impl Arrival {
         Self {
             in_flight: InFlight(shared, id),
         }
+    }
+}
+
+impl Arrival {
+    /// [`new`](Self::new) for a request's method and URI, whatever the service's
+    /// types: one function for every service the layer wraps.
+    #[inline(never)]
+    fn of(shared: &Arc<Shared>, method: &hyper::http::Method, uri: &hyper::http::Uri) -> Self {
+        // The path and the query as the URI keeps them apart: no scan for '?'.
+        let (path, query) = (uri.path(), uri.query().unwrap_or(""));
+        let target = uri.path_and_query().map_or(path, |pq| pq.as_str());
+        Self::new(Arc::clone(shared), method.as_str(), target, path, query)
     }
 }
 
@@ -200,7 +213,7 @@ fn after_another_request(shared: &Shared, slot: &WorkerSlot) -> u64 {
 /// Request `id`, first polled at `started_ns`, was answered in a task poll on
 /// `slot`'s worker that the hooks time: its end times the request (no clock read)
 /// unless too many wait for it already.
-#[inline(never)]
+#[inline]
 fn answered_in_hooked_poll(shared: &Shared, slot: &WorkerSlot, id: RequestId, started_ns: u64) {
     let Some(home) = shared.slots.home_of(id) else {
         return;
@@ -352,12 +365,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let uri = req.uri();
-        let method = req.method().as_str();
-        // The path and the query as the URI keeps them apart: no scan for '?'.
-        let (path, query) = (uri.path(), uri.query().unwrap_or(""));
-        let target = uri.path_and_query().map_or(path, |pq| pq.as_str());
-        let arrival = Arrival::new(Arc::clone(&self.probe.shared), method, target, path, query);
+        let arrival = Arrival::of(&self.probe.shared, req.method(), req.uri());
         Instrumented::new(arrival, self.inner.call(req))
     }
 }

@@ -141,6 +141,7 @@ impl WorkerSlot {
     }
 
     /// When the poll running now started, if one is. Its own thread only.
+    #[inline]
     pub(crate) fn polling_since_ns(&self) -> Option<u64> {
         match self.poll_started_ns.load(Ordering::Relaxed) {
             0 => None,

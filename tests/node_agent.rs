@@ -124,19 +124,15 @@ fn twelve_pbkdf2_calls_queue_eight_behind_four_pool_threads() {
         let client = http::client();
         let app = node.app.clone();
         let request = tokio::spawn(async move { common::get(&client, &app, "/pbkdf2?n=12").await });
-        // A sample can fall between one job's end and the next one's start (a
-        // thread preempted there): the full pool is looked for, and no sample may
-        // read more busy than threads.
-        let mut most_busy = 0;
+        // The agent derives busy and queued from one count of jobs in flight, so a
+        // sample with a deep queue always reads the pool full.
         let queued = common::until(&mut stream, Duration::from_secs(10), |s| {
-            let pool = &s.workers[0].pool;
-            most_busy = most_busy.max(pool.busy);
-            pool.queued >= 6 && pool.busy == 4
+            s.workers[0].pool.queued >= 6
         })
         .await
-        .expect("4 busy and pool.queued >= 6 while 12 pbkdf2 calls are in flight");
+        .expect("pool.queued >= 6 while 12 pbkdf2 calls are in flight");
         let pool = &queued.workers[0].pool;
-        assert_eq!((pool.size, pool.busy, most_busy), (4, 4, 4), "{pool:?}");
+        assert_eq!((pool.size, pool.busy), (4, 4), "{pool:?}");
         // The pool's threads are told apart: their CPU shows while they hash.
         let hashing = common::until(&mut stream, Duration::from_secs(5), |s| {
             let w = &s.workers[0];

@@ -401,10 +401,22 @@ impl Inner {
         self.registry.register_current_thread(ThreadClass::Pool);
         let slot = &self.slots[n];
         let _ = slot.thread.set(std::thread::current());
+        // Busy from the job it takes until it finds none: a thread between two
+        // jobs (delivering one, taking the next) is not idle, so a sample never
+        // reads a free thread with jobs queued.
+        let mut busy = false;
         loop {
             if let Some(job) = self.take() {
+                if !busy {
+                    self.busy.fetch_add(1, Ordering::Relaxed);
+                    busy = true;
+                }
                 self.execute(job);
                 continue;
+            }
+            if busy {
+                self.busy.fetch_sub(1, Ordering::Relaxed);
+                busy = false;
             }
             // A burst's next job usually comes within microseconds: look a little
             // longer before sleeping, so that its submit needs no wake-up syscall.
@@ -453,7 +465,6 @@ impl Inner {
     }
 
     fn execute(&self, job: Job) {
-        self.busy.fetch_add(1, Ordering::Relaxed);
         let queued = job.enqueued.elapsed();
         self.waits
             .lock()
@@ -462,7 +473,6 @@ impl Inner {
         // A panicking job drops its sender, so its caller sees PoolClosed; the
         // thread lives on.
         let deliver = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.run)(queued)));
-        self.busy.fetch_sub(1, Ordering::Relaxed);
         self.completed.fetch_add(1, Ordering::Relaxed);
         if let Ok(deliver) = deliver {
             deliver();

@@ -95,6 +95,34 @@ fn counting(done: &Arc<AtomicU64>) -> Work {
     })
 }
 
+/// A thread between two jobs is busy: here held while it delivers one job's result,
+/// with the next queued. A gauge that freed it at each job's end read 0 busy and 1
+/// queued there, a free thread with work waiting.
+#[test]
+fn a_thread_between_two_jobs_is_busy() {
+    let pool = Pool::new("t-between", 1, PoolKind::Eager);
+    let (delivering_tx, delivering_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    pool.submit(Box::new(move |_| {
+        Box::new(move || {
+            delivering_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        })
+    }));
+    let done = Arc::new(AtomicU64::new(0));
+    pool.submit(counting(&done));
+    delivering_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the first job delivers");
+    let s = pool.snapshot();
+    assert_eq!((s.busy, s.queued), (1, 1), "{s:?}");
+    release_tx.send(()).unwrap();
+    wait_until("the second job", || done.load(Ordering::SeqCst) == 1);
+    wait_until("the thread free", || pool.snapshot().busy == 0);
+    assert_eq!(pool.snapshot().queued, 0);
+    pool.shutdown();
+}
+
 #[test]
 fn the_ring_tells_its_entries_apart_across_laps() {
     let ring = EnqueueRing::new();

@@ -18,8 +18,8 @@
 //! the app unwrapped and turns the poll timing off; `hooks` turns the poll timing
 //! on for the app unwrapped, and `skeleton` turns it on for the app behind the
 //! least layer that names the request in poll (thread-local counts only). The
-//! sampler, telemetry server and lag timer run all along. What `cargo bench --bench probe_cost -- inprocess`
-//! measures, in one process.
+//! sampler, telemetry server and lag timer run all along. What `cargo bench
+//! --bench probe_cost -- inprocess` measures, in one process.
 //!
 //! Routes:
 //! - `/hello`: a constant answer;

@@ -135,9 +135,7 @@ impl Arrival {
             in_flight: InFlight(shared, id),
         }
     }
-}
 
-impl Arrival {
     /// [`new`](Self::new) for a request's method and URI, whatever the service's
     /// types: one function for every service the layer wraps.
     #[inline(never)]
@@ -202,6 +200,8 @@ fn hooked_poll_begins(shared: &Shared, slot: &WorkerSlot, id: RequestId, hooked_
     hooked_ns
 }
 
+/// [`hooked_poll_begins`] after another request in the same task poll: the clock
+/// now, with the requests answered so far timed.
 #[cold]
 #[inline(never)]
 fn after_another_request(shared: &Shared, slot: &WorkerSlot) -> u64 {

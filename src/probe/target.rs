@@ -127,7 +127,7 @@ fn cut(s: &str, max: usize) -> &str {
 /// [`cut`] of a string longer than `max`.
 #[cold]
 fn cut_long(s: &str, max: usize) -> &str {
-    let mut take = s.len().min(max);
+    let mut take = max;
     while !s.is_char_boundary(take) {
         take -= 1;
     }
